@@ -1,0 +1,36 @@
+"""d2lseg: Fully Convolutional Networks for semantic segmentation in MXNet Gluon (D2L 10.10).
+
+``import d2lseg as d2l`` exposes every name the chapter's code uses. Importing the package sets
+``OMP_NUM_THREADS`` to the number of CPUs this process may use when the user has not set it, before
+MXNet is loaded: MXNet otherwise uses one thread per two cores (or one) on CPU.
+"""
+import os
+
+
+def _default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+os.environ.setdefault('OMP_NUM_THREADS', str(_default_threads()))
+
+from .errors import D2lsegError  # noqa: E402
+from .ops import bilinear_kernel, corr2d, kernel2matrix, trans_conv  # noqa: E402
+from .voc import (VOC_CLASSES, VOC_COLORMAP, VOCSegDataset, build_colormap2label,  # noqa: E402
+                  download_voc_pascal, load_data_voc, read_voc_images, voc_label_indices,
+                  voc_rand_crop)
+from .synthetic import make_synthetic_voc  # noqa: E402
+
+__version__ = '0.1.0'
+
+_VIZ_NAMES = ('plt', 'set_figsize', 'show_images', 'use_svg_display')
+
+
+def __getattr__(name):
+    """Load the plotting names (and matplotlib) only when first used."""
+    if name in _VIZ_NAMES:
+        from . import viz
+        return getattr(viz, name)
+    raise AttributeError(f"module 'd2lseg' has no attribute {name!r}")

@@ -1,0 +1,285 @@
+"""The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch.
+
+The only module that parses arguments. User errors print one line and exit with code 2.
+"""
+import argparse
+import json
+import os
+import sys
+
+from .errors import D2lsegError
+
+
+def _crop(text):
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 320x480") from None
+    return h, w
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}: must be at least 1")
+    return v
+
+
+def _add_recipe_flags(p, defaults):
+    p.add_argument('--data-dir', default=defaults.data_dir, help='folder holding VOCdevkit/VOC2012 (default %(default)s)')
+    p.add_argument('--synthetic', action='store_true', help='use (making it when missing) the synthetic set under --data-dir')
+    p.add_argument('--crop', type=_crop, default=defaults.crop, help='HEIGHTxWIDTH, multiples of 32 (default 320x480)')
+    p.add_argument('--batch-size', type=_positive_int, default=defaults.batch_size)
+    p.add_argument('--epochs', type=_positive_int, default=defaults.epochs)
+    p.add_argument('--lr', type=float, default=defaults.lr)
+    p.add_argument('--wd', type=float, default=defaults.wd)
+    p.add_argument('--momentum', type=float, default=defaults.momentum)
+    p.add_argument('--variant', default=defaults.variant, help='fcn32s (the chapter), fcn16s or fcn8s')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--pretrained', dest='pretrained', action='store_true', default=defaults.pretrained,
+                   help="ImageNet backbone from MXNet's model zoo (downloads; the default)")
+    g.add_argument('--no-pretrained', dest='pretrained', action='store_false', help='random backbone')
+    g.add_argument('--backbone-params', metavar='FILE', help='backbone weights from a local resnet18_v2 .params file')
+    p.add_argument('--ctx', default=defaults.ctx, help='cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu)')
+    p.add_argument('--seed', type=int, default=defaults.seed)
+    p.add_argument('--lr-schedule', default=defaults.lr_schedule, help='constant (the chapter) or poly')
+    p.add_argument('--ignore-boundary', action='store_true', help='label the void border 255 and skip it')
+    p.add_argument('--workers', type=int, default=defaults.workers, help='data-loading threads')
+    p.add_argument('--max-images', type=_positive_int, default=None, help='use only the first N images per split')
+    p.add_argument('--kvstore', default=defaults.kvstore,
+                   help="device (one machine), or dist_sync / dist_device_sync under 'd2lseg launch'")
+
+
+def _recipe_from(args):
+    from .training import Recipe
+    return Recipe(data_dir=args.data_dir, synthetic=args.synthetic, crop=tuple(args.crop),
+                  batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, wd=args.wd,
+                  momentum=args.momentum, variant=args.variant, pretrained=args.pretrained,
+                  backbone_params=args.backbone_params, ctx=args.ctx, seed=args.seed,
+                  lr_schedule=args.lr_schedule, ignore_boundary=args.ignore_boundary,
+                  workers=args.workers, max_images=args.max_images, kvstore=args.kvstore)
+
+
+def _resolve_ctx_name(recipe):
+    import mxnet as mx
+    if recipe.ctx == 'gpu' and not mx.context.num_gpus():
+        print('no GPU visible to MXNet: training on cpu', file=sys.stderr)
+        recipe.ctx = 'cpu'
+    return recipe
+
+
+def run_training(recipe, out, resume=None, progress=True):
+    """Validate, train with the standard callbacks, write model.params, history.json, curves.png."""
+    from .training import Checkpointer, fit, parse_ctx, prepare, print_epoch, resume_recipe, save_final
+    from .viz import CurvesCallback
+    if resume:
+        recipe, out = resume_recipe(resume, recipe), resume
+    recipe = _resolve_ctx_name(recipe).validate()
+    ctx = parse_ctx(recipe.ctx)
+    kv = None
+    if recipe.kvstore.startswith('dist'):
+        from .distributed import create_kvstore
+        kv = create_kvstore(recipe.kvstore)
+    run = prepare(recipe, ctx=ctx, kv=kv)
+    chief = run.rank == 0
+    if chief:
+        os.makedirs(out, exist_ok=True)
+        print(f'training on {ctx}' + (f' (worker {run.rank} of {run.num_workers})' if run.num_workers > 1 else '')
+              + f': {len(run.train_data)} train / {len(run.val_data)} val images, crop {recipe.crop[0]}x{recipe.crop[1]}',
+              flush=True)
+    callbacks = [print_epoch, Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
+    history = fit(recipe, callbacks, resume=resume, progress=progress and chief, run=run)
+    if chief:
+        save_final(out, run.net, history)
+        first, last = history.get('untrained'), history['epochs'][-1] if history['epochs'] else None
+        if last:
+            print(f"final val mIoU {last['val_miou']:.3f}" +
+                  (f" (untrained network: {first['miou']:.3f})" if first else '') +
+                  f", val pixel acc {last['test_acc']:.3f}; wrote {out}/model.params, history.json, curves.png")
+    return history
+
+
+def cmd_train(args):
+    recipe = _recipe_from(args)
+    run_training(recipe, args.out or os.path.join('runs', recipe.variant), resume=args.resume,
+                 progress=not args.no_progress)
+    return 0
+
+
+def cmd_synth(args):
+    from .synthetic import make_synthetic_voc
+    path = make_synthetic_voc(args.root, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _load_net(args, ctx):
+    from .model import build_fcn, load_params
+    net = build_fcn(args.num_classes, args.variant, pretrained=False, ctx=ctx)
+    load_params(net, args.params, ctx)
+    net.hybridize(static_alloc=True)
+    return net
+
+
+def cmd_evaluate(args):
+    from tqdm import tqdm
+    from .inference import eval_images
+    from .metrics import ConfusionMatrix
+    from .training import parse_ctx
+    from .voc import VOC_SUBDIR, iter_split
+    ctx = parse_ctx(args.ctx)
+    net = _load_net(args, ctx)
+    voc_dir = os.path.join(args.data_dir, VOC_SUBDIR)
+    cm = ConfusionMatrix(args.num_classes)
+    items = list(iter_split(voc_dir, is_train=False, ignore_boundary=args.ignore_boundary, limit=args.max_images))
+    skipped = eval_images(net, tqdm(items, desc='evaluate', disable=args.no_progress), cm, ctx[0],
+                          full=args.full, crop=tuple(args.crop))
+    result = cm.compute()
+    print(cm.table())
+    if skipped:
+        print(f'{skipped} images smaller than the {args.crop[0]}x{args.crop[1]} crop were skipped (use --full)')
+    out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)),
+                                    f"eval-{'full' if args.full else 'crop'}.json")
+    with open(out, 'w') as f:
+        json.dump(dict(result, mode='full' if args.full else 'crop', images=len(items) - skipped,
+                       params=args.params, ignore_boundary=args.ignore_boundary), f, indent=1)
+    print(f'wrote {out}')
+    return 0
+
+
+def cmd_predict(args):
+    from .inference import predict_files
+    from .training import parse_ctx
+    ctx = parse_ctx(args.ctx)
+    net = _load_net(args, ctx)
+    failed = predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8)
+    return 1 if failed else 0
+
+
+def cmd_compare(args):
+    from .reference import PUBLISHED, compare_baseline, compare_published
+    from .training import load_history
+    history = load_history(args.history)
+    targets = list(PUBLISHED) if args.against == 'all' else [args.against]
+    ok = True
+    for target in targets:
+        if target in PUBLISHED:
+            cmp = compare_published(history, target, path=args.history)
+        elif os.path.isfile(target):
+            cmp = compare_baseline(history, load_history(target), path=args.history, baseline_path=target)
+        else:
+            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED)}, all) nor a file")
+        print(cmp.table())
+        ok &= cmp.ok
+    return 0 if ok else 1
+
+
+def cmd_reproduce(args):
+    from .reference import FCN_PAPER, compare_published, fcn_paper_table
+    from .training import Recipe
+    from .voc import download_voc_pascal
+    download_voc_pascal(args.data_dir)
+    recipe = Recipe(data_dir=args.data_dir, ctx=args.ctx, workers=args.workers)
+    out = args.out
+    history = run_training(recipe, out, progress=not args.no_progress)
+    for target in ('d2l-mxnet-en', 'd2l-zh-v1'):
+        print(compare_published(history, target, path=os.path.join(out, 'history.json')).table())
+    print(fcn_paper_table())
+    return 0 if compare_published(history, 'd2l-mxnet-en').ok else 1
+
+
+def cmd_launch(args):
+    from .distributed import launch
+    command = args.command[1:] if args.command and args.command[0] == '--' else args.command
+    if not command:
+        raise D2lsegError("launch: give the command to run after --, e.g. d2lseg launch -n 2 -- d2lseg train ...")
+    return launch(command, num_workers=args.num_workers, num_servers=args.num_servers,
+                  hostfile=args.hostfile, port=args.port, timeout=args.timeout)
+
+
+def build_parser():
+    from .training import Recipe
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(prog='d2lseg', description='FCN semantic segmentation (D2L 10.10) in MXNet Gluon')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('synth', help='write the synthetic VOC-format data set')
+    p.add_argument('--root', default='data', help='data folder; the tree goes to ROOT/VOCdevkit/VOC2012')
+    p.add_argument('--n-train', type=_positive_int, default=600)
+    p.add_argument('--n-val', type=_positive_int, default=150)
+    p.add_argument('--seed', type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser('train', help='train an FCN (the Recipe; flags override its fields)')
+    _add_recipe_flags(p, defaults)
+    p.add_argument('--out', help='output folder (default runs/VARIANT)')
+    p.add_argument('--resume', metavar='DIR', help='continue the run whose checkpoints are in DIR')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.set_defaults(func=cmd_train)
+
+    for name, func, text in (('evaluate', cmd_evaluate, 'metrics of trained parameters on the validation set'),
+                             ('predict', cmd_predict, 'colour label and overlay PNGs for images')):
+        p = sub.add_parser(name, help=text)
+        if name == 'predict':
+            p.add_argument('images', nargs='+', metavar='IMAGE')
+            p.add_argument('--out', default='predictions', help='output folder (default %(default)s)')
+            mode = p.add_mutually_exclusive_group()
+            mode.add_argument('--crop', action='store_true', help='predict the top-left crop of sides multiple of 32')
+            mode.add_argument('--full', action='store_true', help='whole image by tiled prediction (the default)')
+            p.add_argument('--int8', action='store_true', help='INT8-quantised network (oneDNN)')
+        else:
+            p.add_argument('--data-dir', required=True, help='folder holding VOCdevkit/VOC2012')
+            p.add_argument('--full', action='store_true', help='whole images by tiled prediction')
+            p.add_argument('--crop', type=_crop, default=(320, 480), help="crop size in crop mode (the chapter's 320x480)")
+            p.add_argument('--ignore-boundary', action='store_true')
+            p.add_argument('--max-images', type=_positive_int)
+            p.add_argument('--json', help='where to write the metrics (default: beside --params)')
+        p.add_argument('--params', required=True, help='model.params written by d2lseg train')
+        p.add_argument('--variant', default='fcn32s')
+        p.add_argument('--num-classes', type=_positive_int, default=21)
+        p.add_argument('--ctx', default='cpu')
+        p.add_argument('--no-progress', action='store_true')
+        p.set_defaults(func=func)
+
+    p = sub.add_parser('reproduce', help="the chapter's recipe on real VOC2012, then the comparison")
+    p.add_argument('--data-dir', default='../data')
+    p.add_argument('--ctx', default='gpu')
+    p.add_argument('--workers', type=int, default=4)
+    p.add_argument('--out', default=os.path.join('runs', 'reproduce'))
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser('compare', help='compare a history.json with published figures or a baseline')
+    p.add_argument('history')
+    p.add_argument('--against', default='d2l-mxnet-en', help='d2l-mxnet-en, d2l-zh-v1, all, or a history FILE')
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser('launch', help="start MXNet's parameter-server job (scheduler, servers, workers)")
+    p.add_argument('-n', '--num-workers', type=_positive_int, required=True)
+    p.add_argument('-s', '--num-servers', type=_positive_int, default=1)
+    p.add_argument('--hostfile', help='one host per line; workers and servers are started there over ssh')
+    p.add_argument('--port', type=int, default=9091, help='scheduler port (default %(default)s)')
+    p.add_argument('--timeout', type=float, default=None, help='stop the job after this many seconds')
+    p.add_argument('command', nargs=argparse.REMAINDER, help='-- then the worker command')
+    p.set_defaults(func=cmd_launch)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except D2lsegError as e:
+        print(f'd2lseg {args.command}: error: {e}', file=sys.stderr)
+        return getattr(e, 'exit_code', 2)
+    except KeyboardInterrupt:
+        print(f'd2lseg {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

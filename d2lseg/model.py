@@ -1,0 +1,145 @@
+"""The FCN (D2L 10.10.2-10.10.3): ResNet-18 v2 features, a 1x1 score layer, bilinear-initialised upsampling.
+
+``fcn32s`` is the chapter's network exactly; ``fcn16s`` and ``fcn8s`` add the skip layers of
+Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015).
+"""
+import os
+
+import mxnet as mx
+from mxnet import init
+from mxnet.gluon import HybridBlock, model_zoo, nn
+
+from .errors import D2lsegError
+from .ops import bilinear_kernel
+
+VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s')
+OUTPUT_STRIDE = 32  # input sides must be multiples of this
+
+
+def _as_ctx_list(ctx):
+    if ctx is None:
+        return [mx.cpu()]
+    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+
+
+def load_backbone(pretrained=True, ctx=None, root=None):
+    """ResNet-18 v2 from MXNet's model zoo, with ImageNet weights, a local ``.params`` file, or random.
+
+    pretrained: True (download, cached under ``root``), a path to a ``.params`` file saved from
+    ``resnet18_v2`` (``save_parameters``), or False (MSRA-initialised).
+    """
+    ctx = _as_ctx_list(ctx)
+    if pretrained is True:
+        kw = {} if root is None else {'root': root}
+        try:
+            return model_zoo.vision.resnet18_v2(pretrained=True, ctx=ctx, **kw)
+        except (OSError, ValueError, AssertionError) as e:
+            raise D2lsegError(
+                "could not fetch the ImageNet resnet18_v2 weights from MXNet's model zoo "
+                f"({type(e).__name__}); offline, pass a local file (pretrained='resnet18_v2.params', "
+                "CLI: --backbone-params FILE) or train from scratch (pretrained=False, CLI: --no-pretrained)"
+            ) from None
+    net = model_zoo.vision.resnet18_v2(pretrained=False)
+    if pretrained:
+        path = os.fspath(pretrained)
+        if not os.path.isfile(path):
+            raise D2lsegError(f"{path}: backbone params file not found")
+        try:
+            net.load_parameters(path, ctx=ctx, ignore_extra=True)
+        except Exception as e:  # MXNet raises MXNetError/AssertionError/ValueError for foreign files
+            raise D2lsegError(f"{path}: not a resnet18_v2 parameters file ({str(e).splitlines()[0][:160]})") from None
+    else:
+        net.initialize(init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2), ctx=ctx)
+    return net
+
+
+def _bilinear_up(num_classes, factor):
+    """A transposed convolution that upsamples by ``factor`` (kernel 2*factor, padding factor/2), bilinear init."""
+    layer = nn.Conv2DTranspose(num_classes, kernel_size=2 * factor, padding=factor // 2, strides=factor)
+    return layer, bilinear_kernel(num_classes, num_classes, 2 * factor)
+
+
+class FCNSkip(HybridBlock):
+    """FCN-16s / FCN-8s: score layers on the stride-16 (and stride-8) stages fused by addition.
+
+    x: (N, 3, H, W), H and W multiples of 32 -> (N, num_classes, H, W). Skip score layers start
+    at zero, so an untrained FCN-16s/8s predicts from the stride-32 scores alone.
+    Source: Long et al. 2015, Sec. 4.2; D2L 10.10 exercise 5.
+    """
+
+    def __init__(self, features, num_classes=21, finest_stride=16, **kwargs):
+        super().__init__(**kwargs)
+        if finest_stride not in (8, 16):
+            raise ValueError("finest_stride must be 16 (FCN-16s) or 8 (FCN-8s)")
+        self.finest_stride = finest_stride
+        with self.name_scope():
+            self.stem = nn.HybridSequential()
+            self.stem.add(*features[:7])           # ... stage 2: stride 8, 128 channels
+            self.stage3 = features[7]              # stride 16, 256 channels
+            self.stage4 = nn.HybridSequential()
+            self.stage4.add(*features[8:11])       # stride 32, 512 channels, final BN + ReLU
+            self.score32 = nn.Conv2D(num_classes, kernel_size=1)
+            self.up2_32, self._up2_32_init = _bilinear_up(num_classes, 2)
+            self.score16 = nn.Conv2D(num_classes, kernel_size=1)
+            if finest_stride == 8:
+                self.up2_16, self._up2_16_init = _bilinear_up(num_classes, 2)
+                self.score8 = nn.Conv2D(num_classes, kernel_size=1)
+            self.upsample, self._upsample_init = _bilinear_up(num_classes, finest_stride)
+
+    def initialize_head(self, ctx):
+        """Xavier for the stride-32 score layer, zeros for skip scores, bilinear for every upsampling."""
+        self.score32.initialize(init.Xavier(), ctx=ctx)
+        self.score16.initialize(init.Zero(), ctx=ctx)
+        self.up2_32.initialize(init.Constant(self._up2_32_init), ctx=ctx)
+        if self.finest_stride == 8:
+            self.score8.initialize(init.Zero(), ctx=ctx)
+            self.up2_16.initialize(init.Constant(self._up2_16_init), ctx=ctx)
+        self.upsample.initialize(init.Constant(self._upsample_init), ctx=ctx)
+
+    def hybrid_forward(self, F, x):
+        c8 = self.stem(x)
+        c16 = self.stage3(c8)
+        c32 = self.stage4(c16)
+        fused = self.up2_32(self.score32(c32)) + self.score16(c16)
+        if self.finest_stride == 8:
+            fused = self.up2_16(fused) + self.score8(c8)
+        return self.upsample(fused)
+
+
+def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=None):
+    """Build an FCN on ResNet-18 v2 features.
+
+    variant: 'fcn32s' (the chapter's ``HybridSequential``), 'fcn16s' or 'fcn8s'.
+    pretrained: see ``load_backbone``. Input (N, 3, H, W) with H, W multiples of 32 ->
+    (N, num_classes, H, W). A 320x480 input gives a (1, 512, 10, 15) feature map.
+    Source: D2L 10.10.2-10.10.3.
+    """
+    if variant not in VARIANTS:
+        raise D2lsegError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    ctx = _as_ctx_list(ctx)
+    pretrained_net = load_backbone(pretrained, ctx, root)
+    if variant != 'fcn32s':
+        net = FCNSkip(pretrained_net.features, num_classes, 16 if variant == 'fcn16s' else 8)
+        net.initialize_head(ctx)
+        return net
+    net = nn.HybridSequential()
+    for layer in pretrained_net.features[:-2]:
+        net.add(layer)
+    net.add(nn.Conv2D(num_classes, kernel_size=1),
+            nn.Conv2DTranspose(num_classes, kernel_size=64, padding=16, strides=32))
+    net[-1].initialize(init.Constant(bilinear_kernel(num_classes, num_classes, 64)), ctx=ctx)
+    net[-2].initialize(init=init.Xavier(), ctx=ctx)
+    return net
+
+
+def load_params(net, path, ctx=None):
+    """Load a ``model.params`` / checkpoint into ``net``; one clear error naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise D2lsegError(f"{path}: parameters file not found")
+    try:
+        net.load_parameters(path, ctx=_as_ctx_list(ctx))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise D2lsegError(f"{path}: cannot load into this network ({first}); is it a d2lseg "
+                          f"model.params of the same --variant and number of classes?") from None
+    return net

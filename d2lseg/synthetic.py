@@ -1,0 +1,137 @@
+"""A synthetic data set in Pascal VOC2012's on-disk format, for offline training and tests.
+
+Scenes: objects of the 20 VOC classes (rectangles, ellipses, stars; several per image, partly
+occluding) over textured, noisy, unevenly lit backgrounds. Classes share colours in pairs and differ
+by texture (stripes or dots, with a class-specific period); background patches carry class colours
+too, so a per-pixel colour lookup cannot solve the set. Labels are palette PNGs with the VOC palette
+and void (255) outlines, exactly as the real data set stores them.
+"""
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .voc import IGNORE_INDEX, VOC_SUBDIR, voc_palette
+
+DEFAULT_SIZES = ((320, 480), (352, 512), (288, 416), (256, 352), (240, 320), (336, 448))
+
+# Ten base colours, one per pair of classes (class 2j+1 striped, class 2j+2 dotted).
+PAIR_COLORS = np.array([[200, 60, 50], [60, 170, 70], [60, 80, 200], [210, 190, 60], [170, 70, 180],
+                        [70, 180, 190], [220, 130, 60], [130, 130, 130], [140, 90, 50], [230, 120, 170]],
+                       dtype=np.float32)
+PAIR_PERIODS = (6, 9, 12, 7, 10, 13, 8, 11, 14, 6)
+
+
+def class_style(cls):
+    """(colour RGB float, texture name, period in pixels) of class 1..20."""
+    j = (cls - 1) // 2
+    return PAIR_COLORS[j], ('stripes' if cls % 2 else 'dots'), PAIR_PERIODS[j] + (cls % 2)
+
+
+def _smooth_noise(rng, h, w, cells, channels):
+    small = rng.standard_normal((cells, cells, channels)).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).reshape(h, w, channels)
+
+
+def _shape_mask(rng, h, w, min_side, max_side):
+    kind = rng.integers(3)
+    sh, sw = rng.integers(min_side, max_side + 1, size=2)
+    cy, cx = rng.integers(0, h), rng.integers(0, w)
+    mask = np.zeros((h, w), np.uint8)
+    if kind == 0:
+        angle = rng.uniform(0, 180)
+        box = cv2.boxPoints(((float(cx), float(cy)), (float(sw), float(sh)), angle))
+        cv2.fillPoly(mask, [np.int32(box)], 1)
+    elif kind == 1:
+        cv2.ellipse(mask, (int(cx), int(cy)), (int(sw) // 2, int(sh) // 2), rng.uniform(0, 180), 0, 360, 1, -1)
+    else:
+        n = int(rng.integers(5, 8))
+        r_out, r_in = max(sh, sw) / 2, max(sh, sw) / 2 * rng.uniform(0.45, 0.7)
+        t = np.arange(2 * n) * np.pi / n + rng.uniform(0, np.pi)
+        r = np.where(np.arange(2 * n) % 2 == 0, r_out, r_in)
+        pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+        cv2.fillPoly(mask, [np.int32(pts)], 1)
+    return mask.astype(bool)
+
+
+def _texture(rng, h, w, kind, period):
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    if kind == 'stripes':
+        theta = rng.uniform(0, np.pi)
+        phase = (xx * np.cos(theta) + yy * np.sin(theta)) / period + rng.uniform()
+        return (np.sin(2 * np.pi * phase) > 0).astype(np.float32)
+    oy, ox = rng.uniform(0, period, size=2)
+    dy = (yy + oy) % period - period / 2
+    dx = (xx + ox) % period - period / 2
+    return (dy ** 2 + dx ** 2 > (period * 0.3) ** 2).astype(np.float32)
+
+
+def make_scene(rng, h, w):
+    """One synthetic scene -> (image (h, w, 3) uint8, label (h, w) uint8 with 255 outlines)."""
+    base = rng.uniform(70, 190, size=3).astype(np.float32)
+    img = base + 35 * _smooth_noise(rng, h, w, int(rng.integers(3, 9)), 3)
+    img += 12 * _smooth_noise(rng, h, w, int(rng.integers(20, 40)), 3)
+    label = np.zeros((h, w), np.uint8)
+    side = min(h, w)
+    for _ in range(int(rng.integers(1, 4))):  # distractors: class colours, no texture, background label
+        m = _shape_mask(rng, h, w, side // 6, side // 2)
+        color = PAIR_COLORS[rng.integers(len(PAIR_COLORS))] + rng.normal(0, 15, 3)
+        img[m] = color * (0.85 + 0.3 * rng.uniform()) + 8 * rng.standard_normal((int(m.sum()), 3))
+    for _ in range(int(rng.integers(1, 4))):
+        cls = int(rng.integers(1, 21))
+        color, kind, period = class_style(cls)
+        m = _shape_mask(rng, h, w, side // 4, int(side * 0.7))
+        if m.sum() < 64:
+            continue
+        color = color + rng.normal(0, 15, 3)
+        tex = _texture(rng, h, w, kind, period)[..., None]
+        obj = color * (0.45 + 0.55 * tex)
+        img[m] = obj[m]
+        label[m] = cls
+    light = 1 + 0.3 * _smooth_noise(rng, h, w, 2, 1)
+    img = img * light + rng.normal(0, 10, size=img.shape)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    edge = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    edge = cv2.dilate(edge.astype(np.uint8), np.ones((2, 2), np.uint8)) > 0
+    label[edge] = IGNORE_INDEX
+    return img, label
+
+
+def save_label_png(label, path):
+    """Write class indices (H, W) uint8 as a palette PNG with the VOC palette."""
+    im = Image.fromarray(label, mode='P')
+    im.putpalette(voc_palette().reshape(-1).tolist())
+    im.save(path)
+
+
+def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True):
+    """Write a VOC2012-format tree under ``root/VOCdevkit/VOC2012`` and return its path.
+
+    Deterministic by seed; ``sizes`` are the (height, width) the scenes are drawn from, some
+    smaller than the chapter's 320x480 crop (the data set's filter drops those at that crop).
+    """
+    from tqdm import tqdm
+    voc_dir = os.path.join(root, VOC_SUBDIR)
+    for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
+        os.makedirs(os.path.join(voc_dir, sub), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = {'train': [], 'val': []}
+    splits = ['train'] * n_train + ['val'] * n_val
+    for i, split in enumerate(tqdm(splits, desc='synthetic VOC', disable=not progress)):
+        h, w = sizes[int(rng.integers(len(sizes)))]
+        img, label = make_scene(rng, h, w)
+        name = f'synth_{i:06d}'
+        Image.fromarray(img).save(os.path.join(voc_dir, 'JPEGImages', name + '.jpg'), quality=92)
+        save_label_png(label, os.path.join(voc_dir, 'SegmentationClass', name + '.png'))
+        names[split].append(name)
+    for split, lst in names.items():  # list files last: a tree with them is complete
+        with open(os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt'), 'w') as f:
+            f.write(''.join(n + '\n' for n in lst))
+    return voc_dir
+
+
+def has_voc(root):
+    """True when ``root/VOCdevkit/VOC2012`` holds both split lists."""
+    seg = os.path.join(root, VOC_SUBDIR, 'ImageSets', 'Segmentation')
+    return all(os.path.isfile(os.path.join(seg, s + '.txt')) for s in ('train', 'val'))

@@ -1,0 +1,113 @@
+"""Plots: the chapter's ``show_images``/``set_figsize``/``plt``, overlays, legend, confusion matrix, curves.
+
+The only module of the package that imports matplotlib.
+"""
+import numpy as np
+from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
+from mxnet import nd
+
+from .voc import VOC_CLASSES, VOC_COLORMAP
+
+
+def _np_img(img):
+    return img.asnumpy() if isinstance(img, nd.NDArray) else np.asarray(img)
+
+
+def use_svg_display():
+    """Draw inline figures as SVG in notebooks (as d2l does)."""
+    try:
+        from matplotlib_inline import backend_inline
+        backend_inline.set_matplotlib_formats('svg')
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def set_figsize(figsize=(3.5, 2.5)):
+    """Set the default figure size. Source: D2L."""
+    use_svg_display()
+    plt.rcParams['figure.figsize'] = figsize
+
+
+def show_images(imgs, num_rows, num_cols, scale=2):
+    """A grid of images (NDArray or numpy, HxW or HxWx3) -> the axes. Source: D2L."""
+    figsize = (num_cols * scale, num_rows * scale)
+    _, axes = plt.subplots(num_rows, num_cols, figsize=figsize, squeeze=False)
+    for i in range(num_rows):
+        for j in range(num_cols):
+            k = i * num_cols + j
+            if k < len(imgs):
+                axes[i][j].imshow(_np_img(imgs[k]))
+            axes[i][j].axes.get_xaxis().set_visible(False)
+            axes[i][j].axes.get_yaxis().set_visible(False)
+    return axes
+
+
+def overlay(img, pred, alpha=0.5):
+    """Blend class colours over an image: (H, W, 3) uint8 and (H, W) indices -> (H, W, 3) uint8."""
+    img = _np_img(img).astype(np.float32)
+    pred = _np_img(pred).astype(np.int64)
+    colors = np.asarray(VOC_COLORMAP, dtype=np.float32)[np.clip(pred, 0, len(VOC_COLORMAP) - 1)]
+    out = np.where((pred > 0)[..., None], (1 - alpha) * img + alpha * colors, img)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def legend(ax=None, classes=None):
+    """A colour legend of the VOC classes (all, or the indices in ``classes``)."""
+    from matplotlib.patches import Patch
+    ax = ax or plt.gca()
+    idx = range(len(VOC_CLASSES)) if classes is None else sorted(set(int(c) for c in classes))
+    handles = [Patch(color=np.asarray(VOC_COLORMAP[i]) / 255, label=VOC_CLASSES[i]) for i in idx]
+    ax.legend(handles=handles, loc='center left', bbox_to_anchor=(1, 0.5), fontsize='small', frameon=False)
+    return ax
+
+
+def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
+    """Heat map of a confusion matrix (rows: true class, columns: predicted)."""
+    m = np.asarray(mat, dtype=np.float64)
+    if normalize:
+        with np.errstate(invalid='ignore', divide='ignore'):
+            m = np.nan_to_num(m / m.sum(axis=1, keepdims=True))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(m, cmap='Blues', vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(len(classes)))
+    ax.set_yticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=90, fontsize=7)
+    ax.set_yticklabels(classes, fontsize=7)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    return ax
+
+
+def plot_history(history, path=None):
+    """Training curves of a ``fit`` history (loss; train acc, val acc, val mIoU) -> the figure, saved to ``path``."""
+    epochs = history['epochs'] if isinstance(history, dict) else history
+    x = [r['epoch'] for r in epochs]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a1.plot(x, [r['loss'] for r in epochs], 'o-', label='train loss')
+    a1.set_xlabel('epoch')
+    a1.set_ylabel('loss')
+    a1.legend()
+    for key, label in (('train_acc', 'train pixel acc'), ('test_acc', 'val pixel acc'), ('val_miou', 'val mIoU')):
+        if epochs and key in epochs[0]:
+            a2.plot(x, [r[key] for r in epochs], 'o-', label=label)
+    a2.set_xlabel('epoch')
+    a2.set_ylim(0, 1)
+    a2.legend()
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+class CurvesCallback:
+    """Training callback: rewrite ``curves.png`` after every epoch (chief only)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, state):
+        if state.is_chief:
+            plot_history(state.history, self.path)

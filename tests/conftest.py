@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic VOC-format data set, made once per test session."""
+import os
+
+import mxnet as mx
+import pytest
+
+from d2lseg.synthetic import make_synthetic_voc
+from d2lseg.voc import VOC_SUBDIR
+
+TINY_SIZES = ((160, 224), (128, 192), (96, 128), (320, 480))
+
+
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    """A data folder (like the chapter's ../data) holding VOCdevkit/VOC2012: 24 train, 8 val images."""
+    root = str(tmp_path_factory.mktemp('data'))
+    make_synthetic_voc(root, n_train=24, n_val=8, sizes=TINY_SIZES, seed=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope='session')
+def voc_dir(data_root):
+    return os.path.join(data_root, VOC_SUBDIR)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip, visibly and with the reason, what this machine cannot run."""
+    no_gpu = pytest.mark.skip(reason='needs a GPU visible to MXNet; none here')
+    real_voc = os.environ.get('D2LSEG_VOC_ROOT', os.path.join(os.path.dirname(__file__), '..', 'data'))
+    no_voc = pytest.mark.skip(reason=f'needs the real Pascal VOC2012 under {real_voc} (set D2LSEG_VOC_ROOT)')
+    have_voc = os.path.isfile(os.path.join(real_voc, VOC_SUBDIR, 'ImageSets', 'Segmentation', 'val.txt')) and \
+        os.path.isfile(os.path.join(real_voc, VOC_SUBDIR, 'JPEGImages', '2007_000033.jpg'))
+    for item in items:
+        if 'gpu' in item.keywords and mx.context.num_gpus() == 0:
+            item.add_marker(no_gpu)
+        if 'voc' in item.keywords and not have_voc:
+            item.add_marker(no_voc)
