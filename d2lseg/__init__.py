@@ -22,6 +22,10 @@ from .voc import (VOC_CLASSES, VOC_COLORMAP, VOCSegDataset, build_colormap2label
                   download_voc_pascal, load_data_voc, read_voc_images, voc_label_indices,
                   voc_rand_crop)
 from .synthetic import make_synthetic_voc  # noqa: E402
+from .model import build_fcn  # noqa: E402
+from .metrics import ConfusionMatrix  # noqa: E402
+from .training import Recipe, evaluate_accuracy, fit, train, try_all_gpus  # noqa: E402
+from .inference import label2image, predict, predict_full  # noqa: E402
 
 __version__ = '0.1.0'
 
