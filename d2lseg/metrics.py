@@ -31,7 +31,11 @@ class ConfusionMatrix:
             raise ValueError(f"prediction has {pred.size} pixels but label has {label.size}")
         n = self.num_classes
         keep = (label >= 0) & (label < n) & (label != self.ignore_index)
-        self.mat += np.bincount(n * label[keep] + pred[keep], minlength=n * n).reshape(n, n)
+        label, pred = label[keep], pred[keep]
+        bad = (pred < 0) | (pred >= n)
+        if bad.any():  # bincount would silently count it in another cell (or fail on negatives)
+            raise ValueError(f"prediction has class {pred[bad][0]} outside [0, {n})")
+        self.mat += np.bincount(n * label + pred, minlength=n * n).reshape(n, n)
         return self
 
     def merge(self, other):
