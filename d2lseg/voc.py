@@ -5,12 +5,14 @@ The chapter's names (``VOC_CLASSES``, ``VOC_COLORMAP``, ``read_voc_images``, ``v
 chapter glosses over: palette PNG labels, the void border (index 255), uint8 storage.
 """
 import hashlib
+import http.client
 import logging
 import os
 import random
 import shutil
 import tarfile
 import tempfile
+import threading
 import urllib.request
 
 import numpy as np
@@ -106,39 +108,109 @@ def read_split(root, is_train=True):
     _check_voc_root(root)
     txt = os.path.join(root, 'ImageSets', 'Segmentation', 'train.txt' if is_train else 'val.txt')
     if not os.path.isfile(txt):
-        raise D2lsegError(f"{txt}: list file missing; the VOC tree under {root} is incomplete")
-    with open(txt) as f:
-        names = [line.strip() for line in f if line.strip()]
+        if os.path.isdir(os.path.join(root, VOC_SUBDIR)):
+            raise D2lsegError(f"{txt}: list file missing; {root} is the data folder, pass "
+                              f"{os.path.join(root, VOC_SUBDIR)} instead")
+        raise D2lsegError(f"{txt}: list file missing; the VOC tree under {root} is incomplete: "
+                          f"download it again or re-run `d2lseg synth`")
+    try:
+        with open(txt, encoding='utf-8') as f:
+            names = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise D2lsegError(f"{txt}: list file unreadable ({type(e).__name__}); it must be text, "
+                          f"one image name per line") from None
     if not names:
-        raise D2lsegError(f"{txt}: list file is empty")
+        raise D2lsegError(f"{txt}: list file is empty; it must name the split's images, one per line")
     return names
 
 
+# Pixel modes accepted. Images: any 8-bit mode, converted to RGB. Labels: palette ('P', the VOC
+# format) and 8-bit grey ('L', SegmentationClassAug's format) hold class indices; 'RGB'/'RGBA' hold
+# VOC colours (alpha ignored). Others (1-bit, 16-bit, float) would be silently mangled: refused.
+IMAGE_MODES = ('RGB', 'L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'PA', 'RGBX')
+INDEX_LABEL_MODES = ('P', 'L')
+COLOUR_LABEL_MODES = ('RGB', 'RGBA')
+
+
+_PIL_LOCK = threading.Lock()
+
+
+def _load_strict(im):
+    """``im.load()`` refusing truncated files even when some import (gluoncv does) set PIL's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES``, which would silently pad them with grey."""
+    from PIL import ImageFile
+    with _PIL_LOCK:
+        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            im.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _has_jpeg_end(path, window=1024):
+    """True when a JPEG's end-of-image marker (FF D9) is among its last ``window`` bytes.
+
+    A cut file lacks it; libjpeg decodes some cut and corrupted files without an error (grey or
+    garbage pixels), so this catches what ``load()`` lets through.
+    """
+    with open(path, 'rb') as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - window))
+        return b'\xff\xd9' in f.read()
+
+
 def _open_image(path, mode):
+    """Read ``path`` -> (H, W, 3) uint8 (``mode='rgb'``) or the PIL image of a label (``mode='label'``)."""
     from PIL import Image
     if not os.path.isfile(path):
-        raise D2lsegError(f"{path}: file missing (named in the split's list file)")
+        raise D2lsegError(f"{path}: file missing (named in the split's list file); restore it or remove "
+                          f"its name from the list file")
     try:
         with Image.open(path) as im:
-            im.load()
+            _load_strict(im)
             if mode == 'label':
+                if im.mode not in INDEX_LABEL_MODES + COLOUR_LABEL_MODES:
+                    raise D2lsegError(f"{path}: label PNG of mode {im.mode!r} is not supported; save it as a "
+                                      f"palette ('P') PNG with the VOC palette")
                 return im.copy()
+            if im.format == 'JPEG' and not _has_jpeg_end(path):
+                raise D2lsegError(f"{path}: JPEG is truncated (no end-of-image marker); replace the file or "
+                                  f"remove its name from the list file")
+            if im.mode not in IMAGE_MODES:
+                raise D2lsegError(f"{path}: image of mode {im.mode!r} is not supported; save it as an 8-bit "
+                                  f"RGB JPEG")
             return np.asarray(im.convert('RGB'))
     except D2lsegError:
         raise
     except Exception as e:  # PIL raises many kinds for broken files
-        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__}: {e}); replace the file or "
+                          f"remove its name from the list file") from None
+
+
+def _label_rgb(path):
+    """A label PNG as the book reads it: (H, W, 3) uint8 VOC colours."""
+    im = _open_image(path, 'label')
+    if im.mode == 'L':
+        return voc_palette()[np.asarray(im)]
+    return np.asarray(im.convert('RGB'))
+
+
+def _check_same_size(img_path, img_shape, lab_path, lab_shape):
+    if tuple(img_shape[:2]) != tuple(lab_shape[:2]):
+        raise D2lsegError(f"{img_path} is {img_shape[1]}x{img_shape[0]} but {lab_path} is "
+                          f"{lab_shape[1]}x{lab_shape[0]}: image and label must have the same size")
 
 
 def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=None):
     """Class indices (H, W) uint8 of a VOC label PNG.
 
-    Palette PNGs (the real format) are read by index; RGB PNGs through ``colormap2label``.
+    Palette PNGs (the real format) and grey 'L' PNGs are read by index; RGB(A) PNGs through
+    ``colormap2label``; other modes are refused (D2lsegError).
     Void (255) becomes background unless ``ignore_boundary``; unknown colours become background
     and are counted in ``stats['unknown_pixels']``.
     """
     im = _open_image(path, 'label')
-    if im.mode == 'P' and colormap2label is None:
+    if im.mode in INDEX_LABEL_MODES and colormap2label is None:
         idx = np.asarray(im).astype(np.uint8)
         unknown = (idx > 20) & (idx != IGNORE_INDEX)
         void = idx == IGNORE_INDEX
@@ -146,7 +218,7 @@ def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=N
         idx[unknown] = 0
         idx[void] = IGNORE_INDEX if ignore_boundary else 0
     else:
-        rgb = np.asarray(im.convert('RGB'))
+        rgb = voc_palette()[np.asarray(im)] if im.mode == 'L' else np.asarray(im.convert('RGB'))
         lut = _label_lut(ignore_boundary) if colormap2label is None else colormap2label
         idx = np.asarray(voc_label_indices(rgb, lut)).astype(np.uint8)
         packed = (rgb[..., 0].astype(np.int64) * 256 + rgb[..., 1]) * 256 + rgb[..., 2]
@@ -182,9 +254,7 @@ def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None):
         lab_path = os.path.join(voc_dir, 'SegmentationClass', f'{name}.png')
         img = _open_image(img_path, 'rgb')
         lab = read_label_indices(lab_path, ignore_boundary)
-        if img.shape[:2] != lab.shape:
-            raise D2lsegError(f"{img_path} is {img.shape[1]}x{img.shape[0]} but {lab_path} is "
-                              f"{lab.shape[1]}x{lab.shape[0]}: image and label must have the same size")
+        _check_same_size(img_path, img.shape, lab_path, lab.shape)
         yield name, img, lab
 
 
@@ -195,8 +265,10 @@ def read_voc_images(root='../data/VOCdevkit/VOC2012', is_train=True):
     """
     features, labels = [], []
     for fname in read_split(root, is_train):
-        img = _open_image(os.path.join(root, 'JPEGImages', f'{fname}.jpg'), 'rgb')
-        lab = _open_image(os.path.join(root, 'SegmentationClass', f'{fname}.png'), 'rgb')
+        img_path = os.path.join(root, 'JPEGImages', f'{fname}.jpg')
+        lab_path = os.path.join(root, 'SegmentationClass', f'{fname}.png')
+        img, lab = _open_image(img_path, 'rgb'), _label_rgb(lab_path)
+        _check_same_size(img_path, img.shape, lab_path, lab.shape)
         features.append(nd.array(img, dtype='uint8'))
         labels.append(nd.array(lab, dtype='uint8'))
     return features, labels
@@ -210,7 +282,18 @@ def crop_rect(height, width, crop_h, crop_w, rng=random):
 
 
 def voc_rand_crop(feature, label, height, width):
-    """Crop the same random rectangle out of an image and its label. Source: D2L 10.10.4."""
+    """Crop the same random rectangle out of an image and its label. Source: D2L 10.10.4.
+
+    feature: (H, W, C), label: (H, W, C') NDArrays -> (height, width, C), (height, width, C').
+    MXNet's random_crop would upsample an image smaller than the crop but not its label, so that is refused.
+    """
+    fh, fw = feature.shape[:2]
+    if tuple(label.shape[:2]) != (fh, fw):
+        raise D2lsegError(f"voc_rand_crop: image is {fw}x{fh} but label is {label.shape[1]}x{label.shape[0]}; "
+                          f"they must have the same size")
+    if fh < height or fw < width:
+        raise D2lsegError(f"voc_rand_crop: image {fw}x{fh} is smaller than the crop {width}x{height}; "
+                          f"filter such images out first (VOCSegDataset.filter)")
     feature, rect = image.random_crop(feature, (width, height))
     label = image.fixed_crop(label, *rect)
     return feature, label
@@ -267,9 +350,7 @@ class VOCSegDataset(gluon.data.Dataset):
             lab_path = os.path.join(voc_dir, 'SegmentationClass', f'{name}.png')
             img = _open_image(img_path, 'rgb')
             lab = read_label_indices(lab_path, ignore_boundary, lut, stats)
-            if img.shape[:2] != lab.shape:
-                raise D2lsegError(f"{img_path} is {img.shape[1]}x{img.shape[0]} but {lab_path} is "
-                                  f"{lab.shape[1]}x{lab.shape[0]}: image and label must have the same size")
+            _check_same_size(img_path, img.shape, lab_path, lab.shape)
             if img.shape[0] >= h and img.shape[1] >= w:
                 features.append(np.ascontiguousarray(img))
                 labels.append(lab)
@@ -353,16 +434,26 @@ def _sha1(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def safe_extract(tar_path, dest):
-    """Extract a tar archive, refusing any member that would land outside ``dest``."""
+def safe_extract(tar_path, dest, source=None):
+    """Extract a tar archive, refusing any member that would land outside ``dest``.
+
+    ``source`` (default ``tar_path``) is the name errors give for the archive, e.g. its URL.
+    """
+    source = source or tar_path
     dest_real = os.path.realpath(dest)
-    with tarfile.open(tar_path) as tar:
-        members = tar.getmembers()
-        for m in members:
-            target = os.path.realpath(os.path.join(dest_real, m.name))
-            if os.path.commonpath([dest_real, target]) != dest_real or m.issym() or m.islnk() or m.isdev():
-                raise D2lsegError(f"{tar_path}: member {m.name!r} would escape {dest}; archive refused")
-        tar.extractall(dest_real, members=members)
+    try:
+        with tarfile.open(tar_path) as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = os.path.realpath(os.path.join(dest_real, m.name))
+                if os.path.commonpath([dest_real, target]) != dest_real or m.issym() or m.islnk() or m.isdev():
+                    raise D2lsegError(f"{source}: member {m.name!r} would escape the folder it is extracted "
+                                      f"to (absolute, ../ and link members are refused); archive refused")
+            extra = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4: a second guard
+            tar.extractall(dest_real, members=members, **extra)
+    except tarfile.TarError as e:
+        reason = str(e).splitlines()[0].rstrip(':') if str(e) else type(e).__name__
+        raise D2lsegError(f"{source}: not a readable tar archive ({reason}); download it again") from None
 
 
 def _download(url, dest_file, timeout=30):
@@ -389,6 +480,9 @@ def download_voc_pascal(data_dir='../data', urls=VOC_URLS, sha1=VOC_SHA1, timeou
     voc_dir = os.path.join(data_dir, VOC_SUBDIR)
     if os.path.isdir(os.path.join(voc_dir, 'ImageSets', 'Segmentation')):
         return voc_dir
+    if os.path.exists(voc_dir):
+        raise D2lsegError(f"{voc_dir}: exists but has no ImageSets/Segmentation (an incomplete tree); "
+                          f"remove it and download again")
     os.makedirs(data_dir, exist_ok=True)
     errors = []
     for url in urls:
@@ -400,7 +494,7 @@ def download_voc_pascal(data_dir='../data', urls=VOC_URLS, sha1=VOC_SHA1, timeou
             got = _sha1(tmp_tar)
             if sha1 and got != sha1:
                 raise D2lsegError(f"{url}: sha1 {got} does not match the expected {sha1}")
-            safe_extract(tmp_tar, tmp_dir)
+            safe_extract(tmp_tar, tmp_dir, source=url)
             extracted = os.path.join(tmp_dir, VOC_SUBDIR)
             if not os.path.isdir(extracted):
                 raise D2lsegError(f"{url}: archive has no {VOC_SUBDIR} folder")
@@ -409,8 +503,9 @@ def download_voc_pascal(data_dir='../data', urls=VOC_URLS, sha1=VOC_SHA1, timeou
             return voc_dir
         except D2lsegError as e:
             errors.append(str(e))
-        except (OSError, ValueError, tarfile.TarError) as e:
-            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+        except (OSError, ValueError, tarfile.TarError, http.client.HTTPException) as e:
+            reason = str(getattr(e, 'reason', e)) or type(e).__name__
+            errors.append(f"{url}: {' '.join(reason.split())}")
         finally:
             if os.path.exists(tmp_tar):
                 os.remove(tmp_tar)

@@ -1,0 +1,126 @@
+"""The synthetic VOC-format data set: layout, palette PNG labels, void outlines, sizes, determinism, CLI."""
+import hashlib
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2lseg.cli import main
+from d2lseg.synthetic import DEFAULT_SIZES, has_voc, make_synthetic_voc
+from d2lseg.voc import VOC_SUBDIR, VOCSegDataset, voc_palette
+
+SIZES = ((64, 96), (96, 128), (80, 112))
+
+
+def listing(voc_dir, split):
+    with open(os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt')) as f:
+        return f.read().split()
+
+
+def read_label(voc_dir, name):
+    with Image.open(os.path.join(voc_dir, 'SegmentationClass', name + '.png')) as im:
+        return im.mode, im.getpalette(), np.asarray(im).copy()
+
+
+def label_digest(voc_dir):
+    h = hashlib.sha1()
+    for name in sorted(os.listdir(os.path.join(voc_dir, 'SegmentationClass'))):
+        with open(os.path.join(voc_dir, 'SegmentationClass', name), 'rb') as f:
+            h.update(name.encode() + f.read())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope='module')
+def small_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('synth'))
+    return make_synthetic_voc(root, n_train=7, n_val=3, sizes=SIZES, seed=0, progress=False)
+
+
+def test_exact_voc_layout(small_set):
+    voc_dir = small_set
+    assert voc_dir.endswith(os.path.join('VOCdevkit', 'VOC2012'))
+    assert sorted(os.listdir(voc_dir)) == ['ImageSets', 'JPEGImages', 'SegmentationClass']
+    assert os.listdir(os.path.join(voc_dir, 'ImageSets')) == ['Segmentation']
+    train, val = listing(voc_dir, 'train'), listing(voc_dir, 'val')
+    assert len(train) == 7 and len(val) == 3 and not set(train) & set(val)
+    names = sorted(train + val)
+    assert sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages'))) == [n + '.jpg' for n in names]
+    assert sorted(os.listdir(os.path.join(voc_dir, 'SegmentationClass'))) == [n + '.png' for n in names]
+    pal = voc_palette().reshape(-1).tolist()
+    for name in names:
+        with Image.open(os.path.join(voc_dir, 'JPEGImages', name + '.jpg')) as im:
+            assert im.format == 'JPEG' and im.mode == 'RGB'
+            size = im.size[::-1]
+        assert size in SIZES
+        mode, palette, lab = read_label(voc_dir, name)
+        assert mode == 'P' and palette[:768] == pal  # the VOC palette, so viewers show VOC colours
+        assert lab.shape == size and lab.dtype == np.uint8
+
+
+def test_labels_hold_classes_and_void_outlines_around_objects(small_set):
+    voc_dir = small_set
+    n_objects = 0
+    for name in listing(voc_dir, 'train') + listing(voc_dir, 'val'):
+        lab = read_label(voc_dir, name)[2]
+        values = set(np.unique(lab).tolist())
+        assert values <= set(range(21)) | {255}
+        if values - {0, 255}:
+            n_objects += 1
+            assert 255 in values
+        # no two different classes (background included) touch: a 255 outline always lies between
+        for a, b in ((lab[1:], lab[:-1]), (lab[:, 1:], lab[:, :-1])):
+            touching = (a != b) & (a != 255) & (b != 255)
+            assert not touching.any(), name
+        # every outline borders an object: each connected piece of 255 touches a pixel of class 1..20
+        n, comp = cv2.connectedComponents((lab == 255).astype(np.uint8), connectivity=8)
+        obj = ((lab > 0) & (lab < 255)).astype(np.uint8)
+        near_obj = cv2.dilate(obj, np.ones((3, 3), np.uint8)) > 0
+        assert set(np.unique(comp[near_obj & (lab == 255)]).tolist()) == set(range(1, n)), name
+    assert n_objects >= 8  # most scenes hold objects
+
+
+def test_some_default_sizes_are_smaller_than_the_chapters_crop(tmp_path, capsys):
+    assert any(h < 320 or w < 480 for h, w in DEFAULT_SIZES)
+    assert any(h >= 320 and w >= 480 for h, w in DEFAULT_SIZES)
+    voc_dir = make_synthetic_voc(str(tmp_path), n_train=8, n_val=1, seed=0, progress=False)
+    sizes = []
+    for name in listing(voc_dir, 'train'):
+        with Image.open(os.path.join(voc_dir, 'JPEGImages', name + '.jpg')) as im:
+            sizes.append(im.size[::-1])
+    small = sum(h < 320 or w < 480 for h, w in sizes)
+    assert 0 < small < len(sizes)
+    ds = VOCSegDataset(True, (320, 480), voc_dir)
+    assert ds.num_dropped == small and len(ds) == len(sizes) - small
+    assert f'({small} smaller than the crop dropped)' in capsys.readouterr().out
+
+
+def test_deterministic_by_seed(tmp_path, small_set):
+    again = make_synthetic_voc(str(tmp_path / 'a'), n_train=7, n_val=3, sizes=SIZES, seed=0, progress=False)
+    other = make_synthetic_voc(str(tmp_path / 'b'), n_train=7, n_val=3, sizes=SIZES, seed=1, progress=False)
+    assert label_digest(again) == label_digest(small_set)
+    assert label_digest(other) != label_digest(small_set)
+    name = listing(small_set, 'train')[0]
+    with Image.open(os.path.join(small_set, 'JPEGImages', name + '.jpg')) as a, \
+            Image.open(os.path.join(again, 'JPEGImages', name + '.jpg')) as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_has_voc_needs_both_lists(tmp_path, small_set):
+    assert has_voc(os.path.dirname(os.path.dirname(small_set)))
+    assert not has_voc(str(tmp_path))
+    seg = tmp_path / VOC_SUBDIR / 'ImageSets' / 'Segmentation'
+    seg.mkdir(parents=True)
+    (seg / 'train.txt').write_text('x\n')
+    assert not has_voc(str(tmp_path))
+
+
+def test_cli_synth(tmp_path, capsys):
+    root = str(tmp_path / 'data')
+    assert main(['synth', '--root', root, '--n-train', '3', '--n-val', '2']) == 0
+    voc_dir = os.path.join(root, VOC_SUBDIR)
+    assert capsys.readouterr().out.strip().endswith(voc_dir)
+    assert len(listing(voc_dir, 'train')) == 3 and len(listing(voc_dir, 'val')) == 2
+    assert len(os.listdir(os.path.join(voc_dir, 'JPEGImages'))) == 5
+    assert has_voc(root)
