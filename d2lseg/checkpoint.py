@@ -38,8 +38,9 @@ def save(out_dir, epoch, net, trainer, meta, keep=2):
     atomic_write(os.path.join(out_dir, params), net.save_parameters)
     atomic_write(os.path.join(out_dir, states), trainer.save_states)
     atomic_write_json(os.path.join(out_dir, POINTER), dict(meta, epoch=epoch, params=params, states=states))
-    for name in os.listdir(out_dir):  # old checkpoints beyond the last ``keep``
-        if name.startswith('ckpt-epoch') and name.split('.')[0] < f'ckpt-epoch{epoch - keep + 1:04d}':
+    for name in os.listdir(out_dir):  # old checkpoints beyond the last ``keep``, and halves of killed writes
+        stale = name.startswith('ckpt-epoch') and name.split('.')[0] < f'ckpt-epoch{epoch - keep + 1:04d}'
+        if stale or (name.startswith(('ckpt-epoch', POINTER, 'history.json')) and '.tmp-' in name):
             os.remove(os.path.join(out_dir, name))
 
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 from .voc import IGNORE_INDEX, VOC_SUBDIR, voc_palette
 
-DEFAULT_SIZES = ((320, 480), (352, 512), (288, 416), (256, 352), (240, 320), (336, 448))
+# Two sizes hold the chapter's 320x480 crop; the others are nearer the demo's 128x192 crop, so that a
+# crop shows a good part of a scene (and of its objects).
+DEFAULT_SIZES = ((320, 480), (352, 512), (192, 256), (160, 240), (224, 320), (176, 288))
 
 # Ten base colours, one per pair of classes (class 2j+1 striped, class 2j+2 dotted).
 PAIR_COLORS = np.array([[200, 60, 50], [60, 170, 70], [60, 80, 200], [210, 190, 60], [170, 70, 180],
@@ -74,17 +76,17 @@ def make_scene(rng, h, w):
     img += 12 * _smooth_noise(rng, h, w, int(rng.integers(20, 40)), 3)
     label = np.zeros((h, w), np.uint8)
     side = min(h, w)
-    for _ in range(int(rng.integers(1, 4))):  # distractors: class colours, no texture, background label
+    for _ in range(int(rng.integers(2, 6))):  # distractors: class colours, no texture, background label
         m = _shape_mask(rng, h, w, side // 6, side // 2)
         color = PAIR_COLORS[rng.integers(len(PAIR_COLORS))] + rng.normal(0, 15, 3)
         img[m] = color * (0.85 + 0.3 * rng.uniform()) + 8 * rng.standard_normal((int(m.sum()), 3))
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(2, 5))):
         cls = int(rng.integers(1, 21))
         color, kind, period = class_style(cls)
-        m = _shape_mask(rng, h, w, side // 4, int(side * 0.7))
+        m = _shape_mask(rng, h, w, side // 3, int(side * 0.8))
         if m.sum() < 64:
             continue
-        color = color + rng.normal(0, 15, 3)
+        color = color * rng.uniform(0.75, 1.25) + rng.normal(0, 20, 3)
         tex = _texture(rng, h, w, kind, period)[..., None]
         obj = color * (0.45 + 0.55 * tex)
         img[m] = obj[m]

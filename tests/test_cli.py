@@ -1,0 +1,181 @@
+"""The ``d2lseg`` command end to end on the tiny synthetic set: train, resume, evaluate, predict, flag errors."""
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2lseg import checkpoint
+from d2lseg.cli import main
+from d2lseg.model import build_fcn
+from d2lseg.voc import VOC_CLASSES
+
+EPOCH_FIGURES = {'epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'val_mean_acc', 'val_fwiou', 'val_iou',
+                 'lr', 'train_time', 'time', 'img_s'}
+
+
+def tiny_flags(data_root, out, epochs=2):
+    return ['train', '--data-dir', data_root, '--synthetic', '--no-pretrained', '--ctx', 'cpu', '--crop', '64x96',
+            '--batch-size', '2', '--epochs', str(epochs), '--max-images', '4', '--workers', '0', '--seed', '0',
+            '--lr', '0.05', '--no-progress', '--out', out]
+
+
+def run_main(argv):
+    """main(argv) in this process -> (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope='module')
+def trained(data_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('cli') / 'run')
+    code, stdout, stderr = run_main(tiny_flags(data_root, out))
+    assert code == 0, stderr
+    return out, stdout
+
+
+def test_train_writes_history_curves_checkpoints_and_params(trained):
+    out, stdout = trained
+    assert 'training on [cpu(0)]: 4 train / 4 val images, crop 64x96' in stdout
+    assert stdout.count('\nepoch ') + stdout.startswith('epoch ') == 2
+    assert 'final val mIoU' in stdout and '(untrained network: ' in stdout
+    with open(os.path.join(out, 'history.json')) as f:
+        history = json.load(f)
+    assert [r['epoch'] for r in history['epochs']] == [1, 2]
+    for r in history['epochs']:
+        assert EPOCH_FIGURES <= set(r) and len(r['val_iou']) == 21
+        assert r['time'] >= r['train_time'] > 0 and r['img_s'] > 0
+    assert history['recipe']['crop'] == [64, 96] and history['recipe']['pretrained'] is False
+    assert history['recipe']['seed'] == 0 and history['recipe']['epochs'] == 2
+    assert {'d2lseg', 'mxnet', 'numpy', 'python'} <= set(history['versions'])
+    assert set(history['untrained']) == {'pixel_acc', 'mean_acc', 'miou', 'fwiou'}
+    with open(os.path.join(out, 'curves.png'), 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    meta = checkpoint.load_meta(out)
+    assert meta['epoch'] == 2 and os.path.isfile(os.path.join(out, meta['params']))
+    net = build_fcn(21, 'fcn32s', pretrained=False)
+    net.load_parameters(os.path.join(out, 'model.params'))
+    assert net(mx.nd.zeros((1, 3, 64, 96))).shape == (1, 21, 64, 96)
+
+
+def test_resume_continues_to_the_same_parameters(trained, data_root, tmp_path):
+    out_full, _ = trained
+    out = str(tmp_path / 'half')
+    assert run_main(tiny_flags(data_root, out, epochs=1))[0] == 0
+    assert checkpoint.load_meta(out)['epoch'] == 1
+    code, stdout, stderr = run_main(['train', '--resume', out, '--epochs', '2', '--ctx', 'cpu', '--workers', '0',
+                                     '--no-progress'])
+    assert code == 0, stderr
+    assert stdout.count('epoch 2,') == 1 and 'epoch 1,' not in stdout
+    with open(os.path.join(out, 'history.json')) as f:
+        resumed = json.load(f)
+    assert [r['epoch'] for r in resumed['epochs']] == [1, 2] and resumed['recipe']['epochs'] == 2
+    # constant learning rate: 1 epoch + 1 resumed epoch == 2 epochs straight
+    a, b = mx.nd.load(os.path.join(out, 'model.params')), mx.nd.load(os.path.join(out_full, 'model.params'))
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k].asnumpy() - b[k].asnumpy()).max()) for k in a) <= 1e-6
+
+
+@pytest.mark.parametrize('mode', ['crop', 'full'])
+def test_evaluate_prints_metrics_table_and_writes_json(trained, data_root, tmp_path, mode):
+    out, _ = trained
+    path = str(tmp_path / f'{mode}.json')
+    argv = ['evaluate', '--params', os.path.join(out, 'model.params'), '--data-dir', data_root, '--crop', '64x96',
+            '--json', path, '--no-progress'] + (['--full'] if mode == 'full' else [])
+    code, stdout, stderr = run_main(argv)
+    assert code == 0, stderr
+    first = stdout.splitlines()[0]
+    for name in ('pixel acc', 'mean acc', 'mIoU', 'f.w. IoU'):
+        assert name in first
+    for cls in VOC_CLASSES:
+        assert any(line.split()[0] == cls.split()[0] for line in stdout.splitlines()[1:]), cls
+    with open(path) as f:
+        result = json.load(f)
+    assert result['mode'] == mode and result['images'] == 8
+    for key in ('pixel_acc', 'mean_acc', 'miou', 'fwiou'):
+        assert 0 <= result[key] <= 1
+        assert f'{result[key]:.4f}' in first
+    assert len(result['iou']) == 21
+
+
+def test_predict_writes_pngs_and_reports_unreadable_files(trained, voc_dir, tmp_path):
+    out, _ = trained
+    names = sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages')))[:2]
+    images = [os.path.join(voc_dir, 'JPEGImages', n) for n in names]
+    bad = tmp_path / 'broken.jpg'
+    bad.write_bytes(b'not an image at all')
+    pred_dir = str(tmp_path / 'pred')
+    code, stdout, stderr = run_main(['predict', images[0], str(bad), images[1], '--params',
+                                     os.path.join(out, 'model.params'), '--out', pred_dir, '--no-progress'])
+    assert code == 1
+    errors = [line for line in (stdout + stderr).splitlines() if 'error' in line]
+    assert len(errors) == 1 and str(bad) in errors[0]
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        for kind in ('label', 'overlay'):
+            im = Image.open(os.path.join(pred_dir, f'{stem}_{kind}.png'))
+            assert im.size == (w, h)
+    assert sorted(os.listdir(pred_dir)) == sorted(f'{os.path.splitext(n)[0]}_{k}.png' for n in names
+                                                  for k in ('label', 'overlay'))
+
+
+BAD_FLAGS = [
+    (['--crop', '100x96'], '--crop 100x96'),
+    (['--crop', 'big'], '--crop'),
+    (['--batch-size', '0'], '--batch-size'),
+    (['--batch-size', '-4'], '--batch-size'),
+    (['--epochs', '0'], '--epochs'),
+    (['--variant', 'fcn4s'], '--variant fcn4s'),
+    (['--ctx', 'gpu'], '--ctx gpu'),
+    (['--ctx', 'tpu'], '--ctx tpu'),
+]
+
+
+@pytest.mark.parametrize('flags, named', BAD_FLAGS, ids=[' '.join(f) for f, _ in BAD_FLAGS])
+def test_bad_flags_one_line_exit_2_nothing_written(data_root, tmp_path, flags, named):
+    if flags == ['--ctx', 'gpu'] and mx.context.num_gpus():
+        pytest.skip('this machine has a GPU')
+    out = str(tmp_path / 'never')
+    code, stdout, stderr = run_main(tiny_flags(data_root, out) + flags)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and 'error' in lines[0], stderr
+    assert not os.path.exists(out)
+
+
+def test_missing_data_dir_one_line_exit_2(tmp_path):
+    out, missing = str(tmp_path / 'never'), str(tmp_path / 'nowhere')
+    flags = tiny_flags(missing, out)
+    flags.remove('--synthetic')
+    code, stdout, stderr = run_main(flags)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and missing in lines[0] and '--synthetic' in lines[0]
+    assert not os.path.exists(out) and not os.path.exists(missing)
+
+
+def test_console_script_exit_codes(data_root, tmp_path, trained):
+    exe = os.path.join(os.path.dirname(sys.executable), 'd2lseg')
+    out = str(tmp_path / 'never')
+    p = subprocess.run([exe] + tiny_flags(data_root, out) + ['--crop', '96x100'], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and '--crop 96x100' in p.stderr
+    assert not os.path.exists(out)
+    p = subprocess.run([exe, 'compare', os.path.join(trained[0], 'history.json'),
+                        '--against', os.path.join(trained[0], 'history.json')], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert 'verdict: within tolerance' in p.stdout
