@@ -33,7 +33,8 @@ def _add_recipe_flags(p, defaults):
     p.add_argument('--synthetic', action='store_true', help='use (making it when missing) the synthetic set under --data-dir')
     p.add_argument('--crop', type=_crop, default=defaults.crop, help='HEIGHTxWIDTH, multiples of 32 (default 320x480)')
     p.add_argument('--batch-size', type=_positive_int, default=defaults.batch_size)
-    p.add_argument('--epochs', type=_positive_int, default=defaults.epochs)
+    p.add_argument('--epochs', type=_positive_int, default=None,
+                   help=f'default {defaults.epochs}; with --resume, only a larger value extends the stored run')
     p.add_argument('--lr', type=float, default=defaults.lr)
     p.add_argument('--wd', type=float, default=defaults.wd)
     p.add_argument('--momentum', type=float, default=defaults.momentum)
@@ -43,7 +44,7 @@ def _add_recipe_flags(p, defaults):
                    help="ImageNet backbone from MXNet's model zoo (downloads; the default)")
     g.add_argument('--no-pretrained', dest='pretrained', action='store_false', help='random backbone')
     g.add_argument('--backbone-params', metavar='FILE', help='backbone weights from a local resnet18_v2 .params file')
-    p.add_argument('--ctx', default=defaults.ctx, help='cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu)')
+    p.add_argument('--ctx', default=None, help='cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu)')
     p.add_argument('--seed', type=int, default=defaults.seed)
     p.add_argument('--lr-schedule', default=defaults.lr_schedule, help='constant (the chapter) or poly')
     p.add_argument('--ignore-boundary', action='store_true', help='label the void border 255 and skip it')
@@ -54,11 +55,13 @@ def _add_recipe_flags(p, defaults):
 
 
 def _recipe_from(args):
-    from .training import Recipe
+    from .training import Recipe, parse_ctx
+    if args.ctx:
+        parse_ctx(args.ctx)  # an explicitly requested context must exist (the default falls back to cpu)
     return Recipe(data_dir=args.data_dir, synthetic=args.synthetic, crop=tuple(args.crop),
-                  batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, wd=args.wd,
+                  batch_size=args.batch_size, epochs=args.epochs or Recipe().epochs, lr=args.lr, wd=args.wd,
                   momentum=args.momentum, variant=args.variant, pretrained=args.pretrained,
-                  backbone_params=args.backbone_params, ctx=args.ctx, seed=args.seed,
+                  backbone_params=args.backbone_params, ctx=args.ctx or Recipe().ctx, seed=args.seed,
                   lr_schedule=args.lr_schedule, ignore_boundary=args.ignore_boundary,
                   workers=args.workers, max_images=args.max_images, kvstore=args.kvstore)
 
@@ -87,7 +90,7 @@ def run_training(recipe, out, resume=None, progress=True):
     chief = run.rank == 0
     if chief:
         os.makedirs(out, exist_ok=True)
-        print(f'training on {ctx}' + (f' (worker {run.rank} of {run.num_workers})' if run.num_workers > 1 else '')
+        print(f'training on {ctx}' + (f' (kvstore rank {run.rank} of {run.num_workers} workers)' if run.num_workers > 1 else '')
               + f': {len(run.train_data)} train / {len(run.val_data)} val images, crop {recipe.crop[0]}x{recipe.crop[1]}',
               flush=True)
     callbacks = [print_epoch, Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
@@ -104,6 +107,8 @@ def run_training(recipe, out, resume=None, progress=True):
 
 def cmd_train(args):
     recipe = _recipe_from(args)
+    if args.resume and args.epochs is None:
+        recipe.epochs = 0  # keep the stored run's epochs
     run_training(recipe, args.out or os.path.join('runs', recipe.variant), resume=args.resume,
                  progress=not args.no_progress)
     return 0
@@ -118,7 +123,7 @@ def cmd_synth(args):
 
 def _load_net(args, ctx):
     from .model import build_fcn, load_params
-    net = build_fcn(args.num_classes, args.variant, pretrained=False, ctx=ctx)
+    net = build_fcn(args.num_classes, args.variant, pretrained=False, ctx=ctx, fast_upsampling=True)
     load_params(net, args.params, ctx)
     net.hybridize(static_alloc=True)
     return net
@@ -155,7 +160,14 @@ def cmd_predict(args):
     from .training import parse_ctx
     ctx = parse_ctx(args.ctx)
     net = _load_net(args, ctx)
-    failed = predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8)
+    calib = None
+    if args.int8 and args.calib_data_dir:
+        from .voc import VOC_SUBDIR, iter_split
+        voc_dir = os.path.join(args.calib_data_dir, VOC_SUBDIR)
+        if not os.path.isdir(voc_dir):
+            raise D2lsegError(f"--calib-data-dir {args.calib_data_dir}: no VOCdevkit/VOC2012 there")
+        calib = [img for _, img, _ in iter_split(voc_dir, is_train=True, limit=8)]
+    failed = predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8, calib=calib)
     return 1 if failed else 0
 
 
@@ -197,14 +209,22 @@ def cmd_launch(args):
     if not command:
         raise D2lsegError("launch: give the command to run after --, e.g. d2lseg launch -n 2 -- d2lseg train ...")
     return launch(command, num_workers=args.num_workers, num_servers=args.num_servers,
-                  hostfile=args.hostfile, port=args.port, timeout=args.timeout)
+                  hostfile=args.hostfile, port=args.port, timeout=args.timeout,
+                  scheduler_host=args.scheduler_host)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (and exit code 2), like D2lsegError's."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
 def build_parser():
     from .training import Recipe
     defaults = Recipe()
-    parser = argparse.ArgumentParser(prog='d2lseg', description='FCN semantic segmentation (D2L 10.10) in MXNet Gluon')
-    sub = parser.add_subparsers(dest='command', required=True)
+    parser = _OneLineParser(prog='d2lseg', description='FCN semantic segmentation (D2L 10.10) in MXNet Gluon')
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_OneLineParser)
 
     p = sub.add_parser('synth', help='write the synthetic VOC-format data set')
     p.add_argument('--root', default='data', help='data folder; the tree goes to ROOT/VOCdevkit/VOC2012')
@@ -229,7 +249,11 @@ def build_parser():
             mode = p.add_mutually_exclusive_group()
             mode.add_argument('--crop', action='store_true', help='predict the top-left crop of sides multiple of 32')
             mode.add_argument('--full', action='store_true', help='whole image by tiled prediction (the default)')
-            p.add_argument('--int8', action='store_true', help='INT8-quantised network (oneDNN)')
+            p.add_argument('--int8', action='store_true',
+                           help='INT8-quantised network (oneDNN, CPU), calibrated on the first 8 images given '
+                                'or on --calib-data-dir')
+            p.add_argument('--calib-data-dir', metavar='DIR',
+                           help='with --int8: calibrate on 8 training images of DIR/VOCdevkit/VOC2012')
         else:
             p.add_argument('--data-dir', required=True, help='folder holding VOCdevkit/VOC2012')
             p.add_argument('--full', action='store_true', help='whole images by tiled prediction')
@@ -261,7 +285,9 @@ def build_parser():
     p.add_argument('-n', '--num-workers', type=_positive_int, required=True)
     p.add_argument('-s', '--num-servers', type=_positive_int, default=1)
     p.add_argument('--hostfile', help='one host per line; workers and servers are started there over ssh')
-    p.add_argument('--port', type=int, default=9091, help='scheduler port (default %(default)s)')
+    p.add_argument('--port', type=int, default=9091, help='scheduler port (default %(default)s; 0 picks a free one)')
+    p.add_argument('--scheduler-host', help="this machine's address the hosts reach (default: found from the route "
+                                            "to the first host; 127.0.0.1 without --hostfile)")
     p.add_argument('--timeout', type=float, default=None, help='stop the job after this many seconds')
     p.add_argument('command', nargs=argparse.REMAINDER, help='-- then the worker command')
     p.set_defaults(func=cmd_launch)

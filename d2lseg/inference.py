@@ -119,15 +119,30 @@ def read_image(path):
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
-def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print):
+def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None):
     """Write ``<stem>_label.png`` and ``<stem>_overlay.png`` per image; returns the number that failed.
 
     A file that cannot be read is reported on its own line and the rest are still processed.
+    int8: predict with ``quantization.quantize(net, ...)``, calibrated on ``calib`` ((H, W, 3) uint8
+    images) or, when None, on the first 8 readable images of ``paths`` (tile-sized top-left crops).
     """
     import os
     from PIL import Image
     from .viz import overlay
     os.makedirs(out_dir, exist_ok=True)
+    if int8:
+        from .quantization import calibration_batch, quantize
+        if calib is None:
+            calib = []
+            for path in paths:
+                try:
+                    calib.append(read_image(path))
+                except D2lsegError:
+                    continue
+                if len(calib) == 8:
+                    break
+        if len(calib):
+            net = quantize(net, calibration_batch(calib, tile), ctx=_ctx0(ctx))
     failed = 0
     for path in paths:
         try:

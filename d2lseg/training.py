@@ -34,6 +34,7 @@ def _get_batch(batch, ctx):
     features, labels = batch
     if labels.dtype != features.dtype:
         labels = labels.astype(features.dtype)
+    ctx = ctx[:features.shape[0]]  # a last batch smaller than the context count: one sample per context
     return (gluon.utils.split_and_load(features, ctx, even_split=False),
             gluon.utils.split_and_load(labels, ctx, even_split=False), features.shape[0])
 
@@ -152,6 +153,7 @@ class Recipe:
     workers: int = 2
     max_images: Optional[int] = None    # use only the first N images of each split (quick runs)
     kvstore: str = 'device'             # 'dist_sync' / 'dist_device_sync' for several machines
+    fast_upsampling: bool = True        # upsampling.FastUpsampling: same results, faster (not in the chapter)
 
     def validate(self):
         """Raise D2lsegError naming the flag for any value the run cannot use."""
@@ -222,6 +224,7 @@ class Run:
     kv: object = None
     rank: int = 0
     num_workers: int = 1
+    synced: bool = False           # distributed: the trainer's first broadcast has finished
 
 
 def resolve_data_dir(recipe):
@@ -242,6 +245,11 @@ def make_trainer(net, recipe, kv=None):
     opt = {'learning_rate': recipe.lr, 'wd': recipe.wd}
     if recipe.momentum:
         opt['momentum'] = recipe.momentum
+    if kv is not None and not isinstance(kv, str) and 'dist' in kv.type:
+        # Servers only sum gradients; every worker applies the same SGD step. With update_on_kvstore
+        # the servers would run a pickled copy of the optimizer: set_learning_rate (poly) would not
+        # reach them and trainer.save_states (checkpoints) fails for distributed kvstores.
+        return gluon.Trainer(net.collect_params(), 'sgd', opt, kvstore=kv, update_on_kvstore=False)
     return gluon.Trainer(net.collect_params(), 'sgd', opt, kvstore=kv if kv is not None else recipe.kvstore)
 
 
@@ -254,9 +262,16 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
     pretrained = recipe.backbone_params or recipe.pretrained
-    net = build_fcn(recipe.num_classes, recipe.variant, pretrained=pretrained, ctx=ctx)
-    net.hybridize(static_alloc=True, static_shape=True)
+    net = build_fcn(recipe.num_classes, recipe.variant, pretrained=pretrained, ctx=ctx,
+                    fast_upsampling=recipe.fast_upsampling)
     rank, parts = (kv.rank, kv.num_workers) if kv is not None and 'dist' in kv.type else (0, 1)
+    if parts > 1:
+        # MXNet 1.9: under a distributed kvstore a static_alloc graph's BatchNorm updates never reach
+        # the Parameter arrays (running statistics stay at the first-step broadcast; saved models and
+        # validation would use them), so distributed workers use the plain cached graph.
+        net.hybridize()
+    else:
+        net.hybridize(static_alloc=True, static_shape=True)
     run = Run(net, make_trainer(net, recipe, kv), SegmentationLoss(), ctx, None, None,
               kv=kv, rank=rank, num_workers=parts)
     if data:
@@ -308,10 +323,46 @@ def versions():
 def resume_recipe(resume_dir, requested):
     """The recipe stored in ``resume_dir``'s checkpoint; ``requested`` may extend epochs and
     choose where it runs (ctx, workers, kvstore), nothing that changes the result."""
-    stored = Recipe.from_dict(checkpoint.load_meta(resume_dir)['recipe'])
+    saved = checkpoint.load_meta(resume_dir)['recipe']
+    stored = Recipe.from_dict(saved)
+    stored.fast_upsampling = saved.get('fast_upsampling', False)  # optimizer states keep the layout
     stored.epochs = max(stored.epochs, requested.epochs)
     stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
     return stored
+
+
+def train_step(run, batch):
+    """One step of ``fit``: forward and backward per context shard, then the SGD update.
+
+    batch: (features (N, 3, H, W), labels (N, H, W)) -> (summed loss, pixels right, pixels counted, N)
+    as Python numbers, so the step has finished when it returns (benchmarks time exactly this).
+    """
+    Xs, ys, batch_size = _get_batch(batch, run.ctx)
+    with autograd.record():
+        y_hats = [run.net(X) for X in Xs]
+        ls = [run.loss(y_hat, y) for y_hat, y in zip(y_hats, ys)]
+    for l in ls:
+        l.backward()
+    if run.num_workers > 1 and not run.synced:
+        from .distributed import broadcast_parameters
+        broadcast_parameters(run.trainer)
+        run.synced = True
+    run.trainer.step(batch_size * run.num_workers)
+    batch_loss = sum(l.sum().asscalar() for l in ls)
+    right = count = 0.0
+    for y_hat, y in zip(y_hats, ys):
+        r, c = _correct_and_count(y_hat, y)
+        right += r.asscalar()
+        count += c.asscalar()
+    return batch_loss, right, count, batch_size
+
+
+def _first_nonfinite(net):
+    """Name of the first parameter holding NaN or infinity (first context), or None."""
+    for name, p in net.collect_params().items():
+        if not np.isfinite(p.list_data()[0].asnumpy()).all():
+            return name
+    return None
 
 
 def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
@@ -326,13 +377,13 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
     if run is None:
         recipe = resume_recipe(resume, recipe) if resume else recipe
         run = prepare(recipe, kv=kv)
-    net, trainer, loss, ctx = run.net, run.trainer, run.loss, run.ctx
+    net, trainer, ctx = run.net, run.trainer, run.ctx
     history = {'recipe': recipe.to_dict(), 'versions': versions(), 'ctx': [str(c) for c in ctx],
                'num_workers': run.num_workers, 'epochs': []}
     start_epoch = 0
     if meta is not None:
         checkpoint.restore(resume, meta, net, trainer, ctx)
-        history = meta.get('history', history)
+        history = dict(meta.get('history', history), recipe=recipe.to_dict())  # epochs may have been extended
         start_epoch = meta['epoch']
     elif recipe.epochs > 0:
         cm = _allreduce_cm(evaluate(net, run.val_iter, ctx, recipe.num_classes), run)
@@ -347,26 +398,22 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
         for i, batch in enumerate(bar):
             if recipe.lr_schedule == 'poly':
                 trainer.set_learning_rate(recipe.lr * (1 - (epoch * steps_per_epoch + i) / total_steps) ** 0.9)
-            Xs, ys, batch_size = _get_batch(batch, ctx)
-            with autograd.record():
-                y_hats = [net(X) for X in Xs]
-                ls = [loss(y_hat, y) for y_hat, y in zip(y_hats, ys)]
-            for l in ls:
-                l.backward()
-            trainer.step(batch_size * run.num_workers)
-            batch_loss = sum(l.sum().asscalar() for l in ls)
+            batch_loss, r, c, batch_size = train_step(run, batch)
             if not math.isfinite(batch_loss):
                 raise TrainingDiverged(
                     f"loss became {batch_loss} in epoch {epoch + 1}, batch {i + 1}; training stopped "
-                    f"(lower --lr; the last good checkpoint is kept)")
+                    f"(lower --lr; the checkpoints of finished epochs are kept)")
             l_sum += batch_loss
             n_img += batch_size
-            for y_hat, y in zip(y_hats, ys):
-                r, c = _correct_and_count(y_hat, y)
-                right += r.asscalar()
-                count += c.asscalar()
+            right += r
+            count += c
             bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
         train_time = time.time() - tic
+        bad = _first_nonfinite(net)  # the last step's update is not seen by any loss: keep it out of checkpoints
+        if bad:
+            raise TrainingDiverged(
+                f"parameter {bad} became NaN or infinite in epoch {epoch + 1} (by batch {steps_per_epoch}); "
+                f"training stopped (lower --lr; the checkpoints of finished epochs are kept)")
         cm = _allreduce_cm(evaluate(net, run.val_iter, ctx, recipe.num_classes), run)
         val = cm.compute()
         record = dict(epoch=epoch + 1, loss=l_sum / max(n_img, 1), train_acc=right / max(count, 1),

@@ -1,0 +1,45 @@
+"""INT8 accuracy check: validation mIoU of a trained run in float32 and after ``quantization.quantize``.
+
+    .venv/bin/python bench/int8_accuracy.py RUN_DIR [--calib-mode naive|entropy] [--calib-images 8]
+
+RUN_DIR is a ``d2lseg train --out`` folder (model.params + history.json); the validation set, crop
+and variant are the run's own recipe. Calibration uses the first training crops (never validation
+images). Prints one JSON line: miou_fp32, miou_int8, delta_points, pixel accuracies.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from d2lseg import training  # noqa: E402
+from d2lseg.model import load_params  # noqa: E402
+from d2lseg.quantization import quantize  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('run_dir')
+    p.add_argument('--calib-mode', default='naive', choices=('naive', 'entropy'))
+    p.add_argument('--calib-images', type=int, default=8)
+    args = p.parse_args(argv)
+    history = training.load_history(os.path.join(args.run_dir, 'history.json'))
+    recipe = training.Recipe.from_dict(history['recipe'])
+    recipe.ctx, recipe.pretrained, recipe.backbone_params = 'cpu', False, None
+    run = training.prepare(recipe)
+    load_params(run.net, os.path.join(args.run_dir, 'model.params'), run.ctx)
+    from mxnet import nd
+    calib = nd.stack(*[run.train_data[i][0] for i in range(args.calib_images)])
+    res = {'calib_mode': args.calib_mode, 'calib_images': args.calib_images, 'crop': list(recipe.crop)}
+    for name, net in (('fp32', run.net), ('int8', None)):
+        if net is None:
+            net = quantize(run.net, calib, calib_mode=args.calib_mode)
+        m = training.evaluate(net, run.val_iter, run.ctx, recipe.num_classes).compute()
+        res[f'miou_{name}'], res[f'pixel_acc_{name}'] = m['miou'], m['pixel_acc']
+    res['delta_points'] = 100 * (res['miou_int8'] - res['miou_fp32'])
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

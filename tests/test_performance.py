@@ -1,0 +1,206 @@
+"""The speed-ups change nothing: fast upsampling, the NHWC loss, the shared train step, INT8 quantisation.
+
+Equivalence only (no timings; bench/run.py measures speed).
+"""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon, init, nd
+from mxnet.gluon import nn
+
+from d2lseg.model import build_fcn
+from d2lseg.ops import bilinear_kernel
+from d2lseg.training import Recipe, Run, SegmentationLoss, make_trainer, train_step
+from d2lseg.upsampling import FastUpsampling, to_chapter_layout, to_fast_layout
+
+
+def _rel(a, b):
+    a, b = (x.asnumpy() if isinstance(x, nd.NDArray) else np.asarray(x) for x in (a, b))
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _fwd_bwd(layer, x):
+    x = x.copy()
+    x.attach_grad()
+    with autograd.record():
+        y = layer(x)
+        loss = (y * nd.arange(y.size).reshape(y.shape).sin()).sum()  # a non-uniform output gradient
+    loss.backward()
+    return y, x.grad, layer.weight.grad(), layer.bias.grad()
+
+
+@pytest.mark.parametrize('channels, stride, h, w', [(21, 32, 2, 3), (3, 8, 5, 7), (2, 16, 3, 1)])
+@pytest.mark.parametrize('hybrid', [False, True])
+def test_fast_upsampling_equals_transposed_conv(channels, stride, h, w, hybrid):
+    mx.random.seed(1)
+    ref = nn.Conv2DTranspose(channels, 2 * stride, padding=stride // 2, strides=stride, in_channels=channels)
+    ref.initialize(init.Normal(0.5))
+    ref.bias.set_data(nd.random.normal(shape=(channels,)))
+    fast = FastUpsampling(channels, stride)
+    fast.initialize()
+    fast.set_chapter_weight(ref.weight.data())
+    fast.bias.set_data(ref.bias.data())
+    if hybrid:
+        ref.hybridize(static_alloc=True, static_shape=True)
+        fast.hybridize(static_alloc=True, static_shape=True)
+    x = nd.random.normal(shape=(2, channels, h, w))
+    y_ref, gx_ref, gw_ref, gb_ref = _fwd_bwd(ref, x)
+    y, gx, gw, gb = _fwd_bwd(fast, x)
+    assert y.shape == (2, channels, stride * h, stride * w) == y_ref.shape
+    assert _rel(y, y_ref) < 1e-5
+    assert _rel(gx, gx_ref) < 1e-5
+    assert gw.shape == (4 * channels, channels, stride, stride)
+    assert _rel(to_chapter_layout(gw, stride), gw_ref) < 1e-5
+    assert _rel(gb, gb_ref) < 1e-5
+
+
+def test_layout_conversion_is_an_exact_permutation():
+    w = nd.arange(21 * 21 * 64 * 64).reshape((21, 21, 64, 64))
+    fast = to_fast_layout(w, 32)
+    assert fast.shape == (84, 21, 32, 32)
+    assert np.array_equal(np.sort(fast.asnumpy().ravel()), w.asnumpy().ravel())
+    assert np.array_equal(to_chapter_layout(fast, 32).asnumpy(), w.asnumpy())
+    # block (dy, dx) = (1, 0) of input channel 5 -> channel group 2, i.e. fast channel 2 * 21 + 5
+    assert np.array_equal(fast[2 * 21 + 5].asnumpy(), w[5, :, 32:, :32].asnumpy())
+    with pytest.raises(ValueError):
+        to_fast_layout(w, 16)
+    with pytest.raises(ValueError):  # strides 2 and 4 crash oneDNN's backward: refused
+        FastUpsampling(21, 4)
+
+
+def test_fast_bilinear_init_is_the_chapters():
+    fast = FastUpsampling(3, 8, weight_initializer=init.Constant(bilinear_kernel(3, 3, 16)))
+    fast.initialize()
+    assert np.array_equal(fast.chapter_weight().asnumpy(), bilinear_kernel(3, 3, 16).asnumpy())
+    x = nd.random.uniform(shape=(1, 3, 4, 6))
+    y = fast(x)
+    # bilinear upsampling by 8 keeps a constant image constant away from the zero-padded border
+    c = fast(nd.ones((1, 3, 4, 6)))[0, :, 8:-8, 8:-8].asnumpy()
+    assert y.shape == (1, 3, 32, 48) and np.allclose(c, 1, atol=1e-6)
+
+
+def _pair(variant='fcn32s'):
+    """(chapter net, fast net) holding the same parameters, at 64x96."""
+    mx.random.seed(0)
+    plain = build_fcn(21, variant, pretrained=False)
+    fast = build_fcn(21, variant, pretrained=False, fast_upsampling=True)
+    for net in (plain, fast):
+        net(nd.zeros((1, 3, 64, 96)))  # finish the backbone's deferred initialisation
+    return plain, fast
+
+
+@pytest.mark.parametrize('variant', ['fcn32s', 'fcn16s'])
+def test_saved_parameters_keep_the_chapters_names_and_layout(tmp_path, variant):
+    plain, fast = _pair(variant)
+    a, b = str(tmp_path / 'plain.params'), str(tmp_path / 'fast.params')
+    plain.save_parameters(a)
+    fast.load_parameters(a)                      # chapter file -> fast net
+    x = nd.random.normal(shape=(2, 3, 64, 96))
+    assert _rel(fast(x), plain(x)) < 1e-5
+    fast.save_parameters(b)                      # fast net -> chapter file
+    saved_a, saved_b = nd.load(a), nd.load(b)
+    assert {k: v.shape for k, v in saved_a.items()} == {k: v.shape for k, v in saved_b.items()}
+    assert all(np.array_equal(saved_a[k].asnumpy(), saved_b[k].asnumpy()) for k in saved_a)
+    last = '12.weight' if variant == 'fcn32s' else 'upsample.weight'
+    assert saved_b[last].shape == ((21, 21, 64, 64) if variant == 'fcn32s' else (21, 21, 32, 32))
+    chapter = build_fcn(21, variant, pretrained=False)
+    chapter.load_parameters(b)                   # and into the chapter's network again
+    assert _rel(chapter(x), plain(x)) < 1e-5
+
+
+def test_fast_net_keeps_the_chapter_structure():
+    plain, fast = _pair()
+    assert isinstance(fast, nn.HybridSequential) and len(fast) == len(plain) == 13
+    assert isinstance(fast[-1], FastUpsampling) and isinstance(plain[-1], nn.Conv2DTranspose)
+    assert [type(a) for a in plain][:-1] == [type(b) for b in fast][:-1]
+    assert fast[-1].chapter_weight().shape == plain[-1].weight.shape
+
+
+def test_segmentation_loss_equals_gluons_softmax_cross_entropy():
+    mx.random.seed(2)
+    pred = nd.random.normal(shape=(2, 21, 6, 5)) * 3
+    label = nd.random.randint(0, 21, shape=(2, 6, 5)).astype('float32')
+    grads = []
+    for loss_fn in (SegmentationLoss(), gluon.loss.SoftmaxCrossEntropyLoss(axis=1)):
+        loss_fn.hybridize()
+        p = pred.copy()
+        p.attach_grad()
+        with autograd.record():
+            loss = loss_fn(p, label)
+        loss.backward()
+        grads.append((loss, p.grad))
+    (l1, g1), (l2, g2) = grads
+    assert l1.shape == l2.shape == (2,)
+    assert _rel(l1, l2) < 1e-6 and _rel(g1, g2) < 1e-5
+    # ignored pixels contribute nothing and no gradient; the mean stays over all H*W pixels
+    ignored = label.copy()
+    ignored[0, :3] = 255
+    p = pred.copy()
+    p.attach_grad()
+    with autograd.record():
+        l3 = SegmentationLoss()(p, ignored)
+    l3.backward()
+    assert np.abs(p.grad[0, :, :3].asnumpy()).max() == 0
+    logp = nd.log_softmax(pred[0], axis=0).asnumpy()
+    lab = label[0].asnumpy().astype(int)
+    expect = -sum(logp[lab[i, j], i, j] for i in range(3, 6) for j in range(5)) / 30
+    assert abs(l3[0].asscalar() - expect) < 1e-5 and abs(l3[1].asscalar() - l1[1].asscalar()) < 1e-6
+
+
+def test_train_step_is_the_same_with_fast_upsampling(tmp_path):
+    plain, fast = _pair()
+    path = str(tmp_path / 'p.params')
+    plain.save_parameters(path)
+    fast.load_parameters(path)
+    recipe = Recipe(lr=0.1, wd=1e-3, ctx='cpu')
+    x = nd.random.normal(shape=(2, 3, 64, 96))
+    y = nd.random.randint(0, 21, shape=(2, 64, 96)).astype('float32')
+    before = {k: v.data().copy() for k, v in plain._collect_params_with_prefix().items()}
+    results = []
+    for net in (plain, fast):
+        net.hybridize(static_alloc=True, static_shape=True)
+        run = Run(net, make_trainer(net, recipe), SegmentationLoss(), [mx.cpu()], None, None)
+        results.append(train_step(run, (x, y)))
+    (l1, r1, c1, n1), (l2, r2, c2, n2) = results
+    assert n1 == n2 == 2 and c1 == c2 == 2 * 64 * 96 and abs(r1 - r2) <= 2  # argmax ties may flip
+    assert abs(l1 - l2) <= 1e-6 * abs(l1)
+    fast.save_parameters(str(tmp_path / 'f.params'))
+    after_fast = nd.load(str(tmp_path / 'f.params'))
+    worst = {}
+    for name, p in plain._collect_params_with_prefix().items():
+        step_plain, step_fast = p.data() - before[name], after_fast[name] - before[name]
+        if p.grad_req != 'null':  # the SGD update of every trained parameter (L2-relative)
+            worst[name] = (nd.norm(step_fast - step_plain) / nd.norm(step_plain)).asscalar()
+    assert worst['12.weight'] < 1e-5 and worst['12.bias'] < 1e-5  # the upsampling itself
+    assert max(worst.values()) < 1e-4, max(worst.items(), key=lambda kv: kv[1])  # through 18 layers
+
+
+def test_int8_quantisation_runs_and_tracks_fp32(tmp_path):
+    from d2lseg.inference import predict_files
+    from d2lseg.quantization import calibration_batch, quantize
+    from PIL import Image
+    plain, fast = _pair()
+    fast.hybridize(static_alloc=True, static_shape=True)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (70, 100, 3), dtype=np.uint8) for _ in range(4)]
+    calib = calibration_batch(images, (64, 96))
+    assert calib.shape == (4, 3, 64, 96)
+    qnet = quantize(fast, calib, batch_size=2)
+    graph = json.loads(qnet(mx.sym.var('data')).tojson())
+    ops = {n['op'] for n in graph['nodes']}
+    assert '_sg_mkldnn_conv' in ops and '_contrib_quantize_v2' in ops and 'Deconvolution' in ops
+    y32, y8 = fast(calib), qnet(calib)
+    assert y8.shape == y32.shape == (4, 21, 64, 96)
+    corr = np.corrcoef(y32.asnumpy().ravel(), y8.asnumpy().ravel())[0, 1]
+    assert corr > 0.95, corr
+    paths = []
+    for i, img in enumerate(images[:2]):
+        paths.append(str(tmp_path / f'img{i}.png'))
+        Image.fromarray(img).save(paths[-1])
+    failed = predict_files(fast, paths, str(tmp_path / 'out'), full=True, tile=(64, 96), int8=True,
+                           log=lambda *_: None)
+    assert failed == 0
+    label = np.asarray(Image.open(tmp_path / 'out' / 'img0_label.png'))
+    assert label.shape == (70, 100, 3)
