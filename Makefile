@@ -21,9 +21,9 @@ $(STAMP): setup.py
 # Train and evaluate the chapter's FCN on the synthetic VOC-format set, offline, on CPU.
 demo: $(STAMP)
 	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic --no-pretrained --ctx cpu \
-		--crop 128x192 --batch-size 16 --epochs 8 --lr 0.1 --momentum 0.9 --lr-schedule poly --seed 0 \
+		--crop 128x192 --batch-size 4 --epochs 7 --lr 0.05 --momentum 0.9 --lr-schedule poly --seed 0 \
 		--out runs/demo
-	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --crop 128x192
+	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --full
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -302,6 +302,9 @@ def main(argv=None):
     except D2lsegError as e:
         print(f'd2lseg {args.command}: error: {e}', file=sys.stderr)
         return getattr(e, 'exit_code', 2)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f'd2lseg {args.command}: interrupted', file=sys.stderr)
         return 130
