@@ -22,6 +22,8 @@ import shutil
 import numpy as np
 import pytest
 
+from nbrun import execute_notebook
+
 pytestmark = pytest.mark.notebook
 
 CHAPTER = [
@@ -153,17 +155,6 @@ def _chapter_cells():
         assert len(hits) == 1, f'substitution {old!r} must match exactly one cell, matched {len(hits)}'
         cells[hits[0]] = cells[hits[0]].replace(old, new)
     return cells + [REPORT]
-
-
-def execute_notebook(nb, cwd, timeout=300):
-    """Run a notebook with this interpreter's ipykernel (no installed kernelspec needed)."""
-    from jupyter_client import KernelManager
-    from jupyter_client.kernelspec import KernelSpecManager
-    from nbclient import NotebookClient
-    ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # ipykernel's own: sys.executable
-    km = KernelManager(kernel_name='python3', kernel_spec_manager=ksm)
-    NotebookClient(nb, km=km, timeout=timeout, resources={'metadata': {'path': str(cwd)}}).execute()
-    return nb
 
 
 def _text(cell):

@@ -10,22 +10,13 @@ import re
 
 import pytest
 
+from nbrun import execute_notebook
+
 import d2lseg
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'notebooks')
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, '*.ipynb')))
 NAMES = [os.path.basename(p) for p in NOTEBOOKS]
-
-
-def execute_notebook(nb, cwd, timeout=180):
-    """Run a notebook with this interpreter's ipykernel (no installed kernelspec needed)."""
-    from jupyter_client import KernelManager
-    from jupyter_client.kernelspec import KernelSpecManager
-    from nbclient import NotebookClient
-    ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # ipykernel's own: sys.executable
-    km = KernelManager(kernel_name='python3', kernel_spec_manager=ksm)
-    NotebookClient(nb, km=km, timeout=timeout, resources={'metadata': {'path': str(cwd)}}).execute()
-    return nb
 
 
 def _read(name):

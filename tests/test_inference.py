@@ -1,0 +1,117 @@
+"""Prediction (D2L 10.10.6): predict, label2image, tiled full-image prediction, and the plots."""
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import nd
+
+from d2lseg.inference import label2image, predict, predict_full, predict_logits_full, tile_starts
+from d2lseg.model import build_fcn
+from d2lseg.voc import VOC_COLORMAP, normalize_image
+
+
+@pytest.fixture(scope='module')
+def net():
+    mx.random.seed(3)
+    n = build_fcn(variant='fcn32s', pretrained=False)
+    n.hybridize(static_alloc=True)
+    return n
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('length,tile', [(64, 64), (100, 64), (128, 64), (375, 320), (500, 480), (1000, 96)])
+def test_tiles_cover_every_pixel_and_stay_inside(length, tile):
+    starts = tile_starts(length, tile)
+    assert starts[0] == 0 and starts[-1] == length - tile
+    covered = np.zeros(length, int)
+    for s in starts:
+        covered[s:s + tile] += 1
+    assert covered.min() >= 1
+    assert len(starts) == int(np.ceil((length - tile) / tile)) + 1  # no more tiles than needed
+
+
+def test_tile_starts_of_a_short_side_is_one_padded_tile():
+    assert tile_starts(50, 64) == [0]
+
+
+def test_predict_is_normalise_forward_argmax(net):
+    img = _image(64, 96)
+    X = nd.array(normalize_image(img).transpose(2, 0, 1)[None])
+    expected = net(X).argmax(axis=1)[0].asnumpy()
+    pred = predict(net, nd.array(img, dtype='uint8'))
+    assert pred.shape == (64, 96)
+    np.testing.assert_array_equal(pred.asnumpy(), expected)
+
+
+def test_full_prediction_of_one_tile_equals_predict(net):
+    img = _image(64, 96, seed=1)
+    full = predict_full(net, img, tile=(64, 96))
+    np.testing.assert_array_equal(full, predict(net, img).asnumpy().astype(np.int64))
+
+
+@pytest.mark.parametrize('h,w', [(70, 100), (40, 50), (130, 97), (64, 200)])
+def test_full_prediction_keeps_the_input_size(net, h, w):
+    assert predict_full(net, _image(h, w), tile=(64, 96)).shape == (h, w)
+
+
+def test_full_logits_average_the_overlapping_tiles(net):
+    """A 64x128 image with 64x96 tiles: columns 32..95 are covered twice and get the mean of both tiles."""
+    img = _image(64, 128, seed=2)
+    logits = predict_logits_full(net, img, tile=(64, 96))
+    X = nd.array(normalize_image(img).transpose(2, 0, 1)[None])
+    left = net(X[:, :, :, 0:96])[0].asnumpy()
+    right = net(X[:, :, :, 32:128])[0].asnumpy()
+    np.testing.assert_allclose(logits[:, :, :32], left[:, :, :32], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[:, :, 32:96], (left[:, :, 32:] + right[:, :, :64]) / 2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[:, :, 96:], right[:, :, 64:], rtol=1e-5, atol=1e-5)
+
+
+def test_small_image_is_padded_with_the_mean_colour(net):
+    """Padding happens in normalised space with zeros, i.e. the ImageNet mean colour."""
+    img = _image(40, 50, seed=4)
+    logits = predict_logits_full(net, img, tile=(64, 96))
+    X = np.zeros((1, 3, 64, 96), np.float32)
+    X[0, :, :40, :50] = normalize_image(img).transpose(2, 0, 1)
+    np.testing.assert_allclose(logits, net(nd.array(X))[0].asnumpy()[:, :40, :50], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_tile_is_a_clear_error(net):
+    from d2lseg.errors import D2lsegError
+    with pytest.raises(D2lsegError, match='multiples of 32'):
+        predict_full(net, _image(64, 64), tile=(60, 96))
+
+
+def test_label2image_uses_the_voc_colormap():
+    pred = nd.array([[0, 1], [15, 20]])
+    img = label2image(pred).asnumpy()
+    assert img.dtype == np.uint8 and img.shape == (2, 2, 3)
+    np.testing.assert_array_equal(img, np.array([[VOC_COLORMAP[0], VOC_COLORMAP[1]],
+                                                 [VOC_COLORMAP[15], VOC_COLORMAP[20]]], np.uint8))
+    np.testing.assert_array_equal(label2image(np.array([[7]])).asnumpy()[0, 0], VOC_COLORMAP[7])
+
+
+def test_overlay_blends_only_foreground():
+    from d2lseg.viz import overlay
+    img = np.full((2, 2, 3), 100, np.uint8)
+    out = overlay(img, np.array([[0, 1], [0, 0]]), alpha=0.5)
+    np.testing.assert_array_equal(out[0, 0], [100, 100, 100])
+    np.testing.assert_array_equal(out[0, 1], [114, 50, 50])  # (100 + 128) / 2, (100 + 0) / 2
+
+
+def test_plots_are_written(tmp_path):
+    from d2lseg.viz import plot_confusion, plot_history, plt, legend, show_images
+    history = {'epochs': [dict(epoch=i, loss=1.0 / i, train_acc=0.5, test_acc=0.6, val_miou=0.2) for i in (1, 2)]}
+    path = tmp_path / 'curves.png'
+    plot_history(history, str(path))
+    assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    ax = plot_confusion(np.eye(21) * 5 + 1)
+    assert len(ax.get_xticklabels()) == 21
+    legend(ax, classes=[0, 3])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ['background', 'bird']
+    axes = show_images([np.zeros((4, 4, 3), np.uint8)] * 3, 1, 3)
+    assert axes.shape == (1, 3)
+    plt.close('all')
