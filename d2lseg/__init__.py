@@ -29,6 +29,14 @@ from .inference import label2image, predict, predict_full  # noqa: E402
 
 __version__ = '0.1.0'
 
+__all__ = [  # the chapter's names first, then the package's
+    'VOC_CLASSES', 'VOC_COLORMAP', 'download_voc_pascal', 'read_voc_images', 'voc_rand_crop', 'VOCSegDataset',
+    'try_all_gpus', 'train', 'evaluate_accuracy', 'bilinear_kernel', 'plt', 'set_figsize', 'show_images',
+    'corr2d', 'trans_conv', 'kernel2matrix', 'build_colormap2label', 'voc_label_indices', 'load_data_voc',
+    'make_synthetic_voc', 'build_fcn', 'ConfusionMatrix', 'Recipe', 'fit', 'predict', 'label2image',
+    'predict_full', 'D2lsegError', 'use_svg_display',
+]
+
 _VIZ_NAMES = ('plt', 'set_figsize', 'show_images', 'use_svg_display')
 
 

@@ -4,7 +4,6 @@ Classes share colours in pairs and differ by texture, and background patches car
 so a quantised-RGB -> majority-class table (also on a small neighbourhood mean of the colour) must
 score below 0.15 val mIoU, while the FCN reaches 0.35 or more in the demo (see README).
 """
-import os
 
 import cv2
 import numpy as np

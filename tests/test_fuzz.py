@@ -5,7 +5,6 @@ images of any 8-bit mode (RGB, L, P, RGBA, LA, CMYK, ...) are converted to RGB a
 in 'P' or 'L' mode hold class indices and 'RGB'/'RGBA' hold VOC colours (alpha ignored), all accepted;
 1-bit, 16-bit and float files would be mangled silently, so they are refused with a D2lsegError.
 """
-import io
 import os
 import shutil
 import tempfile

@@ -1,5 +1,4 @@
 """Prediction (D2L 10.10.6): predict, label2image, tiled full-image prediction, and the plots."""
-import os
 
 import mxnet as mx
 import numpy as np

@@ -140,3 +140,35 @@ def test_compare_published(tmp_path):
     synth['recipe']['synthetic'] = True
     with pytest.raises(UnusableHistory, match='synthetic=True'):
         compare_published(synth)
+
+
+def _offline(monkeypatch):
+    """Route every HTTP(S) request to a closed local port, so these tests never download anything."""
+    for var in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'):
+        monkeypatch.setenv(var, 'http://127.0.0.1:9')
+    for var in ('NO_PROXY', 'no_proxy'):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_reproduce_offline_fails_clearly_without_voc(monkeypatch, tmp_path, capsys):
+    from d2lseg.cli import main
+    _offline(monkeypatch)
+    data, out = tmp_path / 'data', tmp_path / 'out'
+    assert main(['reproduce', '--data-dir', str(data), '--out', str(out), '--no-progress']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('d2lseg reproduce: error: could not download Pascal VOC2012')
+    assert 'd2lseg synth' in err[0]
+    assert not out.exists()
+    assert not (data / 'VOCdevkit').exists() and not [p for p in data.iterdir() if p.name.endswith('.part')]
+
+
+def test_reproduce_offline_fails_clearly_without_the_backbone(monkeypatch, tmp_path, data_root, capsys):
+    """With VOC present the next download is the ImageNet backbone: one line saying how to proceed."""
+    from d2lseg.cli import main
+    _offline(monkeypatch)
+    monkeypatch.setenv('MXNET_HOME', str(tmp_path / 'mxnet-home'))  # no cached weights
+    out = tmp_path / 'out'
+    assert main(['reproduce', '--data-dir', data_root, '--out', str(out), '--no-progress', '--ctx', 'cpu']) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
+    assert len(err) == 1 and 'resnet18_v2' in err[0] and '--backbone-params' in err[0]
+    assert not out.exists()
