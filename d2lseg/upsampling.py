@@ -1,13 +1,14 @@
 """Fast bilinear upsampling: the chapter's ``Conv2DTranspose(C, 2s, padding=s/2, strides=s)`` without overlap.
 
-With a kernel exactly twice its stride, every output pixel of the transposed convolution depends on a
-2x2 input neighbourhood. Padding the input by one pixel, concatenating its four shifted copies
-(C -> 4C channels) and running a *non-overlapping* transposed convolution (kernel s, stride s) gives the
-same output and gradients; oneDNN runs that faster (measured here on the layer: about 1.6x
-forward, 1.2-1.6x forward + backward). The weight is a pure permutation of the chapter's: stored rearranged, (4C_in, C, s, s), as the leaf parameter (MXNet
-1.9.1's oneDNN Deconvolution backward crashes when its weight is computed in the graph), and
-``FastLayoutParams`` converts it exactly on ``save_parameters`` / ``load_parameters``, so parameter
-files keep the chapter's names and (C_in, C, 2s, 2s) layout and load into the chapter's network.
+With a kernel exactly twice its stride, every output pixel of the transposed convolution depends on
+a 2x2 input neighbourhood. Padding the input by one pixel, concatenating its four shifted copies (C
+-> 4C channels) and running a *non-overlapping* transposed convolution (kernel s, stride s) gives
+the same output and gradients; oneDNN runs that faster (measured here on the layer: about 1.6x
+forward, 1.2-1.6x forward + backward). The weight is a pure permutation of the chapter's: stored
+rearranged, (4C_in, C, s, s), as the leaf parameter (MXNet 1.9.1's oneDNN Deconvolution backward
+crashes when its weight is computed in the graph), and ``FastLayoutParams`` converts it exactly on
+``save_parameters`` / ``load_parameters``, so parameter files keep the chapter's names and (C_in, C,
+2s, 2s) layout and load into the chapter's network.
 """
 import os
 import tempfile
