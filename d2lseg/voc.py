@@ -67,13 +67,7 @@ def build_colormap2label(ignore_boundary=False):
     Colours not in ``VOC_COLORMAP`` map to 0 (background), as in the chapter; with
     ``ignore_boundary`` the void colour (224, 224, 192) maps to 255.
     """
-    colormap2label = nd.zeros(256 ** 3)
-    for i, cm in enumerate(VOC_COLORMAP):
-        colormap2label[(cm[0] * 256 + cm[1]) * 256 + cm[2]] = i
-    if ignore_boundary:
-        r, g, b = VOID_COLOR
-        colormap2label[(r * 256 + g) * 256 + b] = IGNORE_INDEX
-    return colormap2label
+    return nd.array(_label_lut(ignore_boundary), dtype='float32')
 
 
 def voc_label_indices(colormap, colormap2label):
@@ -247,13 +241,21 @@ def _known_packed():
     return np.array([(r * 256 + g) * 256 + b for r, g, b in VOC_COLORMAP + [list(VOID_COLOR)]])
 
 
-def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None):
-    """Yield (name, image (H, W, 3) uint8, label indices (H, W) uint8) of a split, one at a time."""
+def _sample_paths(voc_dir, name):
+    """(image path, label path) of one named sample of a VOC tree."""
+    return (os.path.join(voc_dir, 'JPEGImages', f'{name}.jpg'),
+            os.path.join(voc_dir, 'SegmentationClass', f'{name}.png'))
+
+
+def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None, colormap2label=None, stats=None):
+    """Yield (name, image (H, W, 3) uint8, label indices (H, W) uint8) of a split, one at a time.
+
+    ``colormap2label`` and ``stats`` are passed to ``read_label_indices``.
+    """
     for name in read_split(voc_dir, is_train)[:limit]:
-        img_path = os.path.join(voc_dir, 'JPEGImages', f'{name}.jpg')
-        lab_path = os.path.join(voc_dir, 'SegmentationClass', f'{name}.png')
+        img_path, lab_path = _sample_paths(voc_dir, name)
         img = _open_image(img_path, 'rgb')
-        lab = read_label_indices(lab_path, ignore_boundary)
+        lab = read_label_indices(lab_path, ignore_boundary, colormap2label, stats)
         _check_same_size(img_path, img.shape, lab_path, lab.shape)
         yield name, img, lab
 
@@ -265,8 +267,7 @@ def read_voc_images(root='../data/VOCdevkit/VOC2012', is_train=True):
     """
     features, labels = [], []
     for fname in read_split(root, is_train):
-        img_path = os.path.join(root, 'JPEGImages', f'{fname}.jpg')
-        lab_path = os.path.join(root, 'SegmentationClass', f'{fname}.png')
+        img_path, lab_path = _sample_paths(root, fname)
         img, lab = _open_image(img_path, 'rgb'), _label_rgb(lab_path)
         _check_same_size(img_path, img.shape, lab_path, lab.shape)
         features.append(nd.array(img, dtype='uint8'))
@@ -331,35 +332,27 @@ class VOCSegDataset(gluon.data.Dataset):
     ``seed`` makes crops depend only on (seed, epoch, index). Source: D2L 10.10.4.
     """
 
-    rgb_mean = nd.array(RGB_MEAN)
-    rgb_std = nd.array(RGB_STD)
-
     def __init__(self, is_train, crop_size, voc_dir, colormap2label=None, ignore_boundary=False,
                  seed=None, max_images=None, verbose=True):
         self.crop_size = tuple(crop_size)
         self.seed, self.epoch = seed, 0
-        names = read_split(voc_dir, is_train)[:max_images]
         lut = None
         if colormap2label is not None:
             lut = colormap2label.asnumpy() if isinstance(colormap2label, nd.NDArray) else np.asarray(colormap2label)
         stats = {}
-        features, labels, kept_names = [], [], []
+        features, labels, kept_names, total = [], [], [], 0
         h, w = self.crop_size
-        for name in names:
-            img_path = os.path.join(voc_dir, 'JPEGImages', f'{name}.jpg')
-            lab_path = os.path.join(voc_dir, 'SegmentationClass', f'{name}.png')
-            img = _open_image(img_path, 'rgb')
-            lab = read_label_indices(lab_path, ignore_boundary, lut, stats)
-            _check_same_size(img_path, img.shape, lab_path, lab.shape)
+        for name, img, lab in iter_split(voc_dir, is_train, ignore_boundary, max_images, lut, stats):
+            total += 1
             if img.shape[0] >= h and img.shape[1] >= w:
                 features.append(np.ascontiguousarray(img))
                 labels.append(lab)
                 kept_names.append(name)
         if not features:
-            raise D2lsegError(f"{voc_dir}: all {len(names)} images are smaller than the crop {h}x{w}; "
+            raise D2lsegError(f"{voc_dir}: all {total} images are smaller than the crop {h}x{w}; "
                               f"use a smaller --crop")
         self.features, self.labels, self.names = features, labels, kept_names
-        self.num_dropped = len(names) - len(features)
+        self.num_dropped = total - len(features)
         self.unknown_pixels = stats.get('unknown_pixels', 0)
         if self.unknown_pixels:
             log.warning("%d label pixels in %s have colours outside VOC_COLORMAP; mapped to background",
