@@ -58,6 +58,26 @@ def evaluate_accuracy(data_iter, net, ctx=None):
     return acc_sum / n if n else float('nan')
 
 
+def _forward_backward(net, loss, Xs, ys):
+    """Forward and backward on every context shard -> (losses, outputs), one per shard."""
+    with autograd.record():
+        y_hats = [net(X) for X in Xs]
+        ls = [loss(y_hat, y) for y_hat, y in zip(y_hats, ys)]
+    for l in ls:
+        l.backward()
+    return ls, y_hats
+
+
+def _step_figures(ls, y_hats, ys):
+    """(summed loss, pixels right, pixels counted) of one step over its shards, as Python numbers."""
+    right = count = 0.0
+    for y_hat, y in zip(y_hats, ys):
+        r, c = _correct_and_count(y_hat, y)
+        right += r.asscalar()
+        count += c.asscalar()
+    return sum(l.sum().asscalar() for l in ls), right, count
+
+
 def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs):
     """The chapter's trainer: one backward per context shard, ``trainer.step(batch_size)``.
 
@@ -72,18 +92,13 @@ def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs):
         train_l_sum, train_acc_sum, n, m, start = 0.0, 0.0, 0, 0.0, time.time()
         for batch in train_iter:
             Xs, ys, batch_size = _get_batch(batch, ctx)
-            with autograd.record():
-                y_hats = [net(X) for X in Xs]
-                ls = [loss(y_hat, y) for y_hat, y in zip(y_hats, ys)]
-            for l in ls:
-                l.backward()
+            ls, y_hats = _forward_backward(net, loss, Xs, ys)
             trainer.step(batch_size)
-            train_l_sum += sum(l.sum().asscalar() for l in ls)
+            l_sum, right, count = _step_figures(ls, y_hats, ys)
+            train_l_sum += l_sum
             n += sum(l.size for l in ls)
-            for y_hat, y in zip(y_hats, ys):
-                right, count = _correct_and_count(y_hat, y)
-                train_acc_sum += right.asscalar()
-                m += count.asscalar()
+            train_acc_sum += right
+            m += count
         test_acc = evaluate_accuracy(test_iter, net, ctx)
         record = dict(epoch=epoch + 1, loss=train_l_sum / max(n, 1), train_acc=train_acc_sum / max(m, 1),
                       test_acc=test_acc, time=time.time() - start)
@@ -338,23 +353,13 @@ def train_step(run, batch):
     as Python numbers, so the step has finished when it returns (benchmarks time exactly this).
     """
     Xs, ys, batch_size = _get_batch(batch, run.ctx)
-    with autograd.record():
-        y_hats = [run.net(X) for X in Xs]
-        ls = [run.loss(y_hat, y) for y_hat, y in zip(y_hats, ys)]
-    for l in ls:
-        l.backward()
+    ls, y_hats = _forward_backward(run.net, run.loss, Xs, ys)
     if run.num_workers > 1 and not run.synced:
         from .distributed import broadcast_parameters
         broadcast_parameters(run.trainer)
         run.synced = True
     run.trainer.step(batch_size * run.num_workers)
-    batch_loss = sum(l.sum().asscalar() for l in ls)
-    right = count = 0.0
-    for y_hat, y in zip(y_hats, ys):
-        r, c = _correct_and_count(y_hat, y)
-        right += r.asscalar()
-        count += c.asscalar()
-    return batch_loss, right, count, batch_size
+    return _step_figures(ls, y_hats, ys) + (batch_size,)
 
 
 def _first_nonfinite(net):
