@@ -20,7 +20,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['d2lseg', 'd2lseg.*']),
-    package_data={'d2lseg': ['baselines/*.json']},
+    package_data={'d2lseg': ['baselines/*.json', 'csrc/*.cc']},
     python_requires='>=3.8,<3.12',
     install_requires=STACK,
     extras_require={

@@ -117,6 +117,7 @@ def part_mxnet(args):
     ensure_data(args.data_dir, BATCH * (steps + 2))
     run = training.prepare(_recipe(args.data_dir))
     res['fast_upsampling'] = run.net.__class__.__name__ != 'HybridSequential'
+    res['native_kernels'] = run.net[-1].uses_native()  # d2lseg/kernels.py: upsampling, loss, argmax
     res['forward_gflop_per_img'] = forward_flops(build_fcn(NUM_CLASSES, pretrained=False), (3,) + CROP) / 1e9
 
     # training: prepare's DataLoader feeding train_step, exactly as fit's loop; data wait vs compute
@@ -262,26 +263,32 @@ def part_torch_rss(args):
 
 
 def part_mxnet_ab(args):
-    """A/B of the speed options on in-memory batches: chapter vs fast upsampling (train and infer),
-    static hybridize vs oneDNN graph fusion (``optimize_for(backend='MKLDNN')``) for inference."""
+    """A/B of the speed options on in-memory batches: the chapter's upsampling, the fast one on MXNet's
+    operators, and the native kernels (train and infer); static hybridize vs oneDNN graph fusion
+    (``optimize_for(backend='MKLDNN')``) for inference. Run with D2LSEG_NATIVE unset."""
     from mxnet import nd
     from d2lseg import training
     X = nd.random.normal(shape=(BATCH, 3) + CROP)
     y = nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32')
     res = {}
-    for fast in (False, True):
+    for fast, native in ((False, False), (True, False), (True, True)):
         recipe = _recipe()
         recipe.fast_upsampling = fast
         run = training.prepare(recipe, data=False)
-        tag = 'fast' if fast else 'chapter'
+        if fast:
+            run.net[-1].native = native
+            run.net.hybridize(static_alloc=True, static_shape=True)
+        run.loss.native = native
+        run.loss.hybridize()
+        tag = 'native' if native else ('fast' if fast else 'chapter')
         res[f'ab_train_img_s_{tag}_upsampling'] = BATCH / _timed(lambda: training.train_step(run, (X, y)),
                                                                  args.steps, warmup=2)
         res[f'ab_infer_img_s_{tag}_upsampling'] = BATCH / _timed(
             lambda: training.evaluate(run.net, [(X, y)], run.ctx, NUM_CLASSES), args.steps)
-        if fast:
+        if native:
             net = training.prepare(recipe, data=False).net
             net.optimize_for(X, backend='MKLDNN', static_alloc=True, static_shape=True)
-            res['ab_infer_img_s_fast_upsampling_optimize_for'] = BATCH / _timed(
+            res['ab_infer_img_s_native_optimize_for'] = BATCH / _timed(
                 lambda: training.evaluate(net, [(X, y)], run.ctx, NUM_CLASSES), args.steps)
     return res
 

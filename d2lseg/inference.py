@@ -9,6 +9,7 @@ import mxnet as mx
 from mxnet import nd
 
 from .errors import D2lsegError
+from .kernels import argmax_channel
 from .model import OUTPUT_STRIDE
 from .voc import VOC_COLORMAP, normalize_image
 
@@ -30,7 +31,7 @@ def predict(net, img, ctx=None):
 
     img: (H, W, 3) uint8 (H, W multiples of 32) -> (H, W) float32 NDArray. Source: D2L 10.10.6.
     """
-    pred = nd.argmax(net(_to_batch(img, _ctx0(ctx))), axis=1)
+    pred = argmax_channel(net(_to_batch(img, _ctx0(ctx))))
     return pred.reshape((pred.shape[1], pred.shape[2]))
 
 

@@ -10,6 +10,7 @@ from mxnet import init
 from mxnet.gluon import HybridBlock, model_zoo, nn
 
 from .errors import D2lsegError
+from .kernels import native_default
 from .ops import bilinear_kernel
 from .upsampling import FastHybridSequential, FastLayoutParams, FastUpsampling
 
@@ -71,7 +72,7 @@ class FCNSkip(FastLayoutParams, HybridBlock):
     Source: Long et al. 2015, Sec. 4.2; D2L 10.10 exercise 5.
     """
 
-    def __init__(self, features, num_classes=21, finest_stride=16, fast_upsampling=False, **kwargs):
+    def __init__(self, features, num_classes=21, finest_stride=16, fast_upsampling=False, native=None, **kwargs):
         super().__init__(**kwargs)
         if finest_stride not in (8, 16):
             raise ValueError("finest_stride must be 16 (FCN-16s) or 8 (FCN-8s)")
@@ -91,7 +92,7 @@ class FCNSkip(FastLayoutParams, HybridBlock):
             if fast_upsampling:
                 self._upsample_init = None
                 self.upsample = FastUpsampling(num_classes, finest_stride, weight_initializer=init.Constant(
-                    bilinear_kernel(num_classes, num_classes, 2 * finest_stride)))
+                    bilinear_kernel(num_classes, num_classes, 2 * finest_stride)), native=native)
             else:
                 self.upsample, self._upsample_init = _bilinear_up(num_classes, finest_stride)
 
@@ -125,18 +126,19 @@ def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=
     pretrained: see ``load_backbone``. Input (N, 3, H, W) with H, W multiples of 32 ->
     (N, num_classes, H, W). A 320x480 input gives a (1, 512, 10, 15) feature map.
     fast_upsampling: replace the final transposed convolution by ``upsampling.FastUpsampling`` (same
-    outputs and gradients; on this project's CPU the layer runs about 1.6x faster forward, 1.2-1.6x
-    forward+backward; ``save_parameters`` still writes the chapter's
-    names and layout). The training and prediction paths (``training.prepare``, the CLI) turn it on.
+    outputs and gradients, faster; on CPU contexts it runs ``kernels``' fused operator when that builds;
+    ``save_parameters`` still writes the chapter's names and layout). The training and prediction
+    paths (``training.prepare``, the CLI) turn it on.
     Source: D2L 10.10.2-10.10.3.
     """
     if variant not in VARIANTS:
         raise D2lsegError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     ctx = _as_ctx_list(ctx)
+    native = native_default(ctx)  # the kernels are CPU-only
     pretrained_net = load_backbone(pretrained, ctx, root)
     if variant != 'fcn32s':
         net = FCNSkip(pretrained_net.features, num_classes, 16 if variant == 'fcn16s' else 8,
-                      fast_upsampling=fast_upsampling)
+                      fast_upsampling=fast_upsampling, native=native)
         net.initialize_head(ctx)
         return net
     net = FastHybridSequential() if fast_upsampling else nn.HybridSequential()
@@ -145,7 +147,7 @@ def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=
     if fast_upsampling:
         net.add(nn.Conv2D(num_classes, kernel_size=1),
                 FastUpsampling(num_classes, 32, weight_initializer=init.Constant(
-                    bilinear_kernel(num_classes, num_classes, 64))))
+                    bilinear_kernel(num_classes, num_classes, 64)), native=native))
         net[-1].initialize(ctx=ctx)
     else:
         net.add(nn.Conv2D(num_classes, kernel_size=1),

@@ -8,7 +8,9 @@ forward, 1.2-1.6x forward + backward). The weight is a pure permutation of the c
 rearranged, (4C_in, C, s, s), as the leaf parameter (MXNet 1.9.1's oneDNN Deconvolution backward
 crashes when its weight is computed in the graph), and ``FastLayoutParams`` converts it exactly on
 ``save_parameters`` / ``load_parameters``, so parameter files keep the chapter's names and (C_in, C,
-2s, 2s) layout and load into the chapter's network.
+2s, 2s) layout and load into the chapter's network. On CPU contexts the whole layer runs as one
+compiled operator when ``kernels`` builds (``native``); a graph exported from such a layer holds
+that operator, so load it after ``d2lseg.kernels.load()`` (or build with ``native=False``).
 """
 import os
 import tempfile
@@ -53,14 +55,17 @@ class FastUpsampling(HybridBlock):
     x: (N, C_in, h, w) -> (N, channels, stride*h, stride*w), the same values as the chapter's layer
     holding ``chapter_weight()``. Parameters ``weight`` (4*C_in, channels, s, s) and ``bias``
     (channels,). weight_initializer: an initializer of the *chapter-layout* kernel, e.g.
-    ``init.Constant(bilinear_kernel(C, C, 2*s))``. Source: D2L 10.10.3, rearranged.
+    ``init.Constant(bilinear_kernel(C, C, 2*s))``. native: run ``kernels``' fused CPU operator
+    (None: whenever it builds; False: MXNet's operators, needed on GPUs). Source: D2L 10.10.3,
+    rearranged.
     """
 
-    def __init__(self, channels, stride, in_channels=None, weight_initializer=None, **kwargs):
+    def __init__(self, channels, stride, in_channels=None, weight_initializer=None, native=None, **kwargs):
         super().__init__(**kwargs)
         if stride < MIN_STRIDE or stride % 2:
             raise ValueError(f'stride must be even and at least {MIN_STRIDE}, got {stride}')
         self.channels, self.stride = channels, stride
+        self.native = native
         self.in_channels = in_channels or channels
         with self.name_scope():
             self.weight = self.params.get('weight', shape=(4 * self.in_channels, channels, stride, stride),
@@ -68,7 +73,14 @@ class FastUpsampling(HybridBlock):
                                           else None)
             self.bias = self.params.get('bias', shape=(channels,), init='zeros')
 
+    def uses_native(self):
+        """Whether the forward runs ``kernels``' fused operator (CPU; stride 8, 16, 24 or 32)."""
+        from . import kernels
+        return self.stride % 8 == 0 and self.stride <= 32 and kernels.wanted(self.native)
+
     def hybrid_forward(self, F, x, weight, bias):
+        if self.uses_native():
+            return F.d2lseg_upsample(x, weight, bias, stride=self.stride)
         xp = F.pad(x, mode='constant', pad_width=(0, 0, 0, 0, 1, 1, 1, 1))
         parts = []
         for dy in (0, 1):
