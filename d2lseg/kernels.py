@@ -111,18 +111,18 @@ def wanted(native):
     return load() if native is None else bool(native and load())
 
 
+def _all_cpu(ctx):
+    return all(c.device_type == 'cpu' for c in (ctx if isinstance(ctx, (list, tuple)) else [ctx]))
+
+
 def native_default(ctx):
     """The ``native`` setting for layers on ``ctx`` (a list of Contexts): None on CPUs, False otherwise."""
-    return None if all(c.device_type == 'cpu' for c in ctx) else False
+    return None if _all_cpu(ctx) else False
 
 
 def usable(ctx=None):
     """True when the kernels are loaded and every context of ``ctx`` (a Context or list) is a CPU."""
-    if ctx is not None:
-        ctxs = ctx if isinstance(ctx, (list, tuple)) else [ctx]
-        if any(c.device_type != 'cpu' for c in ctxs):
-            return False
-    return load()
+    return (ctx is None or _all_cpu(ctx)) and load()
 
 
 def argmax_channel(scores):

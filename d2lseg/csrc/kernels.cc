@@ -60,18 +60,19 @@ struct Geometry {
   }
 };
 
-// A[p][k], p = (n*hb + by)*wb + bx
-void gather_blocks(const Geometry& g, const float* x, float* A) {
+// A[p * p_stride + k * k_stride] = block p's input value k, p = (n*hb + by)*wb + bx: (P, K) for the
+// forward, (K, P) (k_stride = P, p_stride = 1) for the backward's dweight
+void gather_blocks(const Geometry& g, const float* x, float* A, long p_stride, long k_stride) {
 #pragma omp parallel for collapse(2)
   for (int n = 0; n < g.N; ++n)
     for (int by = 0; by < g.hb; ++by)
       for (int bx = 0; bx < g.wb; ++bx) {
-        float* a = A + ((static_cast<long>(n) * g.hb + by) * g.wb + bx) * g.K;
+        float* a = A + ((static_cast<long>(n) * g.hb + by) * g.wb + bx) * p_stride;
         for (int grp = 0; grp < 4; ++grp) {
           int y = by - grp / 2, xx = bx - grp % 2;
           bool in = y >= 0 && y < g.h && xx >= 0 && xx < g.w;
           for (int ci = 0; ci < g.Cin; ++ci)
-            a[grp * g.Cin + ci] = in ? x[((static_cast<long>(n) * g.Cin + ci) * g.h + y) * g.w + xx] : 0.f;
+            a[(grp * g.Cin + ci) * k_stride] = in ? x[((static_cast<long>(n) * g.Cin + ci) * g.h + y) * g.w + xx] : 0.f;
         }
       }
 }
@@ -148,11 +149,8 @@ void upsample_forward(const Geometry& g, const float* A, const float* Wp, const 
           if (nb == PB) {
             upsample_tile_store<V, PB>(arow + static_cast<long>(bx0) * g.K, g.K, panel, b, tile);
           } else {
-            for (int p = 0; p < nb; ++p) {
-              float one[1][8 * V];
-              upsample_tile_store<V, 1>(arow + static_cast<long>(bx0 + p) * g.K, g.K, panel, b, one);
-              std::memcpy(tile[p], one[0], sizeof(one[0]));
-            }
+            for (int p = 0; p < nb; ++p)
+              upsample_tile_store<V, 1>(arow + static_cast<long>(bx0 + p) * g.K, g.K, panel, b, tile + p);
           }
           for (int p = 0; p < nb; ++p) {
             const int col0 = (bx0 + p) * s - half;
@@ -213,7 +211,7 @@ MXReturnValue upsample_fwd(const std::unordered_map<std::string, std::string>& a
   }
   float* A = scratch.ptr;
   float* Wp = A + na;
-  gather_blocks(g, in->at(0).data<float>(), A);
+  gather_blocks(g, in->at(0).data<float>(), A, g.K, 1);
   pack_panels(g, in->at(1).data<float>(), Wp);
   const float* bias = in->at(2).data<float>();
   float* y = out->at(0).data<float>();
@@ -367,18 +365,14 @@ MXReturnValue upsample_bwd(const std::unordered_map<std::string, std::string>& a
   const int s = attr_int(attrs, "stride", 0);
   Geometry g(in->at(1).shape, in->at(2).shape, s);
   const long na = g.P * g.K;
-  Scratch buffer(2 * na + static_cast<long>(kGroups) * g.P * g.Kpad + g.C * s);
+  Scratch buffer(na + static_cast<long>(kGroups) * g.P * g.Kpad + g.C * s);
   if (!buffer.ptr) {
     MX_ERROR_MSG << "d2lseg_upsample: out of memory";
     return MX_FAIL;
   }
-  float* A = buffer.ptr;
-  float* AT = A + na;
+  float* AT = buffer.ptr;
   float* scratch = AT + na;
-  gather_blocks(g, in->at(1).data<float>(), A);
-#pragma omp parallel for
-  for (int k = 0; k < g.K; ++k)
-    for (long p = 0; p < g.P; ++p) AT[k * g.P + p] = A[p * g.K + k];
+  gather_blocks(g, in->at(1).data<float>(), AT, 1, g.P);
   const float* dout = in->at(0).data<float>();
   const float* wt = in->at(2).data<float>();
   float *dx = out->at(0).data<float>(), *dw = out->at(1).data<float>(), *db = out->at(2).data<float>();
