@@ -4,10 +4,13 @@
 multiples of 32, sum every tile's logits into the image frame with a coverage count, divide, argmax
 (the tiled evaluation of gluoncv's ``MultiEvalModel``).
 """
+import weakref
+
 import numpy as np
 import mxnet as mx
-from mxnet import nd
+from mxnet import gluon, nd
 
+from . import kernels
 from .errors import D2lsegError
 from .kernels import argmax_channel
 from .model import OUTPUT_STRIDE
@@ -26,12 +29,48 @@ def _to_batch(img, ctx):
     return X.transpose((2, 0, 1)).expand_dims(axis=0).as_in_context(ctx)
 
 
+_label_graphs = weakref.WeakKeyDictionary()  # net -> its label graph (shares the net's parameters)
+
+
+def label_graph(net):
+    """A hybridised block computing ``argmax_channel(net(x))`` with the final upsampling and the argmax
+    fused (``kernels``' ``d2lseg_upsample_argmax``): the (N, C, H, W) scores are never written.
+
+    net: any block with ``upsample`` (a ``FastUpsampling`` that ``uses_native()``) and
+    ``coarse_scores(x)``, i.e. ``build_fcn(..., fast_upsampling=True)`` on a CPU, any variant, and
+    ``quantization.quantize``'s INT8 fcn32s; otherwise None. Made once per net; later parameter
+    updates are seen (the parameters are shared), a net changed in structure is not.
+    """
+    up = getattr(net, 'upsample', None)
+    if not (hasattr(net, 'coarse_scores') and hasattr(up, 'uses_native') and up.uses_native()):
+        return None
+    graph = _label_graphs.get(net)
+    if graph is None:
+        data = mx.sym.var('data', dtype='float32')
+        out = mx.sym.d2lseg_upsample_argmax(net.coarse_scores(data), up.weight.var(), up.bias.var(),
+                                             stride=up.stride)
+        graph = gluon.SymbolBlock(out, data, params=net.collect_params())
+        graph.hybridize(static_alloc=True, static_shape=True)
+        _label_graphs[net] = graph
+    return graph
+
+
+def predict_batch(net, X):
+    """Class per pixel of a normalised batch: (N, 3, H, W) -> (N, H, W) float32, ``argmax_channel(net(X))``.
+
+    On CPUs, for the nets ``label_graph`` accepts, the upsampling and the argmax run as one operator
+    (the same values: tests/test_kernels.py).
+    """
+    graph = label_graph(net) if kernels.usable(X.context) else None
+    return graph(X) if graph is not None else argmax_channel(net(X))
+
+
 def predict(net, img, ctx=None):
     """Class indices of one image: normalise, forward, argmax over channels.
 
     img: (H, W, 3) uint8 (H, W multiples of 32) -> (H, W) float32 NDArray. Source: D2L 10.10.6.
     """
-    pred = argmax_channel(net(_to_batch(img, _ctx0(ctx))))
+    pred = predict_batch(net, _to_batch(img, _ctx0(ctx)))
     return pred.reshape((pred.shape[1], pred.shape[2]))
 
 

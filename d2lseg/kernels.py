@@ -1,10 +1,12 @@
 """Native CPU kernels for the FCN's head, built with the machine's C++ compiler on first use.
 
-``csrc/kernels.cc`` registers three MXNet operators through MXNet's extension library API
+``csrc/kernels.cc`` registers four MXNet operators through MXNet's extension library API
 (``mx.library.load``, MXNet >= 1.7):
 
 - ``d2lseg_upsample``: ``FastUpsampling``'s transposed convolution in one pass (no padding,
   slicing, concatenation or intermediate arrays), forward and backward;
+- ``d2lseg_upsample_argmax``: the argmax over classes of that upsampling's output, without writing
+  the output (``inference.predict_batch``, so ``evaluate`` and ``predict``);
 - ``d2lseg_softmax_ce``: ``training.SegmentationLoss`` (per-sample mean softmax cross-entropy
   over axis 1, label 255 skipped), whose backward recomputes the softmax instead of storing it;
 - ``d2lseg_argmax``: argmax over axis 1 (the first maximum wins, as ``nd.argmax``).

@@ -109,14 +109,18 @@ class FCNSkip(FastLayoutParams, HybridBlock):
         else:
             self.upsample.initialize(init.Constant(self._upsample_init), ctx=ctx)
 
-    def hybrid_forward(self, F, x):
+    def coarse_scores(self, x):
+        """The fused scores at the finest stride, the input of ``upsample``: (N, C, H/s, W/s)."""
         c8 = self.stem(x)
         c16 = self.stage3(c8)
         c32 = self.stage4(c16)
         fused = self.up2_32(self.score32(c32)) + self.score16(c16)
         if self.finest_stride == 8:
             fused = self.up2_16(fused) + self.score8(c8)
-        return self.upsample(fused)
+        return fused
+
+    def hybrid_forward(self, F, x):
+        return self.upsample(self.coarse_scores(x))
 
 
 def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=None, fast_upsampling=False):

@@ -12,8 +12,10 @@ import logging
 import mxnet as mx
 import numpy as np
 from mxnet import nd
+from mxnet.gluon import nn
 
 from .errors import D2lsegError
+from .upsampling import FastHybridSequential, FastUpsampling
 
 
 def calibration_batch(images, shape=(320, 480), limit=8):
@@ -39,8 +41,11 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
     """INT8 version of a float32 FCN, calibrated on ``calib`` (N, 3, H, W) normalised images.
 
     calib_mode: 'naive' (min/max of the activations) or 'entropy' (KL-divergence thresholds).
-    -> a hybridised ``SymbolBlock`` taking and returning the same shapes as ``net``. Needs MXNet
-    built with oneDNN (the PyPI CPU wheels are) and CPU; ``net`` is re-hybridised by the call.
+    -> a hybridised block taking and returning the same shapes as ``net``: a ``SymbolBlock``, or for
+    an fcn32s whose upsampling runs the native kernels, a ``FastHybridSequential`` of the INT8
+    ``SymbolBlock`` and that (float32, shared) upsampling layer, which ``inference.predict_batch``
+    fuses with the argmax. Needs MXNet built with oneDNN (the PyPI CPU wheels are) and CPU; ``net``
+    is re-hybridised by the call.
     """
     import os
     from mxnet.contrib.quantization import quantize_net
@@ -56,11 +61,25 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
     n -= n % batch_size
     data = mx.io.NDArrayIter(data={'data': calib[:n]}, batch_size=batch_size)
     logger = logging.getLogger('d2lseg.quantization')
+    head = _native_head(net)
+    body = net
+    if head is not None:  # quantize what runs before the upsampling, keep the native head after it
+        body = nn.HybridSequential(prefix=net.prefix)
+        body.add(*[net[i] for i in range(len(net) - 1)])
     with _quiet(quiet):
-        qnet = quantize_net(net, quantized_dtype='auto', calib_data=data, calib_mode=calib_mode,
+        qnet = quantize_net(body, quantized_dtype='auto', calib_data=data, calib_mode=calib_mode,
                             num_calib_examples=n, ctx=ctx, logger=None if quiet else logger)
+    if head is not None:
+        qbody, qnet = qnet, FastHybridSequential(prefix=net.prefix + 'int8_')
+        qnet.add(qbody, head)
     qnet.hybridize(static_alloc=True, static_shape=True)
     return qnet
+
+
+def _native_head(net):
+    """The fcn32s's last layer when it is a FastUpsampling running the native kernels, else None."""
+    head = net[len(net) - 1] if isinstance(net, FastHybridSequential) and len(net) else None
+    return head if isinstance(head, FastUpsampling) and head.uses_native() else None
 
 
 class _quiet:

@@ -19,6 +19,7 @@ from mxnet import autograd, gluon
 
 from . import checkpoint, kernels
 from .errors import D2lsegError
+from .inference import predict_batch
 from .kernels import argmax_channel
 from .metrics import ConfusionMatrix
 from .voc import IGNORE_INDEX
@@ -35,6 +36,7 @@ def _get_batch(batch, ctx):
     features, labels = batch
     if labels.dtype != features.dtype:
         labels = labels.astype(features.dtype)
+    ctx = [ctx] if isinstance(ctx, mx.Context) else ctx
     ctx = ctx[:features.shape[0]]  # a last batch smaller than the context count: one sample per context
     return (gluon.utils.split_and_load(features, ctx, even_split=False),
             gluon.utils.split_and_load(labels, ctx, even_split=False), features.shape[0])
@@ -321,7 +323,7 @@ def evaluate(net, data_iter, ctx, num_classes=21, progress=False, desc='val'):
     for batch in tqdm(data_iter, desc=desc, leave=False, disable=not progress):
         Xs, ys, _ = _get_batch(batch, ctx)
         for X, y in zip(Xs, ys):
-            cm.update(argmax_channel(net(X)), y)
+            cm.update(predict_batch(net, X), y)
     return cm
 
 

@@ -187,4 +187,18 @@ def _cpu():
 
 
 class FastHybridSequential(FastLayoutParams, nn.HybridSequential):
-    """The chapter's ``HybridSequential`` whose parameter files stay in the chapter's layout."""
+    """The chapter's ``HybridSequential`` whose parameter files stay in the chapter's layout.
+
+    ``upsample`` is its last layer and ``coarse_scores(x)`` runs every layer before it, as
+    ``model.FCNSkip`` has them: ``inference.predict_batch`` fuses that upsampling with the argmax.
+    """
+
+    @property
+    def upsample(self):
+        return self[len(self) - 1]
+
+    def coarse_scores(self, x):
+        """The input of the final upsampling: (N, 3, H, W) -> (N, C, H/32, W/32)."""
+        for i in range(len(self) - 1):
+            x = self[i](x)
+        return x

@@ -1,11 +1,15 @@
 """Prediction (D2L 10.10.6): predict, label2image, tiled full-image prediction, and the plots."""
 
+import json
+
 import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import nd
 
-from d2lseg.inference import label2image, predict, predict_full, predict_logits_full, tile_starts
+from d2lseg import kernels
+from d2lseg.inference import (label2image, label_graph, predict, predict_batch, predict_full,
+                              predict_logits_full, tile_starts)
 from d2lseg.model import build_fcn
 from d2lseg.voc import VOC_COLORMAP, normalize_image
 
@@ -44,6 +48,37 @@ def test_predict_is_normalise_forward_argmax(net):
     pred = predict(net, nd.array(img, dtype='uint8'))
     assert pred.shape == (64, 96)
     np.testing.assert_array_equal(pred.asnumpy(), expected)
+
+
+@pytest.mark.parametrize('variant', ['fcn32s', 'fcn16s', 'fcn8s'])
+def test_predict_batch_fuses_the_upsampling_and_argmax_with_the_same_labels(variant):
+    if not kernels.load():
+        pytest.skip('the native kernels did not build here: predict_batch is argmax_channel(net(X))')
+    mx.random.seed(4)
+    fast = build_fcn(variant=variant, pretrained=False, fast_upsampling=True)
+    X = nd.random.normal(shape=(2, 3, 64, 96))
+    graph = label_graph(fast)
+    assert graph is not None and label_graph(fast) is graph  # made once per net
+    ops = {n['op'] for n in json.loads(graph(mx.sym.var('data')).tojson())['nodes']}
+    assert 'd2lseg_upsample_argmax' in ops and 'd2lseg_upsample' not in ops
+    labels = predict_batch(fast, X)
+    assert labels.shape == (2, 64, 96)
+    scores = fast(X)
+    np.testing.assert_array_equal(labels.asnumpy(), scores.argmax(axis=1).asnumpy())
+    # parameters are shared: an update of the net is seen by its label graph
+    up = fast.upsample
+    up.bias.set_data(nd.array(np.arange(21) == 7, dtype='float32') * 1e4)
+    assert (predict_batch(fast, X).asnumpy() == 7).all()
+
+
+def test_predict_batch_without_a_native_upsampling_is_argmax_of_the_scores(net):
+    assert label_graph(net) is None   # the chapter's HybridSequential (Conv2DTranspose)
+    mx.random.seed(5)
+    off = build_fcn(pretrained=False, fast_upsampling=True)
+    off.upsample.native = False
+    assert label_graph(off) is None
+    X = nd.random.normal(shape=(1, 3, 64, 96))
+    np.testing.assert_array_equal(predict_batch(net, X).asnumpy(), net(X).argmax(axis=1).asnumpy())
 
 
 def test_full_prediction_of_one_tile_equals_predict(net):

@@ -94,11 +94,40 @@ def test_argmax_equals_mxnet_argmax(shape):
     np.testing.assert_array_equal(ours, z.argmax(axis=1))  # the first maximum wins
 
 
+@pytest.mark.parametrize('stride,shape', [(32, (2, 21, 4, 6)), (16, (1, 5, 3, 7)), (24, (2, 3, 2, 2)),
+                                          (8, (1, 2, 5, 1))])
+def test_upsample_argmax_equals_argmax_of_the_upsampling(stride, shape):
+    """The fused operator gives argmax(d2lseg_upsample) exactly: ties included (classes 3 and 4 share
+    their weights and bias, so 4 never wins), and its gradient is zero, as MXNet's argmax's."""
+    rng = np.random.default_rng(stride)
+    n, c, h, w = shape
+    x = nd.array(rng.standard_normal(shape).astype(np.float32))
+    weight = rng.standard_normal((4 * c, c, stride, stride)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    if c > 4:
+        weight[:, 4], bias[4] = weight[:, 3], bias[3]
+    weight, bias = nd.array(weight), nd.array(bias)
+    scores = nd.d2lseg_upsample(x, weight, bias, stride=stride).asnumpy()
+    x.attach_grad()
+    with autograd.record():
+        labels = nd.d2lseg_upsample_argmax(x, weight, bias, stride=stride)
+    labels.backward()
+    assert labels.shape == (n, h * stride, w * stride) and labels.dtype == np.float32
+    np.testing.assert_array_equal(labels.asnumpy(), scores.argmax(axis=1))
+    assert np.abs(x.grad.asnumpy()).max() == 0
+    if c > 4:
+        assert (labels.asnumpy() == 3).any() and not (labels.asnumpy() == 4).any()
+    assert len(np.unique(labels.asnumpy())) > 1
+
+
 def test_bad_shapes_are_refused_in_one_line():
     with pytest.raises(mx.MXNetError, match='expected logits'):
         nd.d2lseg_softmax_ce(nd.zeros((2, 3, 4, 5)), nd.zeros((2, 4, 6))).wait_to_read()
     with pytest.raises(mx.MXNetError, match='stride must be'):
         nd.d2lseg_upsample(nd.zeros((1, 2, 3, 3)), nd.zeros((8, 2, 4, 4)), nd.zeros((2,)), stride=4).wait_to_read()
+    with pytest.raises(mx.MXNetError, match='expected data'):
+        nd.d2lseg_upsample_argmax(nd.zeros((1, 2, 3, 3)), nd.zeros((4, 2, 8, 8)), nd.zeros((2,)),
+                                  stride=8).wait_to_read()
 
 
 def test_gpu_contexts_keep_mxnet_operators():

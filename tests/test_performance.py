@@ -195,7 +195,7 @@ def test_train_step_is_the_same_with_fast_upsampling(tmp_path):
 
 
 def test_int8_quantisation_runs_and_tracks_fp32(tmp_path):
-    from d2lseg.inference import predict_files
+    from d2lseg.inference import label_graph, predict_batch, predict_files
     from d2lseg.quantization import calibration_batch, quantize
     from PIL import Image
     plain, fast = _pair()
@@ -211,6 +211,9 @@ def test_int8_quantisation_runs_and_tracks_fp32(tmp_path):
     assert '_sg_mkldnn_conv' in ops and '_contrib_quantize_v2' in ops and upsampling in ops
     y32, y8 = fast(calib), qnet(calib)
     assert y8.shape == y32.shape == (4, 21, 64, 96)
+    # with the kernels the upsampling stays the float net's layer, fused with the argmax at prediction
+    assert (label_graph(qnet) is not None) == fast[-1].uses_native()
+    np.testing.assert_array_equal(predict_batch(qnet, calib).asnumpy(), y8.argmax(axis=1).asnumpy())
     corr = np.corrcoef(y32.asnumpy().ravel(), y8.asnumpy().ravel())[0, 1]
     assert corr > 0.95, corr
     paths = []

@@ -12,7 +12,7 @@ from mxnet import autograd, gluon, nd
 from d2lseg import checkpoint
 from d2lseg.model import build_fcn, load_params
 from d2lseg.training import (Checkpointer, Recipe, SegmentationLoss, TrainingDiverged, _get_batch,
-                             evaluate_accuracy, fit, prepare, train, try_all_gpus)
+                             evaluate, evaluate_accuracy, fit, prepare, train, try_all_gpus)
 from d2lseg.voc import VOCSegDataset
 
 EPOCH_LINE = re.compile(r'^epoch (\d+), loss (\d+\.\d{4}), train acc (\d\.\d{3}), test acc (\d\.\d{3}), '
@@ -82,6 +82,10 @@ def test_evaluate_accuracy_known_case():
     # batch 1: 2 right of 3 counted (255 skipped); batch 2: 3 right of 4 -> 5 / 7
     assert evaluate_accuracy(batches, net, mx.cpu()) == pytest.approx(5 / 7)
     assert evaluate_accuracy(batches, net, [mx.cpu(0), mx.cpu(1)]) == pytest.approx(5 / 7)
+    # the package's evaluate: the confusion matrix mat[true, pred], one Context or a list
+    for ctx in (mx.cpu(), [mx.cpu(0), mx.cpu(1)]):
+        np.testing.assert_array_equal(evaluate(net, batches, ctx, num_classes=3).mat,
+                                      [[3, 1, 0], [0, 2, 0], [1, 0, 0]])
 
 
 def test_two_context_step_equals_one_context_on_the_halves(voc_dir, tmp_path):

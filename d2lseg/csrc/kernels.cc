@@ -2,6 +2,8 @@
 //
 //   d2lseg_upsample(data, weight, bias, stride)   the chapter's Conv2DTranspose(C, 2s, padding=s/2,
 //                                                  strides=s) in FastUpsampling's weight layout
+//   d2lseg_upsample_argmax(data, weight, bias, stride)  argmax over classes of d2lseg_upsample's
+//                                                  output, computed without writing that output
 //   d2lseg_softmax_ce(logits, label, ignore)      per-sample mean softmax cross-entropy over axis 1
 //   d2lseg_argmax(logits)                         argmax over axis 1, first maximum wins
 //
@@ -199,8 +201,68 @@ MXReturnValue upsample_shape(const std::unordered_map<std::string, std::string>&
   return MX_SUCCESS;
 }
 
-MXReturnValue upsample_fwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
-                           std::vector<MXTensor>* out, const OpResource&) {
+// Labels of the upsampled scores without writing the scores: per output row, each class's tile is
+// computed exactly as upsample_forward computes it (same FMA sequence, so the same values) and
+// compared with the running maximum (the first maximum wins, as d2lseg_argmax).
+template <int V, int PB>
+inline void argmax_tile(const float* a, int K, const float* panel0, long class_stride, const float* bias, int C,
+                        float out[PB][8 * V]) {
+  __m256 best[PB][V], idx[PB][V];
+  upsample_tile<V, PB>(a, K, panel0, bias ? bias[0] : 0.f, best);
+  for (int p = 0; p < PB; ++p)
+    for (int v = 0; v < V; ++v) idx[p][v] = _mm256_setzero_ps();
+  for (int c = 1; c < C; ++c) {
+    __m256 acc[PB][V];
+    upsample_tile<V, PB>(a, K, panel0 + c * class_stride, bias ? bias[c] : 0.f, acc);
+    const __m256 fc = _mm256_set1_ps(static_cast<float>(c));
+    for (int p = 0; p < PB; ++p)
+      for (int v = 0; v < V; ++v) {
+        const __m256 more = _mm256_cmp_ps(acc[p][v], best[p][v], _CMP_GT_OQ);
+        best[p][v] = _mm256_blendv_ps(best[p][v], acc[p][v], more);
+        idx[p][v] = _mm256_blendv_ps(idx[p][v], fc, more);
+      }
+  }
+  for (int p = 0; p < PB; ++p)
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out[p] + 8 * v, idx[p][v]);
+}
+
+template <int V>
+void upsample_argmax(const Geometry& g, const float* A, const float* Wp, const float* bias, float* labels) {
+  constexpr int PB = V >= 4 ? 3 : 12 / V;
+  const int s = g.s, half = s / 2;
+  const long class_stride = static_cast<long>(s) * g.K * s;
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < s; ++i) {  // one row offset: its C panels (C*K*s floats) stay in cache
+    const float* panel0 = Wp + static_cast<long>(i) * g.K * s;
+    float tile[PB][8 * V];
+    for (int n = 0; n < g.N; ++n)
+      for (int by = 0; by < g.hb; ++by) {
+        const int Y = by * s + i - half;
+        if (Y < 0 || Y >= g.H) continue;
+        float* row = labels + (static_cast<long>(n) * g.H + Y) * g.W;
+        const float* arow = A + (static_cast<long>(n) * g.hb + by) * g.wb * g.K;
+        for (int bx0 = 0; bx0 < g.wb; bx0 += PB) {
+          const int nb = std::min(PB, g.wb - bx0);
+          if (nb == PB) {
+            argmax_tile<V, PB>(arow + static_cast<long>(bx0) * g.K, g.K, panel0, class_stride, bias, g.C, tile);
+          } else {
+            for (int p = 0; p < nb; ++p)
+              argmax_tile<V, 1>(arow + static_cast<long>(bx0 + p) * g.K, g.K, panel0, class_stride, bias, g.C,
+                                tile + p);
+          }
+          for (int p = 0; p < nb; ++p) {
+            const int col0 = (bx0 + p) * s - half;
+            const int lo = std::max(0, -col0), hi = std::min(s, g.W - col0);
+            if (hi > lo) std::memcpy(row + col0 + lo, tile[p] + lo, (hi - lo) * sizeof(float));
+          }
+        }
+      }
+  }
+}
+
+// The forward of d2lseg_upsample (argmax = false) or of d2lseg_upsample_argmax (true)
+MXReturnValue upsample_run(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                           std::vector<MXTensor>* out, bool argmax) {
   const int s = attr_int(attrs, "stride", 0);
   Geometry g(in->at(0).shape, in->at(1).shape, s);
   const long na = g.P * g.K, nw = static_cast<long>(g.K) * g.C * s * s;
@@ -216,14 +278,41 @@ MXReturnValue upsample_fwd(const std::unordered_map<std::string, std::string>& a
   const float* bias = in->at(2).data<float>();
   float* y = out->at(0).data<float>();
   switch (s / 8) {
-    case 1: upsample_forward<1>(g, A, Wp, bias, y); break;
-    case 2: upsample_forward<2>(g, A, Wp, bias, y); break;
-    case 3: upsample_forward<3>(g, A, Wp, bias, y); break;
-    case 4: upsample_forward<4>(g, A, Wp, bias, y); break;
+    case 1: argmax ? upsample_argmax<1>(g, A, Wp, bias, y) : upsample_forward<1>(g, A, Wp, bias, y); break;
+    case 2: argmax ? upsample_argmax<2>(g, A, Wp, bias, y) : upsample_forward<2>(g, A, Wp, bias, y); break;
+    case 3: argmax ? upsample_argmax<3>(g, A, Wp, bias, y) : upsample_forward<3>(g, A, Wp, bias, y); break;
+    case 4: argmax ? upsample_argmax<4>(g, A, Wp, bias, y) : upsample_forward<4>(g, A, Wp, bias, y); break;
     default:
       MX_ERROR_MSG << "d2lseg_upsample: stride " << s << " is not 8, 16, 24 or 32";
       return MX_FAIL;
   }
+  return MX_SUCCESS;
+}
+
+MXReturnValue upsample_fwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                           std::vector<MXTensor>* out, const OpResource&) {
+  return upsample_run(attrs, in, out, false);
+}
+
+MXReturnValue upsample_argmax_fwd(const std::unordered_map<std::string, std::string>& attrs,
+                                  std::vector<MXTensor>* in, std::vector<MXTensor>* out, const OpResource&) {
+  return upsample_run(attrs, in, out, true);
+}
+
+// argmax is piecewise constant: zero gradients (as MXNet's argmax), registered so that graphs holding
+// the operator next to trainable parameters can be built
+MXReturnValue zero_grads(const std::unordered_map<std::string, std::string>&, std::vector<MXTensor>*,
+                         std::vector<MXTensor>* out, const OpResource&) {
+  for (auto& t : *out) std::memset(t.data<float>(), 0, sizeof(float) * t.size());
+  return MX_SUCCESS;
+}
+
+MXReturnValue upsample_argmax_shape(const std::unordered_map<std::string, std::string>& attrs,
+                                    std::vector<std::vector<unsigned int>>* in,
+                                    std::vector<std::vector<unsigned int>>* out) {
+  if (upsample_shape(attrs, in, out) != MX_SUCCESS) return MX_FAIL;
+  const auto full = (*out)[0];
+  (*out)[0] = {full[0], full[2], full[3]};
   return MX_SUCCESS;
 }
 
@@ -577,6 +666,13 @@ REGISTER_OP(d2lseg_upsample)
     .setInferShape(upsample_shape)
     .setForward(upsample_fwd, "cpu")
     .setBackward(upsample_bwd, "cpu");
+
+REGISTER_OP(d2lseg_upsample_argmax)
+    .setParseAttrs(upsample_parse)
+    .setInferType(float_types)
+    .setInferShape(upsample_argmax_shape)
+    .setForward(upsample_argmax_fwd, "cpu")
+    .setBackward(zero_grads, "cpu");
 
 REGISTER_OP(d2lseg_softmax_ce)
     .setParseAttrs(ce_parse)
