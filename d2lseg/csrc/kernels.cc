@@ -91,78 +91,135 @@ void pack_panels(const Geometry& g, const float* wt, float* Wp) {
   }
 }
 
-// PB blocks of one panel row, V vectors of 8 columns each (s = 8V): acc = bias + sum_k a[p][k] panel[k]
-template <int V, int PB>
-__attribute__((always_inline)) inline void upsample_tile(const float* a, int K, const float* panel, float b,
-                                                         __m256 (&acc)[PB][V]) {
+// Register tiles: PB blocks x VT vectors of 8 columns, VT*8 columns of a block's s at a time. The
+// shapes keep accumulators, weights and the broadcast within AVX2's 16 registers (measured, batch 8,
+// stride 32: 6 x 2 runs the fused argmax at 1.4x the speed of 3 x 4, which spills a register).
+template <int V>
+struct Tiles {
+  static constexpr int VT = V % 2 == 0 ? 2 : 1;  // vectors per tile
+  static constexpr int PB = VT == 2 ? 6 : 10;    // blocks per tile
+  static constexpr int chunks = V / VT;          // tiles across a block's s columns
+};
+
+// PB blocks, VT vectors of one panel row (row stride ldp floats): acc = bias + sum_k a[p][k] panel[k]
+template <int VT, int PB>
+__attribute__((always_inline)) inline void upsample_tile(const float* a, int K, const float* panel, int ldp, float b,
+                                                         __m256 (&acc)[PB][VT]) {
   for (int p = 0; p < PB; ++p)
-    for (int v = 0; v < V; ++v) acc[p][v] = _mm256_set1_ps(b);
+    for (int v = 0; v < VT; ++v) acc[p][v] = _mm256_set1_ps(b);
   for (int k = 0; k < K; ++k) {
-    __m256 wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(panel + k * 8 * V + 8 * v);
+    __m256 wv[VT];
+    for (int v = 0; v < VT; ++v) wv[v] = _mm256_loadu_ps(panel + k * ldp + 8 * v);
     for (int p = 0; p < PB; ++p) {
       __m256 av = _mm256_broadcast_ss(a + p * K + k);
-      for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(av, wv[v], acc[p][v]);
+      for (int v = 0; v < VT; ++v) acc[p][v] = _mm256_fmadd_ps(av, wv[v], acc[p][v]);
     }
   }
 }
 
-template <int V, int PB>
-inline void upsample_tile_store(const float* a, int K, const float* panel, float b, float out[PB][8 * V]) {
-  __m256 acc[PB][V];
-  upsample_tile<V, PB>(a, K, panel, b, acc);
+// The tile's values (values) or the argmax over C classes of them (labels; classes are class_stride
+// floats apart in the panels; each class's values are computed exactly as for `values`, the first
+// maximum wins as in d2lseg_argmax), stored to out[p * ldo + column], streamed past the cache if asked.
+struct TileArgs {
+  const float* a;       // the PB blocks' input vectors, K floats each
+  int K;
+  const float* panel;   // (first class's) panel, at the tile's first column
+  int ldp;              // panel row stride (s)
+  const float* bias;    // (first class's) bias, or nullptr
+  int C;                // classes compared (labels)
+  long class_stride;
+};
+
+template <int VT, int PB>
+inline void tile_values(const TileArgs& t, float* out, int ldo, bool stream) {
+  __m256 acc[PB][VT];
+  upsample_tile<VT, PB>(t.a, t.K, t.panel, t.ldp, t.bias ? *t.bias : 0.f, acc);
   for (int p = 0; p < PB; ++p)
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out[p] + 8 * v, acc[p][v]);
+    for (int v = 0; v < VT; ++v) {
+      if (stream)
+        _mm256_stream_ps(out + p * ldo + 8 * v, acc[p][v]);
+      else
+        _mm256_storeu_ps(out + p * ldo + 8 * v, acc[p][v]);
+    }
 }
 
-// The same tile written straight to (32-byte aligned) output memory with non-temporal stores: the
-// 100 MB output of a batch is not read again by this kernel, so it need not pass through the cache.
-template <int V, int PB>
-inline void upsample_tile_stream(const float* a, int K, const float* panel, float b, float* dst) {
-  __m256 acc[PB][V];
-  upsample_tile<V, PB>(a, K, panel, b, acc);
+template <int VT, int PB>
+inline void tile_labels(const TileArgs& t, float* out, int ldo, bool) {
+  __m256 best[PB][VT], idx[PB][VT];
+  upsample_tile<VT, PB>(t.a, t.K, t.panel, t.ldp, t.bias ? t.bias[0] : 0.f, best);
   for (int p = 0; p < PB; ++p)
-    for (int v = 0; v < V; ++v) _mm256_stream_ps(dst + p * 8 * V + 8 * v, acc[p][v]);
+    for (int v = 0; v < VT; ++v) idx[p][v] = _mm256_setzero_ps();
+  for (int c = 1; c < t.C; ++c) {
+    __m256 acc[PB][VT];
+    upsample_tile<VT, PB>(t.a, t.K, t.panel + c * t.class_stride, t.ldp, t.bias ? t.bias[c] : 0.f, acc);
+    const __m256 fc = _mm256_set1_ps(static_cast<float>(c));
+    for (int p = 0; p < PB; ++p)
+      for (int v = 0; v < VT; ++v) {
+        const __m256 more = _mm256_cmp_ps(acc[p][v], best[p][v], _CMP_GT_OQ);
+        best[p][v] = _mm256_blendv_ps(best[p][v], acc[p][v], more);
+        idx[p][v] = _mm256_blendv_ps(idx[p][v], fc, more);
+      }
+  }
+  for (int p = 0; p < PB; ++p)
+    for (int v = 0; v < VT; ++v) _mm256_storeu_ps(out + p * ldo + 8 * v, idx[p][v]);
 }
 
-template <int V>
-void upsample_forward(const Geometry& g, const float* A, const float* Wp, const float* bias, float* out) {
-  constexpr int PB = V >= 4 ? 3 : 12 / V;
+// nb (< PB) blocks at the end of a row: the same tile with fewer blocks
+template <bool Labels, int VT, int R>
+inline void tile_rest(int nb, const TileArgs& t, float* out, int ldo) {
+  if constexpr (R >= 1) {
+    if (nb == R)
+      Labels ? tile_labels<VT, R>(t, out, ldo, false) : tile_values<VT, R>(t, out, ldo, false);
+    else
+      tile_rest<Labels, VT, R - 1>(nb, t, out, ldo);
+  }
+}
+
+// Output rows Y = by*s + i - s/2 of every image: values (N, C, H, W) of class panels Wp, or (Labels)
+// the argmax over classes (N, H, W). Rows of one offset i share their C panels, which stay in cache.
+template <bool Labels, int V>
+void upsample_rows(const Geometry& g, const float* A, const float* Wp, const float* bias, float* out) {
+  using T = Tiles<V>;
+  constexpr int VT = T::VT, PB = T::PB, cw = 8 * VT;
   const int s = g.s, half = s / 2;
-#pragma omp parallel for schedule(static)
-  for (int ci = 0; ci < g.C * s; ++ci) {
-    const int c = ci / s, i = ci % s;
-    const float* panel = Wp + static_cast<long>(ci) * g.K * s;
-    const float b = bias ? bias[c] : 0.f;
-    float tile[PB][8 * V];
-    for (int n = 0; n < g.N; ++n)
-      for (int by = 0; by < g.hb; ++by) {
-        const int Y = by * s + i - half;
-        if (Y < 0 || Y >= g.H) continue;
-        float* row = out + ((static_cast<long>(n) * g.C + c) * g.H + Y) * g.W;
-        const float* arow = A + (static_cast<long>(n) * g.hb + by) * g.wb * g.K;
-        for (int bx0 = 0; bx0 < g.wb; bx0 += PB) {
-          const int nb = std::min(PB, g.wb - bx0);
-          float* dst = row + bx0 * s - half;
-          if (nb == PB && bx0 > 0 && bx0 + PB < g.wb && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
-            upsample_tile_stream<V, PB>(arow + static_cast<long>(bx0) * g.K, g.K, panel, b, dst);
-            continue;
-          }
-          if (nb == PB) {
-            upsample_tile_store<V, PB>(arow + static_cast<long>(bx0) * g.K, g.K, panel, b, tile);
-          } else {
-            for (int p = 0; p < nb; ++p)
-              upsample_tile_store<V, 1>(arow + static_cast<long>(bx0 + p) * g.K, g.K, panel, b, tile + p);
-          }
-          for (int p = 0; p < nb; ++p) {
-            const int col0 = (bx0 + p) * s - half;
-            const int lo = std::max(0, -col0), hi = std::min(s, g.W - col0);
-            if (hi > lo) std::memcpy(row + col0 + lo, tile[p] + lo, (hi - lo) * sizeof(float));
+  const int classes = Labels ? 1 : g.C;  // panel loops: one argmax over all classes, or one per class
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int c = 0; c < classes; ++c)
+    for (int i = 0; i < s; ++i) {
+      const float* panel = Wp + (static_cast<long>(c) * s + i) * g.K * s;
+      float tile[PB * cw];
+      for (int n = 0; n < g.N; ++n)
+        for (int by = 0; by < g.hb; ++by) {
+          const int Y = by * s + i - half;
+          if (Y < 0 || Y >= g.H) continue;
+          float* row = out + ((static_cast<long>(n) * (Labels ? 1 : g.C) + c) * g.H + Y) * g.W;
+          const float* arow = A + (static_cast<long>(n) * g.hb + by) * g.wb * g.K;
+          for (int h = 0; h < T::chunks; ++h) {
+            const TileArgs base{nullptr, g.K, panel + h * cw, s, bias ? bias + c : nullptr, g.C,
+                                static_cast<long>(s) * g.K * s};
+            for (int bx0 = 0; bx0 < g.wb; bx0 += PB) {
+              const int nb = std::min(PB, g.wb - bx0);
+              TileArgs t = base;
+              t.a = arow + static_cast<long>(bx0) * g.K;
+              float* dst = row + bx0 * s - half + h * cw;  // block bx0's chunk h
+              if (!Labels && nb == PB && bx0 > 0 && bx0 + PB < g.wb && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+                tile_values<VT, PB>(t, dst, s, true);  // inside the image: straight to the output
+                continue;
+              }
+              if (nb == PB)
+                Labels ? tile_labels<VT, PB>(t, tile, cw, false) : tile_values<VT, PB>(t, tile, cw, false);
+              else
+                tile_rest<Labels, VT, PB - 1>(nb, t, tile, cw);
+              for (int p = 0; p < nb; ++p) {
+                const int col0 = (bx0 + p) * s - half + h * cw;
+                const int lo = std::max(0, -col0), hi = std::min(cw, g.W - col0);
+                if (hi > lo) std::memcpy(row + col0 + lo, tile + p * cw + lo, (hi - lo) * sizeof(float));
+              }
+            }
           }
         }
-      }
-    _mm_sfence();  // this thread's non-temporal stores are visible before the region ends
-  }
+      if (!Labels) _mm_sfence();  // this thread's non-temporal stores are visible before the region ends
+    }
 }
 
 MXReturnValue upsample_parse(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
@@ -201,65 +258,6 @@ MXReturnValue upsample_shape(const std::unordered_map<std::string, std::string>&
   return MX_SUCCESS;
 }
 
-// Labels of the upsampled scores without writing the scores: per output row, each class's tile is
-// computed exactly as upsample_forward computes it (same FMA sequence, so the same values) and
-// compared with the running maximum (the first maximum wins, as d2lseg_argmax).
-template <int V, int PB>
-inline void argmax_tile(const float* a, int K, const float* panel0, long class_stride, const float* bias, int C,
-                        float out[PB][8 * V]) {
-  __m256 best[PB][V], idx[PB][V];
-  upsample_tile<V, PB>(a, K, panel0, bias ? bias[0] : 0.f, best);
-  for (int p = 0; p < PB; ++p)
-    for (int v = 0; v < V; ++v) idx[p][v] = _mm256_setzero_ps();
-  for (int c = 1; c < C; ++c) {
-    __m256 acc[PB][V];
-    upsample_tile<V, PB>(a, K, panel0 + c * class_stride, bias ? bias[c] : 0.f, acc);
-    const __m256 fc = _mm256_set1_ps(static_cast<float>(c));
-    for (int p = 0; p < PB; ++p)
-      for (int v = 0; v < V; ++v) {
-        const __m256 more = _mm256_cmp_ps(acc[p][v], best[p][v], _CMP_GT_OQ);
-        best[p][v] = _mm256_blendv_ps(best[p][v], acc[p][v], more);
-        idx[p][v] = _mm256_blendv_ps(idx[p][v], fc, more);
-      }
-  }
-  for (int p = 0; p < PB; ++p)
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out[p] + 8 * v, idx[p][v]);
-}
-
-template <int V>
-void upsample_argmax(const Geometry& g, const float* A, const float* Wp, const float* bias, float* labels) {
-  constexpr int PB = V >= 4 ? 3 : 12 / V;
-  const int s = g.s, half = s / 2;
-  const long class_stride = static_cast<long>(s) * g.K * s;
-#pragma omp parallel for schedule(static)
-  for (int i = 0; i < s; ++i) {  // one row offset: its C panels (C*K*s floats) stay in cache
-    const float* panel0 = Wp + static_cast<long>(i) * g.K * s;
-    float tile[PB][8 * V];
-    for (int n = 0; n < g.N; ++n)
-      for (int by = 0; by < g.hb; ++by) {
-        const int Y = by * s + i - half;
-        if (Y < 0 || Y >= g.H) continue;
-        float* row = labels + (static_cast<long>(n) * g.H + Y) * g.W;
-        const float* arow = A + (static_cast<long>(n) * g.hb + by) * g.wb * g.K;
-        for (int bx0 = 0; bx0 < g.wb; bx0 += PB) {
-          const int nb = std::min(PB, g.wb - bx0);
-          if (nb == PB) {
-            argmax_tile<V, PB>(arow + static_cast<long>(bx0) * g.K, g.K, panel0, class_stride, bias, g.C, tile);
-          } else {
-            for (int p = 0; p < nb; ++p)
-              argmax_tile<V, 1>(arow + static_cast<long>(bx0 + p) * g.K, g.K, panel0, class_stride, bias, g.C,
-                                tile + p);
-          }
-          for (int p = 0; p < nb; ++p) {
-            const int col0 = (bx0 + p) * s - half;
-            const int lo = std::max(0, -col0), hi = std::min(s, g.W - col0);
-            if (hi > lo) std::memcpy(row + col0 + lo, tile[p] + lo, (hi - lo) * sizeof(float));
-          }
-        }
-      }
-  }
-}
-
 // The forward of d2lseg_upsample (argmax = false) or of d2lseg_upsample_argmax (true)
 MXReturnValue upsample_run(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
                            std::vector<MXTensor>* out, bool argmax) {
@@ -278,10 +276,10 @@ MXReturnValue upsample_run(const std::unordered_map<std::string, std::string>& a
   const float* bias = in->at(2).data<float>();
   float* y = out->at(0).data<float>();
   switch (s / 8) {
-    case 1: argmax ? upsample_argmax<1>(g, A, Wp, bias, y) : upsample_forward<1>(g, A, Wp, bias, y); break;
-    case 2: argmax ? upsample_argmax<2>(g, A, Wp, bias, y) : upsample_forward<2>(g, A, Wp, bias, y); break;
-    case 3: argmax ? upsample_argmax<3>(g, A, Wp, bias, y) : upsample_forward<3>(g, A, Wp, bias, y); break;
-    case 4: argmax ? upsample_argmax<4>(g, A, Wp, bias, y) : upsample_forward<4>(g, A, Wp, bias, y); break;
+    case 1: argmax ? upsample_rows<true, 1>(g, A, Wp, bias, y) : upsample_rows<false, 1>(g, A, Wp, bias, y); break;
+    case 2: argmax ? upsample_rows<true, 2>(g, A, Wp, bias, y) : upsample_rows<false, 2>(g, A, Wp, bias, y); break;
+    case 3: argmax ? upsample_rows<true, 3>(g, A, Wp, bias, y) : upsample_rows<false, 3>(g, A, Wp, bias, y); break;
+    case 4: argmax ? upsample_rows<true, 4>(g, A, Wp, bias, y) : upsample_rows<false, 4>(g, A, Wp, bias, y); break;
     default:
       MX_ERROR_MSG << "d2lseg_upsample: stride " << s << " is not 8, 16, 24 or 32";
       return MX_FAIL;
@@ -316,24 +314,25 @@ MXReturnValue upsample_argmax_shape(const std::unordered_map<std::string, std::s
   return MX_SUCCESS;
 }
 
-// dweight rows k0 .. k0+KB of panel (c, i): acc[q][v] = sum_p AT[k0+q][p] * Gp[p][8v .. 8v+8)
-template <int KB, int V>
-inline void dweight_tile(const float* AT, long P, const float* Gp, int k0, float* dw, int C, int c, int i) {
-  constexpr int s = 8 * V;
-  __m256 acc[KB][V];
+// dweight rows k0 .. k0+KB of panel (c, i), VT vectors from column j0: acc[q][v] = sum_p AT[k0+q][p] *
+// Gp[p][j0 + 8v ..]; the same register budget as the forward's tiles
+template <int KB, int VT>
+inline void dweight_tile(const float* AT, long P, const float* Gp, int s, int j0, int k0, float* dw, int C, int c,
+                         int i) {
+  __m256 acc[KB][VT];
   for (int q = 0; q < KB; ++q)
-    for (int v = 0; v < V; ++v) acc[q][v] = _mm256_setzero_ps();
+    for (int v = 0; v < VT; ++v) acc[q][v] = _mm256_setzero_ps();
   for (long p = 0; p < P; ++p) {
-    __m256 gv[V];
-    for (int v = 0; v < V; ++v) gv[v] = _mm256_loadu_ps(Gp + p * s + 8 * v);
+    __m256 gv[VT];
+    for (int v = 0; v < VT; ++v) gv[v] = _mm256_loadu_ps(Gp + p * s + j0 + 8 * v);
     for (int q = 0; q < KB; ++q) {
       __m256 av = _mm256_broadcast_ss(AT + (k0 + q) * P + p);
-      for (int v = 0; v < V; ++v) acc[q][v] = _mm256_fmadd_ps(av, gv[v], acc[q][v]);
+      for (int v = 0; v < VT; ++v) acc[q][v] = _mm256_fmadd_ps(av, gv[v], acc[q][v]);
     }
   }
   for (int q = 0; q < KB; ++q)
-    for (int v = 0; v < V; ++v)
-      _mm256_storeu_ps(dw + ((static_cast<long>(k0 + q) * C + c) * s + i) * s + 8 * v, acc[q][v]);
+    for (int v = 0; v < VT; ++v)
+      _mm256_storeu_ps(dw + ((static_cast<long>(k0 + q) * C + c) * s + i) * s + j0 + 8 * v, acc[q][v]);
 }
 
 // dA[p][8*kv0 .. 8*(kv0+NV)) += sum_j Gp[p][j] * WT[j][same] for PB blocks
@@ -408,11 +407,13 @@ void upsample_backward(const Geometry& g, const float* dout, const float* AT, co
           for (float v : lanes) total += v;
         }
       panel_sum[ci] = static_cast<float>(total);
-      // dweight[k, c, i, :] = sum_p AT[k][p] Gp[p]: register tiles of KB k-rows x V vectors
-      constexpr int KB = V >= 4 ? 3 : 12 / V;
-      int k0 = 0;
-      for (; k0 + KB <= K; k0 += KB) dweight_tile<KB, V>(AT, g.P, Gp.data(), k0, dw, g.C, c, i);
-      for (; k0 < K; ++k0) dweight_tile<1, V>(AT, g.P, Gp.data(), k0, dw, g.C, c, i);
+      // dweight[k, c, i, :] = sum_p AT[k][p] Gp[p]: register tiles of KB k-rows x VT vectors
+      constexpr int VT = Tiles<V>::VT, KB = Tiles<V>::PB;
+      for (int j0 = 0; j0 < s; j0 += 8 * VT) {
+        int k0 = 0;
+        for (; k0 + KB <= K; k0 += KB) dweight_tile<KB, VT>(AT, g.P, Gp.data(), s, j0, k0, dw, g.C, c, i);
+        for (; k0 < K; ++k0) dweight_tile<1, VT>(AT, g.P, Gp.data(), s, j0, k0, dw, g.C, c, i);
+      }
       // dA[p] += sum_j Gp[p][j] * WT[j], WT[j][k] = weight[k, c, i, j]
       for (int k = 0; k < K; ++k)
         for (int j = 0; j < s; ++j) WT[static_cast<size_t>(j) * Kpad + k] = wt[((static_cast<long>(k) * g.C + c) * s + i) * s + j];
