@@ -8,7 +8,9 @@ Every figure goes through the package's own code: ``training.prepare`` + ``train
 step ``fit`` runs) fed by ``prepare``'s DataLoader, ``training.evaluate`` (batch inference),
 ``inference.predict_full`` (whole VOC-sized images by tiles) and ``quantization.quantize`` (INT8).
 Each measurement runs in its own subprocess (MXNet and PyTorch never share a process; peak RSS is
-that of a process that only trains). The LAST line printed is one JSON object; see bench/README.md.
+that of a process that only trains). The ratios to the peer come from a paired timing: both warm in
+their own processes, timed call for call in alternation, so that the machine's drift hits both alike.
+The LAST line printed is one JSON object; see bench/README.md.
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ CROP = (320, 480)
 BATCH = 8
 FULL_SIZE = (375, 500)  # a typical VOC image
 NUM_CLASSES = 21
+GEMM_N = 2048  # the GEMM bound: float32 nd.dot of two GEMM_N x GEMM_N matrices
 
 
 def _threads():
@@ -96,10 +99,10 @@ def gemm_gflops(reps):
     x = nd.random.uniform(shape=(8, 512, 60, 80))
     w = nd.random.uniform(shape=(512, 512, 1, 1))
     conv = _timed(lambda: nd.Convolution(x, w, kernel=(1, 1), num_filter=512, no_bias=True).wait_to_read(), reps)
-    a, b = nd.random.uniform(shape=(2048, 2048)), nd.random.uniform(shape=(2048, 2048))
+    a, b = nd.random.uniform(shape=(GEMM_N, GEMM_N)), nd.random.uniform(shape=(GEMM_N, GEMM_N))
     dot = _timed(lambda: nd.dot(a, b).wait_to_read(), reps)
     mx.nd.waitall()
-    return 2 * 8 * 512 * 512 * 60 * 80 / conv / 1e9, 2 * 2048 ** 3 / dot / 1e9
+    return 2 * 8 * 512 * 512 * 60 * 80 / conv / 1e9, 2 * GEMM_N ** 3 / dot / 1e9
 
 
 def part_mxnet(args):
@@ -170,6 +173,24 @@ def part_mxnet(args):
     return res
 
 
+def serve_mxnet(args):
+    """The package's side of the paired timing, on in-memory batches: ``training.train_step``,
+    ``training.evaluate`` (fp32) and ``training.evaluate`` of ``quantization.quantize``'s INT8 network."""
+    from mxnet import nd
+    from d2lseg import training
+    from d2lseg.quantization import quantize
+    run = training.prepare(_recipe(), data=False)
+    X = nd.random.normal(shape=(BATCH, 3) + CROP)
+    y = nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32')
+    training.train_step(run, (X, y))  # finish the deferred initialisation before quantizing
+    qnet = quantize(run.net, X, calib_mode='naive')
+    a, b = nd.random.normal(shape=(GEMM_N, GEMM_N)), nd.random.normal(shape=(GEMM_N, GEMM_N))
+    return _serve({'train': lambda: training.train_step(run, (X, y)),
+                   'infer': lambda: training.evaluate(run.net, [(X, y)], run.ctx, NUM_CLASSES),
+                   'int8': lambda: training.evaluate(qnet, [(X, y)], run.ctx, NUM_CLASSES),
+                   'gemm': lambda: nd.dot(a, b).wait_to_read()})
+
+
 def part_mxnet_rss(args):
     """Peak RSS of a process that only trains (prepare + fit-style steps on in-memory batches)."""
     from mxnet import nd
@@ -233,27 +254,27 @@ def _torch_setup(threads, compiled=False):
     return torch, net, model, X, step
 
 
-def part_torch(args):
-    """Eager channels_last; inference also with torch.compile (inductor) unless --quick. Peer = the faster."""
-    res = {}
-    for compiled in ((False,) if args.quick else (False, True)):
-        torch, net, model, X, step = _torch_setup(args.threads, compiled)
-        tag = 'compiled' if compiled else 'eager'
-        res.update(torch=torch.__version__, threads=torch.get_num_threads())
-        if not compiled:  # compiled training measured slower here (0.44 vs 1.19 img/s) and compiles for minutes
-            net.train()
-            res[f'train_img_s_{tag}'] = BATCH / _timed(step, args.steps, warmup=2)
-        net.eval()
+def serve_torch(args):
+    """The peer's side of the paired timing: an eager training step, eager and (unless --quick)
+    ``torch.compile``d inference (forward + argmax). Compiled training measured slower here (0.44 vs
+    1.19 img/s) and compiles for minutes, so training is eager."""
+    torch, net, model, X, step = _torch_setup(args.threads)
 
+    def train():
+        net.train()
+        step()
+
+    def infer_with(m, module):
         def infer():
+            module.eval()
             with torch.inference_mode():
-                model(X).argmax(1)
-        res[f'infer_img_s_{tag}'] = BATCH / _timed(infer, max(2, args.steps // 2), warmup=2)
-    for kind in ('train', 'infer'):
-        best = max(('eager', 'compiled'), key=lambda t: res.get(f'{kind}_img_s_{t}', 0))
-        res[f'peer_{kind}_img_s'] = res[f'{kind}_img_s_{best}']
-        res[f'peer_{kind}_config'] = f'{best}, channels_last'
-    return res
+                m(X).argmax(1)
+        return infer
+    fns = {'train': train, 'infer_eager': infer_with(net, net)}
+    if not args.quick:
+        _, net_c, model_c, _, _ = _torch_setup(args.threads, compiled=True)
+        fns['infer_compiled'] = infer_with(model_c, net_c)
+    return _serve(fns, {'torch': torch.__version__})
 
 
 def part_torch_rss(args):
@@ -292,7 +313,118 @@ def part_mxnet_ab(args):
     return res
 
 
-PARTS = {'mxnet-ab': part_mxnet_ab, 'mxnet': part_mxnet, 'mxnet-rss': part_mxnet_rss, 'torch': part_torch, 'torch-rss': part_torch_rss}
+# ----------------------------------------------------------------------------------------- paired
+def _serve(fns, info=None):
+    """A timing server: warm every call up, print the ready line, then per stdin line (a key of
+    ``fns``) run that call once and print its seconds."""
+    for fn in fns.values():
+        fn()
+        fn()
+    print(json.dumps({'ready': sorted(fns), **(info or {})}), flush=True)
+    for line in sys.stdin:
+        fn = fns[line.strip()]
+        tic = time.perf_counter()
+        fn()
+        print(time.perf_counter() - tic, flush=True)
+
+
+class _Server:
+    """A serve-* part running in its own interpreter; ``time(kind)`` -> seconds of one call."""
+
+    def __init__(self, python, part, args):
+        self.err = tempfile.TemporaryFile(mode='w+')
+        cmd = [python, os.path.abspath(__file__), '--part', part, '--threads', str(args.threads)]
+        self.proc = subprocess.Popen(cmd + (['--quick'] if args.quick else []), cwd=ROOT, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+        self.part = part
+
+    def ready(self):
+        for line in self.proc.stdout:
+            if line.startswith('{'):
+                return json.loads(line)
+        self._fail()
+
+    def time(self, kind):
+        self.proc.stdin.write(kind + '\n')
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self._fail()
+        return float(line)
+
+    def close(self):
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+    def _fail(self):
+        self.proc.wait()
+        self.err.seek(0)
+        tail = self.err.read().strip().splitlines()[-3:]
+        raise RuntimeError(f'bench part {self.part} failed (exit {self.proc.returncode}): ' + ' | '.join(tail))
+
+
+def _alternate(plan, reps):
+    """Time the (server, kind) calls of ``plan`` in turn, ``reps`` times, the order reversed every other
+    repetition -> {(server name, kind): [seconds, ...]}."""
+    times = {(server.part, kind): [] for server, kind in plan}
+    for rep in range(reps):
+        for server, kind in (plan if rep % 2 == 0 else plan[::-1]):
+            time.sleep(0.05)  # the other process's threads stop spinning
+            times[server.part, kind].append(server.time(kind))
+    return times
+
+
+def paired_figures(times):
+    """Images/s and ratios from ``_alternate``'s seconds of serve-mxnet's train/infer/int8/gemm and
+    serve-torch's train/infer_eager[/infer_compiled]: each rate is its best call; ``*_vs_peer`` is the
+    median over repetitions of the speed ratio within a repetition (for inference against the peer's
+    faster call of that repetition), ``*_vs_peer_best`` divides best by best; ``paired_gemm_gflops``
+    is the GEMM bound timed in the same alternation."""
+    import statistics
+    rate = {key: BATCH / min(t) for key, t in times.items()}
+    peer_infer = [k for k in ('infer_eager', 'infer_compiled') if ('serve-torch', k) in rate]
+    best_infer = max(peer_infer, key=lambda k: rate['serve-torch', k])
+    res = {'paired_train_img_s': rate['serve-mxnet', 'train'], 'paired_infer_img_s': rate['serve-mxnet', 'infer'],
+           'paired_gemm_gflops': 2 * GEMM_N ** 3 / min(times['serve-mxnet', 'gemm']) / 1e9,
+           'paired_int8_img_s': rate['serve-mxnet', 'int8'],
+           'peer_train_img_s': rate['serve-torch', 'train'], 'peer_train_config': 'eager, channels_last',
+           'peer_infer_img_s': rate['serve-torch', best_infer],
+           'peer_infer_config': best_infer.split('_')[1] + ', channels_last'}
+    res.update({f'peer_infer_img_s_{k.split("_")[1]}': rate['serve-torch', k] for k in peer_infer})
+    peer_infer_times = [min(ts) for ts in zip(*(times['serve-torch', k] for k in peer_infer))]
+    for kind, peer_times in (('train', times['serve-torch', 'train']), ('infer', peer_infer_times),
+                             ('int8', peer_infer_times)):
+        peer_rate = res['peer_train_img_s' if kind == 'train' else 'peer_infer_img_s']
+        res[f'{kind}_vs_peer'] = statistics.median(p / o for p, o in zip(peer_times, times['serve-mxnet', kind]))
+        res[f'{kind}_vs_peer_best'] = rate['serve-mxnet', kind] / peer_rate
+    return res
+
+
+def paired(args):
+    """The package and the peer, each warm in its own process, timed call for call in alternation
+    (the order reversed every repetition): a shared machine's speed drifts within minutes, and this
+    way both see the same drift. -> best images/s of each and the ratios."""
+    tic = time.perf_counter()
+    ours, peer = _Server(sys.executable, 'serve-mxnet', args), _Server(args.peer_python, 'serve-torch', args)
+    try:
+        kinds_ours, info = ours.ready(), peer.ready()
+        plan = [(ours, 'train'), (peer, 'train'), (ours, 'infer')] + [
+            (peer, k) for k in ('infer_eager', 'infer_compiled') if k in info['ready']] + [
+            (ours, 'int8'), (ours, 'gemm')]
+        assert all(k in kinds_ours['ready'] for s, k in plan if s is ours)
+        times = _alternate(plan, args.pairs)
+    finally:
+        ours.close()
+        peer.close()
+    res = paired_figures(times)
+    res['torch'], res['paired_reps'] = info['torch'], args.pairs
+    print(f'  paired: {time.perf_counter() - tic:.0f} s', file=sys.stderr, flush=True)
+    return res
+
+
+PARTS = {'mxnet-ab': part_mxnet_ab, 'mxnet': part_mxnet, 'mxnet-rss': part_mxnet_rss, 'torch-rss': part_torch_rss,
+         'serve-mxnet': serve_mxnet, 'serve-torch': serve_torch}
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -331,9 +463,12 @@ def _have_torch(python):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='fewer repetitions (about half the time)')
-    p.add_argument('--ab', action='store_true', help='also time chapter vs fast upsampling and oneDNN fusion')
+    p.add_argument('--ab', action='store_true',
+                   help='also time the chapter vs the fast upsampling vs the kernels, and the fused argmax')
     p.add_argument('--part', choices=sorted(PARTS), help=argparse.SUPPRESS)
     p.add_argument('--steps', type=int, default=None, help='timed training steps (default 6, --quick 3)')
+    p.add_argument('--pairs', type=int, default=None,
+                   help='repetitions of the paired timing against the peer (default 10, --quick 4)')
     p.add_argument('--threads', type=int, default=None, help='threads for both frameworks (default: all CPUs)')
     p.add_argument('--data-dir', default=os.path.join(tempfile.gettempdir(), 'd2lseg-bench-data'),
                    help='synthetic VOC-sized data set (made when missing, default %(default)s)')
@@ -341,11 +476,14 @@ def main(argv=None):
                    'bench/.venv-peer/bin/python, else this one)')
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.quick else 6)
+    args.pairs = args.pairs or (4 if args.quick else 10)
     if args.threads:
         os.environ['OMP_NUM_THREADS'] = str(args.threads)
     args.threads = args.threads or _threads()
     if args.part:
-        print(json.dumps(PARTS[args.part](args)))
+        out = PARTS[args.part](args)
+        if out is not None:  # serve-* parts answer on stdout as they go
+            print(json.dumps(out))
         return 0
 
     tic = time.perf_counter()
@@ -358,15 +496,8 @@ def main(argv=None):
     peer_keys = ('peer_train_img_s', 'peer_infer_img_s', 'peer_peak_rss_mb')
     args.peer_python = _peer_python(args.peer_python)
     if _have_torch(args.peer_python):
-        peer = _child('torch', args)
-        peer.update(_child('torch-rss', args))
-        res['torch'] = peer.pop('torch')
-        res.update({k: peer[k] for k in peer_keys})
-        res.update({f'peer_{k}' if not k.startswith('peer_') else k: v for k, v in peer.items()
-                    if k not in peer_keys and k != 'threads'})
-        res['train_vs_peer'] = res['train_img_s'] / res['peer_train_img_s']
-        res['infer_vs_peer'] = res['infer_img_s'] / res['peer_infer_img_s']
-        res['int8_vs_peer'] = res['infer_int8_img_s'] / res['peer_infer_img_s']
+        res.update(paired(args))
+        res.update(_child('torch-rss', args))
         res['rss_vs_peer'] = res['peak_rss_mb'] / res['peer_peak_rss_mb']
     else:
         print(f'peer: PyTorch is not importable from {args.peer_python} (make bench/.venv-peer, see '

@@ -1,8 +1,9 @@
 """Post-training INT8 quantisation of a trained FCN with MXNet's oneDNN backend (CPU inference only).
 
 ``quantize`` calibrates activation ranges on a few normalised image batches and returns an INT8
-``SymbolBlock``: convolutions (with their batch norms and ReLUs fused), pooling and activations run
-in INT8; the final transposed convolution (the upsampling) stays float32. Calibration data: any
+network: convolutions (with their batch norms and ReLUs fused), pooling and activations run in INT8;
+the final transposed convolution (the upsampling) stays float32 (with the native kernels, the float
+network's own layer, which prediction fuses with the argmax). Calibration data: any
 images like those predicted, e.g. crops of training images (``calibration_batch``) or, as
 ``d2lseg predict --int8`` does by default, the images being predicted. Source: MXNet 1.9
 ``mxnet.contrib.quantization.quantize_net`` (oneDNN INT8 inference).
@@ -78,7 +79,7 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
 
 def _native_head(net):
     """The fcn32s's last layer when it is a FastUpsampling running the native kernels, else None."""
-    head = net[len(net) - 1] if isinstance(net, FastHybridSequential) and len(net) else None
+    head = net.upsample if isinstance(net, FastHybridSequential) and len(net) else None
     return head if isinstance(head, FastUpsampling) and head.uses_native() else None
 
 

@@ -1,0 +1,60 @@
+"""bench/run.py's bookkeeping of the paired timing (no timing here): alternation order and figures."""
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location('bench_run', os.path.join(ROOT, 'bench', 'run.py'))
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+class FakeServer:
+    def __init__(self, part, log):
+        self.part, self.log, self.calls = part, log, 0
+
+    def time(self, kind):
+        self.log.append((self.part, kind))
+        self.calls += 1
+        return float(self.calls)
+
+
+def test_alternation_reverses_the_order_every_other_repetition(monkeypatch):
+    monkeypatch.setattr(bench.time, 'sleep', lambda s: None)
+    log = []
+    a, b = FakeServer('serve-mxnet', log), FakeServer('serve-torch', log)
+    times = bench._alternate([(a, 'train'), (b, 'train'), (a, 'infer')], reps=3)
+    assert log == [('serve-mxnet', 'train'), ('serve-torch', 'train'), ('serve-mxnet', 'infer'),
+                   ('serve-mxnet', 'infer'), ('serve-torch', 'train'), ('serve-mxnet', 'train'),
+                   ('serve-mxnet', 'train'), ('serve-torch', 'train'), ('serve-mxnet', 'infer')]
+    assert times == {('serve-mxnet', 'train'): [1.0, 4.0, 5.0], ('serve-torch', 'train'): [1.0, 2.0, 3.0],
+                     ('serve-mxnet', 'infer'): [2.0, 3.0, 6.0]}
+
+
+def test_paired_figures_take_best_calls_and_per_repetition_ratios():
+    times = {('serve-mxnet', 'train'): [4.0, 2.0, 2.5], ('serve-torch', 'train'): [5.0, 4.0, 3.0],
+             ('serve-mxnet', 'infer'): [1.0, 0.8, 0.5], ('serve-mxnet', 'int8'): [0.4, 0.5, 0.5],
+             ('serve-torch', 'infer_eager'): [1.0, 0.9, 1.0], ('serve-torch', 'infer_compiled'): [0.8, 1.2, 1.0],
+             ('serve-mxnet', 'gemm'): [0.2, 0.1, 0.4]}
+    res = bench.paired_figures(times)
+    batch = bench.BATCH
+    assert res['paired_gemm_gflops'] == pytest.approx(2 * 2048 ** 3 / 0.1 / 1e9)
+    assert res['paired_train_img_s'] == batch / 2.0 and res['peer_train_img_s'] == batch / 3.0
+    assert res['peer_infer_img_s'] == batch / 0.8 and res['peer_infer_config'] == 'compiled, channels_last'
+    assert res['peer_infer_img_s_eager'] == batch / 0.9 and res['peer_infer_img_s_compiled'] == batch / 0.8
+    assert res['train_vs_peer_best'] == pytest.approx(1.5)            # best 2.0 s vs best 3.0 s
+    assert res['infer_vs_peer_best'] == pytest.approx(0.8 / 0.5)
+    assert res['int8_vs_peer_best'] == pytest.approx(0.8 / 0.4)
+    # median within repetitions: the peer's faster inference call (0.8, 0.9, 1.0) over ours
+    assert res['train_vs_peer'] == pytest.approx(1.25)                # 5/4, 4/2, 3/2.5
+    assert res['infer_vs_peer'] == pytest.approx(1.125)               # 0.8/1, 0.9/0.8, 1/0.5
+    assert res['int8_vs_peer'] == pytest.approx(2.0)                  # 0.8/0.4, 0.9/0.5, 1/0.5
+
+
+def test_without_the_compiled_peer_the_eager_one_counts():
+    times = {('serve-mxnet', 'train'): [2.0], ('serve-torch', 'train'): [3.0], ('serve-mxnet', 'infer'): [0.5],
+             ('serve-mxnet', 'int8'): [0.25], ('serve-torch', 'infer_eager'): [1.0], ('serve-mxnet', 'gemm'): [0.1]}
+    res = bench.paired_figures(times)
+    assert res['peer_infer_config'] == 'eager, channels_last' and 'peer_infer_img_s_compiled' not in res
+    assert res['infer_vs_peer'] == pytest.approx(2.0) and res['int8_vs_peer_best'] == pytest.approx(4.0)
