@@ -144,7 +144,7 @@ inline void tile_values(const TileArgs& t, float* out, int ldo, bool stream) {
 }
 
 template <int VT, int PB>
-inline void tile_labels(const TileArgs& t, float* out, int ldo, bool) {
+inline void tile_labels(const TileArgs& t, float* out, int ldo) {
   __m256 best[PB][VT], idx[PB][VT];
   upsample_tile<VT, PB>(t.a, t.K, t.panel, t.ldp, t.bias ? t.bias[0] : 0.f, best);
   for (int p = 0; p < PB; ++p)
@@ -169,7 +169,7 @@ template <bool Labels, int VT, int R>
 inline void tile_rest(int nb, const TileArgs& t, float* out, int ldo) {
   if constexpr (R >= 1) {
     if (nb == R)
-      Labels ? tile_labels<VT, R>(t, out, ldo, false) : tile_values<VT, R>(t, out, ldo, false);
+      Labels ? tile_labels<VT, R>(t, out, ldo) : tile_values<VT, R>(t, out, ldo, false);
     else
       tile_rest<Labels, VT, R - 1>(nb, t, out, ldo);
   }
@@ -207,7 +207,7 @@ void upsample_rows(const Geometry& g, const float* A, const float* Wp, const flo
                 continue;
               }
               if (nb == PB)
-                Labels ? tile_labels<VT, PB>(t, tile, cw, false) : tile_values<VT, PB>(t, tile, cw, false);
+                Labels ? tile_labels<VT, PB>(t, tile, cw) : tile_values<VT, PB>(t, tile, cw, false);
               else
                 tile_rest<Labels, VT, PB - 1>(nb, t, tile, cw);
               for (int p = 0; p < nb; ++p) {
