@@ -49,6 +49,13 @@ def _timed(fn, reps, warmup=1):
 
 
 # ----------------------------------------------------------------------------------------- MXNet
+def _batch():
+    """An in-memory batch: (BATCH, 3) + CROP normal images and random class labels, float32 NDArrays."""
+    from mxnet import nd
+    return (nd.random.normal(shape=(BATCH, 3) + CROP),
+            nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32'))
+
+
 def _recipe(data_dir=None):
     from d2lseg.training import Recipe
     return Recipe(data_dir=data_dir or '', synthetic=bool(data_dir), crop=CROP, batch_size=BATCH,
@@ -181,8 +188,7 @@ def serve_mxnet(args):
     from d2lseg import training
     from d2lseg.quantization import quantize
     run = training.prepare(_recipe(), data=False)
-    X = nd.random.normal(shape=(BATCH, 3) + CROP)
-    y = nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32')
+    X, y = _batch()
     training.train_step(run, (X, y))  # finish the deferred initialisation before quantizing
     qnet = quantize(run.net, X, calib_mode='naive')
     a, b = nd.random.normal(shape=(GEMM_N, GEMM_N)), nd.random.normal(shape=(GEMM_N, GEMM_N))
@@ -194,11 +200,9 @@ def serve_mxnet(args):
 
 def part_mxnet_rss(args):
     """Peak RSS of a process that only trains (prepare + fit-style steps on in-memory batches)."""
-    from mxnet import nd
     from d2lseg import training
     run = training.prepare(_recipe(), data=False)
-    X = nd.random.normal(shape=(BATCH, 3) + CROP)
-    y = nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32')
+    X, y = _batch()
     for _ in range(3):
         training.train_step(run, (X, y))
     return {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -289,10 +293,8 @@ def part_mxnet_ab(args):
     """A/B of the speed options on in-memory batches: the chapter's upsampling, the fast one on MXNet's
     operators, and the native kernels (train and infer); for inference also the native network
     without the fused upsampling + argmax. Run with D2LSEG_NATIVE unset."""
-    from mxnet import nd
     from d2lseg import training
-    X = nd.random.normal(shape=(BATCH, 3) + CROP)
-    y = nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32')
+    X, y = _batch()
     res = {}
     for fast, native in ((False, False), (True, False), (True, True)):
         recipe = _recipe()

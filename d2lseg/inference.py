@@ -14,6 +14,7 @@ from . import kernels
 from .errors import D2lsegError
 from .kernels import argmax_channel
 from .model import OUTPUT_STRIDE
+from .upsampling import native_head
 from .voc import VOC_COLORMAP, normalize_image
 
 
@@ -41,8 +42,8 @@ def label_graph(net):
     ``quantization.quantize``'s INT8 fcn32s; otherwise None. Made once per net; later parameter
     updates are seen (the parameters are shared), a net changed in structure is not.
     """
-    up = getattr(net, 'upsample', None)
-    if not (hasattr(net, 'coarse_scores') and hasattr(up, 'uses_native') and up.uses_native()):
+    up = native_head(net)
+    if up is None:
         return None
     graph = _label_graphs.get(net)
     if graph is None:

@@ -16,7 +16,7 @@ from mxnet import nd
 from mxnet.gluon import nn
 
 from .errors import D2lsegError
-from .upsampling import FastHybridSequential, FastUpsampling
+from .upsampling import FastHybridSequential, native_head
 
 
 def calibration_batch(images, shape=(320, 480), limit=8):
@@ -62,7 +62,7 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
     n -= n % batch_size
     data = mx.io.NDArrayIter(data={'data': calib[:n]}, batch_size=batch_size)
     logger = logging.getLogger('d2lseg.quantization')
-    head = _native_head(net)
+    head = native_head(net) if isinstance(net, FastHybridSequential) and len(net) else None  # fcn32s
     body = net
     if head is not None:  # quantize what runs before the upsampling, keep the native head after it
         body = nn.HybridSequential(prefix=net.prefix)
@@ -75,12 +75,6 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
         qnet.add(qbody, head)
     qnet.hybridize(static_alloc=True, static_shape=True)
     return qnet
-
-
-def _native_head(net):
-    """The fcn32s's last layer when it is a FastUpsampling running the native kernels, else None."""
-    head = net.upsample if isinstance(net, FastHybridSequential) and len(net) else None
-    return head if isinstance(head, FastUpsampling) and head.uses_native() else None
 
 
 class _quiet:

@@ -202,3 +202,10 @@ class FastHybridSequential(FastLayoutParams, nn.HybridSequential):
         for i in range(len(self) - 1):
             x = self[i](x)
         return x
+
+
+def native_head(net):
+    """``net``'s final ``FastUpsampling`` when it runs the native kernels and ``net`` has
+    ``coarse_scores`` (``FastHybridSequential``, ``model.FCNSkip``), else None."""
+    up = getattr(net, 'upsample', None)
+    return up if hasattr(net, 'coarse_scores') and isinstance(up, FastUpsampling) and up.uses_native() else None
