@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 MXNET_EXTRA := $(if $(GPU),$(GPU),cpu)
 STAMP := $(VENV)/.installed-$(MXNET_EXTRA)
+# The demo's recipe: d2lseg.reference.PRESETS['demo'] (tests/test_regression.py keeps the two equal).
+DEMO_RECIPE := --no-pretrained --ctx cpu --crop 128x192 --batch-size 8 --epochs 9 --lr 0.05 --warmup-epochs 1 --momentum 0.9 --lr-schedule poly
 
 .PHONY: demo test venv kernels clean
 
@@ -25,9 +27,7 @@ $(STAMP): setup.py
 
 # Train and evaluate the chapter's FCN on the synthetic VOC-format set, offline, on CPU.
 demo: kernels
-	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic --no-pretrained --ctx cpu \
-		--crop 128x192 --batch-size 8 --epochs 9 --lr 0.1 --momentum 0.9 --lr-schedule poly --seed 0 \
-		--out runs/demo
+	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic $(DEMO_RECIPE) --seed 0 --out runs/demo
 	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --full
 
 test: kernels

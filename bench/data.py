@@ -8,15 +8,14 @@ Prints one JSON line: storage bytes (uint8, as stored) against float32 storage a
 """
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
-import mxnet as mx
-from mxnet import gluon
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import d2lseg  # noqa: E402,F401  (first: it sets the thread count, which MXNet reads when it loads)
+from mxnet import gluon  # noqa: E402
+
 from d2lseg.synthetic import make_synthetic_voc  # noqa: E402
 from d2lseg.voc import VOCSegDataset  # noqa: E402
 
@@ -92,7 +91,8 @@ def main(argv=None):
         result['loader_w0_samples_per_s'] = round(loader_rate(ds, 0, False, min_seconds), 1)
         result['loader_w2_threads_samples_per_s'] = round(loader_rate(ds, 2, True, min_seconds), 1)
         result['loader_w2_processes_samples_per_s'] = round(loader_rate(ds, 2, False, min_seconds), 1)
-    result.update(cpus=os.cpu_count(), mxnet=mx.__version__, python=platform.python_version())
+    from d2lseg.environment import environment
+    result.update(cpus=os.cpu_count(), environment=environment())
     print(json.dumps(result))
     return 0
 

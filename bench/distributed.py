@@ -131,6 +131,8 @@ def main():
             out['trained_params'] = r['trained_params']
     if 'trained_params' in out:
         out['bytes_per_push'] = out['trained_params'] * 4
+    from d2lseg.environment import environment
+    out['environment'] = environment()  # of this (driving) process; workers used threads_per_worker each
     print(json.dumps(out))
 
 

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from d2lseg import training  # noqa: E402
+from d2lseg.environment import environment  # noqa: E402
 from d2lseg.model import load_params  # noqa: E402
 from d2lseg.quantization import quantize  # noqa: E402
 
@@ -37,6 +38,7 @@ def main(argv=None):
         m = training.evaluate(net, run.val_iter, run.ctx, recipe.num_classes).compute()
         res[f'miou_{name}'], res[f'pixel_acc_{name}'] = m['miou'], m['pixel_acc']
     res['delta_points'] = 100 * (res['miou_int8'] - res['miou_fp32'])
+    res['environment'] = environment()
     print(json.dumps(res))
     return 0
 

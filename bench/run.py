@@ -508,6 +508,8 @@ def main(argv=None):
         res.update({k: None for k in peer_keys})
     res['batch'], res['crop'], res['variant'], res['quick'] = BATCH, list(CROP), 'fcn32s', args.quick
     res['bench_seconds'] = time.perf_counter() - tic
+    from d2lseg.environment import environment
+    res['environment'] = environment()  # what produced these figures (CPU, oneDNN ISA, threads, kernels)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
     return 0
 

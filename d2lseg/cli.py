@@ -47,6 +47,8 @@ def _add_recipe_flags(p, defaults):
     p.add_argument('--ctx', default=None, help='cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu)')
     p.add_argument('--seed', type=int, default=defaults.seed)
     p.add_argument('--lr-schedule', default=defaults.lr_schedule, help='constant (the chapter) or poly')
+    p.add_argument('--warmup-epochs', type=float, default=defaults.warmup_epochs,
+                   help='linear learning-rate warm-up over this many epochs (default %(default)s: none)')
     p.add_argument('--ignore-boundary', action='store_true', help='label the void border 255 and skip it')
     p.add_argument('--workers', type=int, default=defaults.workers, help='data-loading threads')
     p.add_argument('--max-images', type=_positive_int, default=None, help='use only the first N images per split')
@@ -62,7 +64,7 @@ def _recipe_from(args):
                   batch_size=args.batch_size, epochs=args.epochs or Recipe().epochs, lr=args.lr, wd=args.wd,
                   momentum=args.momentum, variant=args.variant, pretrained=args.pretrained,
                   backbone_params=args.backbone_params, ctx=args.ctx or Recipe().ctx, seed=args.seed,
-                  lr_schedule=args.lr_schedule, ignore_boundary=args.ignore_boundary,
+                  lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, ignore_boundary=args.ignore_boundary,
                   workers=args.workers, max_images=args.max_images, kvstore=args.kvstore)
 
 
@@ -173,18 +175,19 @@ def cmd_predict(args):
 
 
 def cmd_compare(args):
-    from .reference import PUBLISHED, compare_baseline, compare_published
+    from .reference import PUBLISHED_NAMES, compare_baseline, compare_published
     from .training import load_history
     history = load_history(args.history)
-    targets = list(PUBLISHED) if args.against == 'all' else [args.against]
+    targets = ['book', 'd2l-zh-v1'] if args.against == 'all' else [args.against]
     ok = True
     for target in targets:
-        if target in PUBLISHED:
+        if target in PUBLISHED_NAMES:
             cmp = compare_published(history, target, path=args.history)
         elif os.path.isfile(target):
             cmp = compare_baseline(history, load_history(target), path=args.history, baseline_path=target)
         else:
-            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED)}, all) nor a file")
+            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED_NAMES)}, all) "
+                              "nor a baseline file")
         print(cmp.table())
         ok &= cmp.ok
     return 0 if ok else 1
@@ -198,7 +201,7 @@ def cmd_reproduce(args):
     recipe = Recipe(data_dir=args.data_dir, ctx=args.ctx, workers=args.workers)
     history = run_training(recipe, args.out, progress=not args.no_progress)
     path = os.path.join(args.out, 'history.json')
-    comparisons = [compare_published(history, target, path=path) for target in ('d2l-mxnet-en', 'd2l-zh-v1')]
+    comparisons = [compare_published(history, target, path=path) for target in ('book', 'd2l-zh-v1')]
     for cmp in comparisons:
         print(cmp.table())
     print(fcn_paper_table())
@@ -278,9 +281,12 @@ def build_parser():
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser('compare', help='compare a history.json with published figures or a baseline')
-    p.add_argument('history')
-    p.add_argument('--against', default='d2l-mxnet-en', help='d2l-mxnet-en, d2l-zh-v1, all, or a history FILE')
+    p = sub.add_parser('compare', help="judge a history.json by the published spread or a stored baseline band")
+    p.add_argument('history', help='history.json written by d2lseg train')
+    p.add_argument('--against', default='book',
+                   help="book (the chapter's run, judged by the published run-to-run spread at epoch 5; the "
+                        "default), d2l-zh-v1, all, or a baseline FILE (a band from bench/spread.py, or another "
+                        "history.json)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser('launch', help="start MXNet's parameter-server job (scheduler, servers, workers)")

@@ -17,6 +17,7 @@ is compiled once per machine (about 10 s; ``g++ -O3 -march=native -fopenmp``) in
 CPU's features. Without a compiler, AVX2/FMA or a CPU context the package keeps MXNet's operators
 (one warning says why); ``D2LSEG_NATIVE=0`` turns the kernels off.
 """
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -106,6 +107,15 @@ def load():
                 warnings.warn(f'd2lseg: native kernels unavailable ({first}); using MXNet operators '
                               f'(slower). D2LSEG_NATIVE=0 skips the build.', RuntimeWarning, stacklevel=2)
     return _state['ok']
+
+
+def compiled_isa():
+    """The instruction sets the loaded library was compiled for, e.g. 'fma avx2 avx512f' (None if not loaded)."""
+    if not _state.get('ok'):
+        return None
+    fn = ctypes.CDLL(library_path()).d2lseg_isa  # the library mx.library.load opened: dlopen shares it
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
 
 
 def wanted(native):

@@ -9,7 +9,7 @@ from .errors import D2lsegError
 # The recipe every d2l figure below used (D2L 10.10.4-10.10.5): compare only histories of this recipe.
 CHAPTER_RECIPE = {'crop': [320, 480], 'batch_size': 32, 'lr': 0.1, 'wd': 1e-3, 'momentum': 0.0,
                   'variant': 'fcn32s', 'pretrained': True, 'ignore_boundary': False, 'synthetic': False,
-                  'lr_schedule': 'constant', 'num_classes': 21}
+                  'lr_schedule': 'constant', 'warmup_epochs': 0, 'num_classes': 21}
 
 
 def _epochs(rows):
@@ -36,9 +36,10 @@ PUBLISHED = {
     },
 }
 
-# Run-to-run spread of the same recipe: 75 published runs of d2l-en releases, epoch 5.
+# Run-to-run spread of the same recipe at epoch 5: the d2l-en MXNet build history's reruns of the
+# chapter's training cell. The book's own printed run (d2l-mxnet-en above) and d2l-zh v1's lie inside it.
 SPREAD = {
-    'source': '75 published runs of the d2l-en FCN section across releases (epoch 5)',
+    'source': '74 distinct runs of the chapter\'s training cell in the d2l-en MXNet build history (epoch 5)',
     'epoch': 5,
     'loss': (0.311, 0.387), 'train_acc': (0.877, 0.897), 'test_acc': (0.784, 0.856),
     'median': {'loss': 0.328, 'train_acc': 0.892, 'test_acc': 0.850},
@@ -57,104 +58,191 @@ FCN_PAPER = {
     'fcn8s_voc2012_test_miou': 62.2,
 }
 
-# Which direction is worse for each figure, and the default tolerance against a stored baseline.
+# The figures a history records per epoch, and which direction is worse for each.
+FIGURES = ('loss', 'train_acc', 'test_acc', 'val_miou')
 HIGHER_IS_BETTER = {'loss': False, 'train_acc': True, 'test_acc': True, 'val_miou': True}
-BASELINE_TOLERANCE = {'loss': 0.15, 'train_acc': 0.05, 'test_acc': 0.05, 'val_miou': 0.06}
+# Margin beyond a single stored run when comparing two histories (no measured spread to go by).
+SINGLE_RUN_MARGIN = {'loss': 0.15, 'train_acc': 0.05, 'test_acc': 0.05, 'val_miou': 0.06}
 RECIPE_KEYS = ('crop', 'batch_size', 'epochs', 'lr', 'wd', 'momentum', 'variant', 'pretrained',
-               'ignore_boundary', 'synthetic', 'lr_schedule', 'num_classes', 'seed', 'max_images')
+               'ignore_boundary', 'synthetic', 'lr_schedule', 'warmup_epochs', 'num_classes', 'max_images')
+
+# Recipes whose spread bench/spread.py measures: the synthetic set's `make_synthetic_voc` arguments and
+# the `d2lseg train` flags (with --synthetic, --data-dir, --seed and --out added per run).
+PRESETS = {
+    'regression': {'synth': {'n_train': 96, 'n_val': 24, 'seed': 0},
+                   'train': ['--no-pretrained', '--ctx', 'cpu', '--crop', '128x192', '--batch-size', '4',
+                             '--epochs', '8', '--lr', '0.05', '--momentum', '0.9', '--lr-schedule', 'poly',
+                             '--workers', '0']},
+    'demo': {'synth': {'n_train': 600, 'n_val': 150, 'seed': 0},
+             'train': ['--no-pretrained', '--ctx', 'cpu', '--crop', '128x192', '--batch-size', '8',
+                       '--epochs', '9', '--lr', '0.05', '--warmup-epochs', '1', '--momentum', '0.9',
+                       '--lr-schedule', 'poly']},
+}
+
+
+# Recipe fields added after histories were first stored, with the value those histories ran with.
+ADDED_FIELDS = {'warmup_epochs': 0}
 
 
 class UnusableHistory(D2lsegError):
     """A history that cannot be compared (another recipe, missing epochs)."""
 
 
+def _stats(values):
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {'mean': mean, 'sd': sd, 'min': min(values), 'max': max(values), 'n': n}
+
+
+def band_of(runs):
+    """Per-epoch spread of several runs: [{'epoch': e, figure: {mean, sd, min, max, n}}] over the
+    epochs every run has. runs: dicts with 'epochs' (per-epoch records, as in history.json)."""
+    depth = min(len(r['epochs']) for r in runs)
+    return [dict({'epoch': e + 1}, **{k: _stats([r['epochs'][e][k] for r in runs]) for k in FIGURES
+                                      if all(k in r['epochs'][e] for r in runs)})
+            for e in range(depth)]
+
+
+def judged_stats(runs, epochs):
+    """Per figure, the spread over runs of each run's mean over ``epochs`` (1-based epoch numbers)."""
+    def mean(run, k):
+        return sum(run['epochs'][e - 1][k] for e in epochs) / len(epochs)
+    return {k: _stats([mean(r, k) for r in runs]) for k in FIGURES
+            if all(k in r['epochs'][e - 1] for r in runs for e in epochs)}
+
+
+def _epoch_label(epochs):
+    return str(epochs[0]) if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'
+
+
 @dataclass
 class Comparison:
-    """Per-epoch rows and a verdict. ``ok`` is False on a regression."""
+    """Per-epoch rows and a verdict. ``ok`` is False on a regression. Rows: (epoch, figure, ours,
+    reference text, status); only judged epochs carry a status, earlier ones are context."""
     against: str
-    rows: list = field(default_factory=list)   # (epoch, key, ours, theirs, diff, status)
+    rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     ok: bool = True
 
     def table(self):
-        lines = [f"against {self.against}",
-                 f"{'epoch':>5} {'figure':<10} {'ours':>8} {'theirs':>8} {'diff':>8}  status"]
-        for epoch, key, ours, theirs, diff, status in self.rows:
-            t = '-' if theirs is None else f'{theirs:8.4f}'
-            d = '-' if diff is None else f'{diff:+8.4f}'
-            lines.append(f"{epoch:>5} {key:<10} {ours:8.4f} {t:>8} {d:>8}  {status}")
+        lines = [f"against {self.against}", f"{'epoch':>8} {'figure':<10} {'ours':>8}  {'reference':<34} status"]
+        lines += [f"{epoch:>8} {key:<10} {ours:8.4f}  {ref:<34} {status}".rstrip()
+                  for epoch, key, ours, ref, status in self.rows]
         lines += self.notes
-        lines.append('verdict: ' + ('within tolerance' if self.ok else 'REGRESSION'))
+        lines.append('verdict: ' + ('within the band' if self.ok else 'REGRESSION'))
         return '\n'.join(lines)
+
+
+def _band_text(band):
+    text = f"{band['min']:.4f}-{band['max']:.4f}"
+    if band.get('n', 0) > 1:
+        text += f" ({band['mean']:.4f} +- {band['sd']:.4f})"
+    elif 'median' in band:
+        text += f" (median {band['median']:.4f})"
+    return text
+
+
+def judge(value, band, margin, higher_is_better):
+    """Status of one figure against a band: REGRESSION only when worse than the band's worst end by
+    more than ``margin``."""
+    worse_by = (band['min'] - value) if higher_is_better else (value - band['max'])
+    better_by = (value - band['max']) if higher_is_better else (band['min'] - value)
+    if worse_by > margin:
+        return 'REGRESSION'
+    if worse_by > 0:
+        return 'below band, within margin' if higher_is_better else 'above band, within margin'
+    return 'better than band' if better_by > 0 else 'inside band'
 
 
 def _epochs_of(history, path='history'):
     epochs = history.get('epochs') if isinstance(history, dict) else history
     if not isinstance(epochs, list) or not epochs or not all(isinstance(r, dict) for r in epochs):
         raise UnusableHistory(f"{path}: no per-epoch records (expected a d2lseg history.json)")
+    for r in epochs:
+        bad = [k for k in FIGURES if k in r and not isinstance(r[k], (int, float, dict))]
+        if bad:
+            raise UnusableHistory(f"{path}: epoch {r.get('epoch', '?')}: {bad[0]} is not a number")
     return epochs
 
 
 def _check_recipe(history, expected, path):
     recipe = history.get('recipe') if isinstance(history, dict) else None
-    if recipe is None:
+    if not isinstance(recipe, dict):
         raise UnusableHistory(f"{path}: the history names no recipe; cannot tell what it should match")
-    diffs = [f"{k}={recipe.get(k)!r} (expected {v!r})" for k, v in expected.items() if recipe.get(k) != v]
+    diffs = [f"{k}={recipe.get(k, ADDED_FIELDS.get(k))!r} (expected {v!r})" for k, v in expected.items()
+             if recipe.get(k, ADDED_FIELDS.get(k)) != v]
     if diffs:
         raise UnusableHistory(f"{path}: another recipe, not compared: " + ', '.join(diffs))
 
 
-def compare_published(history, against='d2l-mxnet-en', path='history'):
-    """Compare a history of the chapter's recipe with a published run and the run-to-run spread."""
-    if against not in PUBLISHED:
-        raise UnusableHistory(f"--against {against}: unknown; choose {', '.join(PUBLISHED)}, all, or a FILE")
-    ref = PUBLISHED[against]
-    _check_recipe(history, ref['recipe'], path)
-    ours = _epochs_of(history, path)
-    if len(ours) < len(ref['epochs']):
-        raise UnusableHistory(f"{path}: {len(ours)} epochs, the published run has {len(ref['epochs'])}")
-    cmp = Comparison(against, notes=[f"source: {ref['source']}",
-                                     f"tolerance: the final epoch must lie inside the spread of {SPREAD['source']}: "
-                                     + ', '.join(f"{k} {SPREAD[k][0]}-{SPREAD[k][1]}" for k in ('loss', 'train_acc', 'test_acc'))])
-    for mine, theirs in zip(ours, ref['epochs']):
-        for key in ('loss', 'train_acc', 'test_acc'):
-            status = ''
-            if mine['epoch'] == SPREAD['epoch']:
-                lo, hi = SPREAD[key]
-                inside = lo <= mine[key] <= hi
-                worse = mine[key] > hi if key == 'loss' else mine[key] < lo
-                status = 'inside spread' if inside else ('WORSE than spread' if worse else 'better than spread')
-                cmp.ok &= not worse
-            cmp.rows.append((mine['epoch'], key, mine[key], theirs[key], mine[key] - theirs[key], status))
+def _compare(history, bands, judged_epochs, judged_band, margin, against, path, notes):
+    """Rows for every epoch of ``bands`` ({epoch: {figure: band}}, context only), then one verdict row per
+    figure: the mean of ``history`` over ``judged_epochs`` against ``judged_band``."""
+    ours = {r.get('epoch', i + 1): r for i, r in enumerate(_epochs_of(history, path))}
+    missing = [e for e in sorted(set(bands) | set(judged_epochs)) if e not in ours]
+    if missing:
+        raise UnusableHistory(f"{path}: {len(ours)} epochs; {against} has {max(bands)} (epoch {missing[0]} missing)")
+    cmp = Comparison(against, notes=notes)
+    for epoch, figures in sorted(bands.items()):
+        cmp.rows += [(epoch, k, ours[epoch][k], _band_text(b), '') for k, b in figures.items() if k in ours[epoch]]
+    label = _epoch_label(judged_epochs) + (' mean' if len(judged_epochs) > 1 else '')
+    for key, band in judged_band.items():
+        if all(key in ours[e] for e in judged_epochs):
+            value = sum(ours[e][key] for e in judged_epochs) / len(judged_epochs)
+            status = judge(value, band, margin[key], HIGHER_IS_BETTER[key])
+            cmp.ok &= status != 'REGRESSION'
+            cmp.rows.append((label, key, value, _band_text(band), status))
     return cmp
+
+
+PUBLISHED_NAMES = ('book',) + tuple(PUBLISHED)
+
+
+def compare_published(history, against='book', path='history'):
+    """Judge a history of the chapter's recipe by the published run-to-run spread at epoch 5 (SPREAD).
+
+    against: 'book' (the English chapter's printed run) or a name in PUBLISHED; that run's figures
+    are shown for the earlier epochs as context. No margin: the band is the published spread itself.
+    """
+    name = 'd2l-mxnet-en' if against == 'book' else against
+    if name not in PUBLISHED:
+        raise UnusableHistory(f"--against {against}: unknown; choose {', '.join(PUBLISHED_NAMES)}, all, or a FILE")
+    ref = PUBLISHED[name]
+    _check_recipe(history, ref['recipe'], path)
+    keys = ('loss', 'train_acc', 'test_acc')
+    bands = {r['epoch']: {k: {'min': r[k], 'max': r[k], 'n': 1} for k in keys} for r in ref['epochs']}
+    spread = {k: {'min': SPREAD[k][0], 'max': SPREAD[k][1], 'median': SPREAD['median'][k]} for k in keys}
+    notes = [f"source: {ref['source']} (every epoch of that run shown as context)",
+             f"judged: epoch {SPREAD['epoch']} against the band of {SPREAD['source']}"]
+    return _compare(history, bands, [SPREAD['epoch']], spread, dict.fromkeys(keys, 0.0), against, path, notes)
 
 
 def compare_baseline(history, baseline, path='history', baseline_path='baseline'):
-    """Compare a history with a stored one of the same recipe, figure by figure, within tolerances.
+    """Judge a history against a stored baseline of the same recipe.
 
-    Only a change for the worse beyond the tolerance is a regression; the tolerances are the
-    baseline's ``tolerance`` entry or ``BASELINE_TOLERANCE``.
+    baseline: a band written by bench/spread.py (per-epoch mean, sd, min, max over seeds and machine
+    variants, with its ``margin`` and ``judged_epochs``) or a single history.json (a band of one run,
+    SINGLE_RUN_MARGIN). Only the mean over the judged epochs (the band's ``judged_epochs``; the last
+    epoch for a single history) gives a verdict: the early epochs of a short run from a random start
+    vary far more between machines than a regression moves them, and averaging the last few epochs
+    halves the noise of the last one (docs/reproducibility.md).
     """
     base_recipe = baseline.get('recipe') if isinstance(baseline, dict) else None
-    if base_recipe is None:
+    if not isinstance(base_recipe, dict):
         raise UnusableHistory(f"{baseline_path}: the baseline names no recipe")
-    _check_recipe(history, {k: base_recipe.get(k) for k in RECIPE_KEYS if k in base_recipe}, path)
-    ours, theirs = _epochs_of(history, path), _epochs_of(baseline, baseline_path)
-    if len(ours) != len(theirs):
-        raise UnusableHistory(f"{path}: {len(ours)} epochs, {baseline_path} has {len(theirs)}")
-    tol = dict(BASELINE_TOLERANCE, **baseline.get('tolerance', {}))
-    cmp = Comparison(baseline_path, notes=['tolerance (absolute, worse direction only): '
-                                           + ', '.join(f'{k} {v}' for k, v in tol.items())])
-    for mine, ref in zip(ours, theirs):
-        for key in tol:
-            if key not in mine or key not in ref:
-                continue
-            diff = mine[key] - ref[key]
-            worse = -diff if HIGHER_IS_BETTER[key] else diff
-            status = 'REGRESSION' if worse > tol[key] else ('ok' if abs(diff) <= tol[key] else 'better')
-            cmp.ok &= status != 'REGRESSION'
-            cmp.rows.append((mine['epoch'], key, mine[key], ref[key], diff, status))
-    return cmp
+    _check_recipe(history, {k: base_recipe[k] for k in RECIPE_KEYS if k in base_recipe}, path)
+    bands = {}
+    for i, r in enumerate(_epochs_of(baseline, baseline_path)):
+        bands[r.get('epoch', i + 1)] = {k: (r[k] if isinstance(r[k], dict) else {'min': r[k], 'max': r[k], 'n': 1})
+                                        for k in FIGURES if k in r}
+    judged_epochs = baseline.get('judged_epochs') or [max(bands)]
+    runs = baseline.get('runs') or [baseline]  # a single history is a band of one run
+    judged_band = baseline.get('judged') or judged_stats(runs, judged_epochs)
+    margin = dict(SINGLE_RUN_MARGIN, **baseline.get('margin', {}))
+    notes = [f"judged: the mean of epochs {_epoch_label(judged_epochs)} against the band of {len(runs)} run(s); "
+             f"a regression is worse than the band by more than: " + ', '.join(f'{k} {v}' for k, v in margin.items())]
+    return _compare(history, bands, judged_epochs, judged_band, margin, baseline_path, path, notes)
 
 
 def fcn_paper_table():

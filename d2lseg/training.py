@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -18,6 +17,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from . import checkpoint, kernels
+from .environment import environment
 from .errors import D2lsegError
 from .inference import predict_batch
 from .kernels import argmax_channel
@@ -172,6 +172,7 @@ class Recipe:
     ctx: str = 'gpu'                    # the chapter's try_all_gpus(); 'cpu', 'cpu:2', 'gpu:0,1'
     seed: int = 0
     lr_schedule: str = 'constant'       # or 'poly' (power 0.9, per iteration)
+    warmup_epochs: float = 0            # linear warm-up from 0 over this many epochs (the chapter has none)
     ignore_boundary: bool = False       # the chapter maps the void border to background
     workers: int = 2
     max_images: Optional[int] = None    # use only the first N images of each split (quick runs)
@@ -196,6 +197,8 @@ class Recipe:
             raise D2lsegError(f"--wd {self.wd}: must be non-negative")
         if self.variant not in VARIANTS:
             raise D2lsegError(f"--variant {self.variant}: unknown; choose one of {', '.join(VARIANTS)}")
+        if not (0 <= self.warmup_epochs <= self.epochs):
+            raise D2lsegError(f"--warmup-epochs {self.warmup_epochs}: must be between 0 and --epochs {self.epochs}")
         if self.lr_schedule not in ('constant', 'poly'):
             raise D2lsegError(f"--lr-schedule {self.lr_schedule}: choose constant or poly")
         return self
@@ -336,13 +339,6 @@ def _allreduce_cm(cm, run):
     return cm
 
 
-def versions():
-    import PIL
-    return {'d2lseg': __import__('d2lseg').__version__, 'mxnet': mx.__version__, 'numpy': np.__version__,
-            'python': platform.python_version(), 'pillow': PIL.__version__,
-            'omp_num_threads': os.environ.get('OMP_NUM_THREADS'), 'machine': platform.machine()}
-
-
 def resume_recipe(resume_dir, requested):
     """The recipe stored in ``resume_dir``'s checkpoint; ``requested`` may extend epochs and
     choose where it runs (ctx, workers, kvstore), nothing that changes the result."""
@@ -370,6 +366,13 @@ def train_step(run, batch):
     return _step_figures(ls, y_hats, ys) + (batch_size,)
 
 
+def learning_rate(recipe, step, total_steps, steps_per_epoch):
+    """The rate of 0-based ``step``: poly decay (power 0.9) or constant, times a linear warm-up."""
+    lr = recipe.lr * (1 - step / total_steps) ** 0.9 if recipe.lr_schedule == 'poly' else recipe.lr
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    return lr * (step + 1) / warmup if step + 1 < warmup else lr
+
+
 def _first_nonfinite(net):
     """Name of the first parameter holding NaN or infinity (first context), or None."""
     for name, p in net.collect_params().items():
@@ -379,7 +382,7 @@ def _first_nonfinite(net):
 
 
 def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
-    """Train a recipe; returns the history dict (recipe, versions, per-epoch records).
+    """Train a recipe; returns the history dict (recipe, environment, per-epoch records).
 
     callbacks: callables ``cb(state: TrainState)`` run after every epoch (printing, checkpoints,
     plots). resume: a folder holding ``checkpoint.json``; training continues after its epoch with
@@ -391,7 +394,7 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
         recipe = resume_recipe(resume, recipe) if resume else recipe
         run = prepare(recipe, kv=kv)
     net, trainer, ctx = run.net, run.trainer, run.ctx
-    history = {'recipe': recipe.to_dict(), 'versions': versions(), 'ctx': [str(c) for c in ctx],
+    history = {'recipe': recipe.to_dict(), 'environment': environment(), 'ctx': [str(c) for c in ctx],
                'num_workers': run.num_workers, 'epochs': []}
     start_epoch = 0
     if meta is not None:
@@ -409,8 +412,9 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
         bar = tqdm(run.train_iter, desc=f'epoch {epoch + 1}/{recipe.epochs}', unit='batch', leave=False,
                    disable=not progress)
         for i, batch in enumerate(bar):
-            if recipe.lr_schedule == 'poly':
-                trainer.set_learning_rate(recipe.lr * (1 - (epoch * steps_per_epoch + i) / total_steps) ** 0.9)
+            if recipe.lr_schedule == 'poly' or recipe.warmup_epochs:
+                trainer.set_learning_rate(learning_rate(recipe, epoch * steps_per_epoch + i, total_steps,
+                                                        steps_per_epoch))
             batch_loss, r, c, batch_size = train_step(run, batch)
             if not math.isfinite(batch_loss):
                 raise TrainingDiverged(

@@ -102,6 +102,38 @@ def plot_history(history, path=None):
     return fig
 
 
+BAND_TITLES = {'loss': 'train loss', 'train_acc': 'train pixel acc', 'test_acc': 'val pixel acc',
+               'val_miou': 'val mIoU'}
+
+
+def plot_band(band, history=None, path=None):
+    """A stored band (bench/spread.py) per figure: every run, the min-max range, the mean; and ``history``
+    (a run to judge) on top when given -> the figure, saved to ``path``."""
+    from matplotlib.ticker import MaxNLocator
+    figures = [k for k in BAND_TITLES if k in band['epochs'][0]]
+    fig, axes = plt.subplots(1, len(figures), figsize=(3.2 * len(figures), 3.0), squeeze=False)
+    x = [r['epoch'] for r in band['epochs']]
+    for ax, key in zip(axes[0], figures):
+        for i, run in enumerate(band.get('runs', [])):
+            ax.plot(x, [r[key] for r in run['epochs'][:len(x)]], color='0.75', lw=0.8,
+                    label=f"{len(band['runs'])} stored runs" if i == 0 else None)
+        ax.fill_between(x, [r[key]['min'] for r in band['epochs']], [r[key]['max'] for r in band['epochs']],
+                        color='tab:blue', alpha=0.2, label='band (min-max)')
+        ax.plot(x, [r[key]['mean'] for r in band['epochs']], color='tab:blue', label='band mean')
+        if history is not None:
+            ours = history['epochs'][:len(x)]
+            ax.plot([r['epoch'] for r in ours], [r[key] for r in ours], 'o-', color='tab:red', label='this run')
+        ax.set_title(BAND_TITLES[key])
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].legend(fontsize='small')
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
 class CurvesCallback:
     """Training callback: rewrite ``curves.png`` after every epoch (chief only)."""
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic VOC-format data set, made once per test session."""
 import os
 
+import d2lseg  # noqa: F401  (first: it sets OMP_NUM_THREADS, which MXNet reads once, when it loads)
 import mxnet as mx
 import pytest
 

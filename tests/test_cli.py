@@ -58,7 +58,7 @@ def test_train_writes_history_curves_checkpoints_and_params(trained):
         assert r['time'] >= r['train_time'] > 0 and r['img_s'] > 0
     assert history['recipe']['crop'] == [64, 96] and history['recipe']['pretrained'] is False
     assert history['recipe']['seed'] == 0 and history['recipe']['epochs'] == 2
-    assert {'d2lseg', 'mxnet', 'numpy', 'python'} <= set(history['versions'])
+    assert {'d2lseg', 'mxnet', 'numpy', 'python'} <= set(history['environment']['versions'])
     assert set(history['untrained']) == {'pixel_acc', 'mean_acc', 'miou', 'fwiou'}
     with open(os.path.join(out, 'curves.png'), 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -215,7 +215,7 @@ def test_fit_callbacks_history_and_checkpoint_every_epoch(data_root, tmp_path, m
     assert written == [name for epoch in (1, 2) for name in (
         f'ckpt-epoch{epoch:04d}.params', f'ckpt-epoch{epoch:04d}.states', 'checkpoint.json', 'history.json')]
     assert not [n for n in os.listdir(out) if '.tmp-' in n]
-    assert history['recipe']['crop'] == [64, 96] and history['versions']['mxnet'] == mx.__version__
+    assert history['recipe']['crop'] == [64, 96] and history['environment']['versions']['mxnet'] == mx.__version__
     assert set(history['untrained']) == {'pixel_acc', 'mean_acc', 'miou', 'fwiou'}
     assert [r['epoch'] for r in history['epochs']] == [1, 2]
     for r in history['epochs']:

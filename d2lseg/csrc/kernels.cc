@@ -695,3 +695,28 @@ MXReturnValue initialize(int version) {
   }
   return MX_SUCCESS;
 }
+
+// The instruction sets the compiler targeted (-march=native on the building machine), for the
+// environment record of every run (d2lseg/environment.py). Changes no operator.
+extern "C" const char* d2lseg_isa() {
+  return "fma avx2"
+#ifdef __AVX512F__
+         " avx512f"
+#endif
+#ifdef __AVX512BW__
+         " avx512bw"
+#endif
+#ifdef __AVX512VL__
+         " avx512vl"
+#endif
+#ifdef __AVX512VNNI__
+         " avx512vnni"
+#endif
+#ifdef __AVX512BF16__
+         " avx512bf16"
+#endif
+#ifdef __AMX_TILE__
+         " amx"
+#endif
+      ;
+}

@@ -1,0 +1,123 @@
+"""What produced a result: CPU, the instruction set oneDNN dispatched to, threads, kernels, versions.
+
+Float results and whole training trajectories depend on the CPU's instruction set (oneDNN and the
+native kernels take different code paths) and on MXNet's thread count, so every ``history.json``,
+stored baseline and benchmark JSON carries ``environment()``. Simulate another machine with
+``DNNL_MAX_CPU_ISA=AVX2`` (or ``AVX512_CORE``), ``D2LSEG_NATIVE=0`` and ``OMP_NUM_THREADS=1``.
+"""
+import ctypes
+import functools
+import os
+import platform
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+
+# The CPU flags that decide oneDNN's and the kernels' code paths.
+ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_int8',
+             'amx_bf16')
+
+# Runs one convolution with oneDNN's verbose mode on and prints its "isa:" info line.
+_ISA_PROBE = ("import mxnet as mx; x = mx.nd.ones((1, 3, 8, 8)); "
+              "mx.nd.Convolution(x, mx.nd.ones((2, 3, 3, 3)), kernel=(3, 3), num_filter=2, no_bias=True).wait_to_read()")
+
+
+def cpu_info():
+    """(model name, the ISA_FLAGS this CPU has), from /proc/cpuinfo where there is one."""
+    fields = {}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                fields.setdefault(key.strip(), value.strip())
+                if 'model name' in fields and 'flags' in fields:
+                    break
+    except OSError:
+        pass
+    flags = set(fields.get('flags', '').split())
+    return fields.get('model name') or platform.processor() or platform.machine(), [f for f in ISA_FLAGS if f in flags]
+
+
+def mxnet_threads():
+    """The OpenMP thread count MXNet's operators run with in this process.
+
+    MXNet reads ``OMP_NUM_THREADS`` once, when it loads, and sets OpenMP's thread count from it (half
+    the cores when it is unset), so this reads OpenMP's own setting (libgomp, which MXNet and the
+    native kernels share) rather than the environment variable.
+    """
+    try:
+        return int(ctypes.CDLL('libgomp.so.1').omp_get_max_threads())
+    except (OSError, AttributeError):  # another OpenMP runtime: the variable is the best evidence left
+        value = os.environ.get('OMP_NUM_THREADS', '')
+        return int(value) if value.isdigit() else None
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_isa():
+    """The instruction set oneDNN dispatches to under this process's environment, as its verbose mode names it.
+
+    Asked of a child process with the same environment (about a second, once per process): oneDNN
+    prints it only in verbose mode, at its first primitive.
+    """
+    env = dict(os.environ, DNNL_VERBOSE='1', MKLDNN_VERBOSE='1')
+    try:
+        out = subprocess.run([sys.executable, '-c', _ISA_PROBE], env=env, capture_output=True, text=True,
+                             timeout=120).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f'unknown ({type(e).__name__})'
+    for line in out.splitlines():
+        if ',info,cpu,isa:' in line:
+            return line.split(',info,cpu,isa:', 1)[1].strip()
+    return 'unknown (oneDNN printed no isa line)'
+
+
+def native_kernels():
+    """{'used': bool, 'isa': what the kernels were compiled for, or 'reason': why they are not used}."""
+    from . import kernels
+    if os.environ.get('D2LSEG_NATIVE', '1') == '0':
+        return {'used': False, 'reason': 'D2LSEG_NATIVE=0'}
+    if not kernels.load():
+        return {'used': False, 'reason': 'the build or load failed (see the warning)'}
+    return {'used': True, 'isa': kernels.compiled_isa(), 'library': os.path.basename(kernels.library_path())}
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit():
+    """The package's git commit (with '-dirty' for uncommitted changes), or None outside a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(['git', '-C', here, 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(['git', '-C', here, 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ('-dirty' if dirty else '')
+
+
+def versions():
+    import PIL
+    from . import __version__
+    return {'d2lseg': __version__, 'mxnet': mx.__version__, 'numpy': np.__version__,
+            'python': platform.python_version(), 'pillow': PIL.__version__}
+
+
+def environment():
+    """Everything above as one JSON-ready dict (stored under ``environment`` in histories and benchmarks)."""
+    model, flags = cpu_info()
+    return {'cpu': model, 'cpu_flags': flags, 'cpus_usable': len(os.sched_getaffinity(0))
+            if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': os.environ.get('DNNL_MAX_CPU_ISA'),
+            'mxnet_threads': mxnet_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
+            'native_kernels': native_kernels(), 'versions': versions(), 'git_commit': git_commit(),
+            'machine': platform.machine()}
+
+
+def summary(env):
+    """One line naming what matters for reproducibility, e.g. for a table header."""
+    kernels = env['native_kernels']
+    return (f"{env['cpu']}; oneDNN {env['onednn_isa']}; {env['mxnet_threads']} thread(s); native kernels "
+            + (f"on ({kernels['isa']})" if kernels['used'] else f"off ({kernels['reason']})"))

@@ -1,0 +1,85 @@
+"""The regression recipe against its stored band: it holds on every machine variant this one can simulate,
+and it flags planted faults.
+
+The band (d2lseg/baselines/regression-band.json) is the spread of PRESETS['regression'] over seeds and
+simulated machines, measured by bench/spread.py; a run is a regression when a figure of its last epoch
+is worse than the band by more than the band's stated margin. Each run here is a fresh process (the
+instruction-set cap and the kernels switch act when MXNet loads), with this process's thread count.
+Refresh the band after a change meant to move the numbers:
+
+    .venv/bin/python bench/spread.py --preset regression --seeds 0,1,2,3,4 --jobs 2 \
+        --out d2lseg/baselines/regression-band.json
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import d2lseg
+from d2lseg.reference import PRESETS, compare_baseline
+from d2lseg.synthetic import make_synthetic_voc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLANTED = os.path.join(ROOT, 'tests', 'helpers', 'planted_train.py')
+BAND = os.path.join(os.path.dirname(d2lseg.__file__), 'baselines', 'regression-band.json')
+VARIANTS = {'machine-default': {}, 'avx2': {'DNNL_MAX_CPU_ISA': 'AVX2'}, 'native-off': {'D2LSEG_NATIVE': '0'}}
+# A seed the band was not made from: on this machine too the run is a new sample, not a stored one.
+FRESH_SEED = 7
+
+
+@pytest.fixture(scope='module')
+def band():
+    with open(BAND) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def regression_data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('regression'))
+    make_synthetic_voc(root, progress=False, **PRESETS['regression']['synth'])
+    return root
+
+
+def train(data_dir, out, fault='none', seed=0, **env):
+    """The preset's `d2lseg train` in a fresh process, with a planted fault -> its history."""
+    child = {k: v for k, v in os.environ.items() if k not in ('DNNL_MAX_CPU_ISA', 'D2LSEG_NATIVE')}
+    child.update(env)
+    argv = [sys.executable, PLANTED, fault, 'train', '--synthetic', '--data-dir', data_dir,
+            *PRESETS['regression']['train'], '--seed', str(seed), '--out', str(out), '--no-progress']
+    proc = subprocess.run(argv, env=child, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(out, 'history.json')) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_the_recipe_stays_inside_its_band_on_simulated_machines(variant, band, regression_data, tmp_path):
+    history = train(regression_data, tmp_path / 'run', seed=FRESH_SEED, **VARIANTS[variant])
+    env = history['environment']  # the run ran where it was meant to
+    assert env['onednn_isa'] == 'Intel AVX2' if variant == 'avx2' else env['onednn_isa'] != ''
+    assert not env['native_kernels']['used'] if variant == 'native-off' else True
+    cmp = compare_baseline(history, band, path=variant, baseline_path=BAND)
+    assert cmp.ok, cmp.table()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fault, flagged', [
+    ('xavier', {'loss'}),      # the head starts at noise: the loss stays near the all-background answer's
+    ('labels', {'test_acc'}),  # taught the wrong classes: almost every validation pixel is wrong
+    ('lr', {'loss'}),          # learns, far too slowly
+])
+def test_planted_faults_are_flagged(fault, flagged, band, regression_data, tmp_path):
+    history = train(regression_data, tmp_path / 'run', fault=fault)
+    cmp = compare_baseline(history, band, path=fault, baseline_path=BAND)
+    regressions = {row[1] for row in cmp.rows if row[4] == 'REGRESSION'}
+    assert not cmp.ok and flagged <= regressions, cmp.table()
+
+
+def test_makefile_demo_is_the_demo_preset():
+    with open(os.path.join(ROOT, 'Makefile')) as f:
+        recipe = re.search(r'^DEMO_RECIPE := (.*)$', f.read(), re.M).group(1).split()
+    assert recipe == PRESETS['demo']['train']
