@@ -19,6 +19,11 @@ import numpy as np
 ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_int8',
              'amx_bf16')
 
+# oneDNN reads its instruction-set cap once, at its first primitive: remember the cap this process
+# started with, so that a later change of the variable does not make the record lie.
+_CAP_VARS = ('DNNL_MAX_CPU_ISA', 'MKLDNN_MAX_CPU_ISA')
+_CAP_AT_START = {k: os.environ.get(k) for k in _CAP_VARS}
+
 # Runs one convolution with oneDNN's verbose mode on and prints its "isa:" info line.
 _ISA_PROBE = ("import mxnet as mx; x = mx.nd.ones((1, 3, 8, 8)); "
               "mx.nd.Convolution(x, mx.nd.ones((2, 3, 3, 3)), kernel=(3, 3), num_filter=2, no_bias=True).wait_to_read()")
@@ -61,7 +66,8 @@ def onednn_isa():
     Asked of a child process with the same environment (about a second, once per process): oneDNN
     prints it only in verbose mode, at its first primitive.
     """
-    env = dict(os.environ, DNNL_VERBOSE='1', MKLDNN_VERBOSE='1')
+    env = {k: v for k, v in os.environ.items() if k not in _CAP_VARS}
+    env.update({k: v for k, v in _CAP_AT_START.items() if v is not None}, DNNL_VERBOSE='1', MKLDNN_VERBOSE='1')
     try:
         out = subprocess.run([sys.executable, '-c', _ISA_PROBE], env=env, capture_output=True, text=True,
                              timeout=120).stdout
@@ -73,14 +79,17 @@ def onednn_isa():
     return 'unknown (oneDNN printed no isa line)'
 
 
-def native_kernels():
-    """{'used': bool, 'isa': what the kernels were compiled for, or 'reason': why they are not used}."""
+def native_kernels(ctx=None):
+    """{'used': bool, 'isa': what the kernels were compiled for, or 'reason': why they are not used}
+    for layers on ``ctx`` (a Context or list; None: CPU)."""
     from . import kernels
+    if ctx is not None and not kernels.usable(ctx) and kernels.load():
+        return {'used': False, 'reason': 'not a CPU context'}
+    if kernels.load():
+        return {'used': True, 'isa': kernels.compiled_isa(), 'library': os.path.basename(kernels.library_path())}
     if os.environ.get('D2LSEG_NATIVE', '1') == '0':
         return {'used': False, 'reason': 'D2LSEG_NATIVE=0'}
-    if not kernels.load():
-        return {'used': False, 'reason': 'the build or load failed (see the warning)'}
-    return {'used': True, 'isa': kernels.compiled_isa(), 'library': os.path.basename(kernels.library_path())}
+    return {'used': False, 'reason': 'the build or load failed (see the warning)'}
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,14 +114,15 @@ def versions():
             'python': platform.python_version(), 'pillow': PIL.__version__}
 
 
-def environment():
-    """Everything above as one JSON-ready dict (stored under ``environment`` in histories and benchmarks)."""
+def environment(ctx=None):
+    """Everything above as one JSON-ready dict (stored under ``environment`` in histories and benchmarks);
+    ``ctx``: the contexts the run uses (the native kernels serve CPU contexts only)."""
     model, flags = cpu_info()
     return {'cpu': model, 'cpu_flags': flags, 'cpus_usable': len(os.sched_getaffinity(0))
             if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
-            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': os.environ.get('DNNL_MAX_CPU_ISA'),
+            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': _CAP_AT_START['DNNL_MAX_CPU_ISA'],
             'mxnet_threads': mxnet_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
-            'native_kernels': native_kernels(), 'versions': versions(), 'git_commit': git_commit(),
+            'native_kernels': native_kernels(ctx), 'versions': versions(), 'git_commit': git_commit(),
             'machine': platform.machine()}
 
 

@@ -394,7 +394,7 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
         recipe = resume_recipe(resume, recipe) if resume else recipe
         run = prepare(recipe, kv=kv)
     net, trainer, ctx = run.net, run.trainer, run.ctx
-    history = {'recipe': recipe.to_dict(), 'environment': environment(), 'ctx': [str(c) for c in ctx],
+    history = {'recipe': recipe.to_dict(), 'environment': environment(ctx), 'ctx': [str(c) for c in ctx],
                'num_workers': run.num_workers, 'epochs': []}
     start_epoch = 0
     if meta is not None:

@@ -30,7 +30,7 @@ def test_real_voc_split_sizes_and_chapter_filter_counts():
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_reproduce_the_chapter_within_the_published_spread(tmp_path):
-    """The chapter's recipe on 2+ GPUs lands inside the 75-run spread (d2lseg compare exit 0)."""
+    """The chapter's recipe on 2+ GPUs lands inside the published spread (d2lseg compare exit 0)."""
     out = tmp_path / 'reproduce'
     cmd = [sys.executable, '-m', 'd2lseg.cli', 'reproduce', '--data-dir', ROOT, '--out', str(out), '--no-progress']
     assert subprocess.run(cmd, timeout=3600).returncode == 0

@@ -114,6 +114,19 @@ def test_compare_band_exit_codes(tmp_path):
         compare_baseline(short, band)
 
 
+def test_band_figure_has_every_figure_runs_band_and_the_run_judged(tmp_path):
+    from d2lseg.viz import plot_band, plt
+    band = load_band()
+    path = tmp_path / 'band.png'
+    fig = plot_band(band, {'epochs': band['runs'][0]['epochs']}, str(path))
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert [ax.get_title() for ax in fig.axes] == ['train loss', 'train pixel acc', 'val pixel acc', 'val mIoU']
+    assert all(ax.get_xlabel() == 'epoch' for ax in fig.axes)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"{len(band['runs'])} stored runs", 'band (min-max)', 'band mean', 'this run']
+    plt.close('all')
+
+
 def test_compare_two_histories_uses_the_single_run_margin(tmp_path):
     run = load_band()['runs'][0]
     base = {'recipe': run['recipe'], 'epochs': run['epochs']}

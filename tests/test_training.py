@@ -12,7 +12,7 @@ from mxnet import autograd, gluon, nd
 from d2lseg import checkpoint
 from d2lseg.model import build_fcn, load_params
 from d2lseg.training import (Checkpointer, Recipe, SegmentationLoss, TrainingDiverged, _get_batch,
-                             evaluate, evaluate_accuracy, fit, prepare, train, try_all_gpus)
+                             evaluate, evaluate_accuracy, fit, learning_rate, prepare, train, try_all_gpus)
 from d2lseg.voc import VOCSegDataset
 
 EPOCH_LINE = re.compile(r'^epoch (\d+), loss (\d+\.\d{4}), train acc (\d\.\d{3}), test acc (\d\.\d{3}), '
@@ -187,7 +187,8 @@ def test_recipe_defaults_are_the_chapters():
     (dict(batch_size=0), '--batch-size 0'), (dict(epochs=-1), '--epochs -1'),
     (dict(lr=0.0), '--lr'), (dict(lr=float('nan')), '--lr nan'), (dict(wd=-1.0), '--wd'),
     (dict(variant='fcn4s'), '--variant fcn4s'), (dict(lr_schedule='cosine'), '--lr-schedule cosine'),
-    (dict(workers=-1), '--workers'),
+    (dict(workers=-1), '--workers'), (dict(warmup_epochs=-1), '--warmup-epochs -1'),
+    (dict(warmup_epochs=6), '--warmup-epochs 6'), (dict(warmup_epochs=float('nan')), '--warmup-epochs nan'),
 ])
 def test_recipe_validate_names_the_flag(change, flag):
     from d2lseg.errors import D2lsegError
@@ -195,6 +196,20 @@ def test_recipe_validate_names_the_flag(change, flag):
         Recipe(**change).validate()
     msg = str(e.value)
     assert msg.startswith(flag) and '\n' not in msg
+
+
+def test_learning_rate_warm_up_then_poly_or_constant():
+    # 10 steps per epoch, 5 epochs; warm-up over the first 2 epochs (20 steps) rises linearly to the schedule
+    poly = Recipe(lr=0.1, epochs=5, lr_schedule='poly', warmup_epochs=2)
+    assert learning_rate(poly, 0, 50, 10) == pytest.approx(0.1 * 1 / 20)
+    assert learning_rate(poly, 9, 50, 10) == pytest.approx(0.1 * (1 - 9 / 50) ** 0.9 * 10 / 20)
+    assert learning_rate(poly, 19, 50, 10) == 0.1 * (1 - 19 / 50) ** 0.9  # the warm-up's last step is the schedule's
+    assert learning_rate(poly, 49, 50, 10) == 0.1 * (1 - 49 / 50) ** 0.9
+    flat = Recipe(lr=0.1, warmup_epochs=0.5)
+    assert [learning_rate(flat, i, 50, 10) for i in (0, 4, 5, 30)] == [0.1 / 5, 0.1, 0.1, 0.1]
+    # without warm-up, poly is the expression fit always used (so stored runs keep their bits)
+    plain = Recipe(lr=0.05, epochs=8, lr_schedule='poly')
+    assert [learning_rate(plain, i, 192, 24) for i in (0, 100)] == [0.05, 0.05 * (1 - 100 / 192) ** 0.9]
 
 
 def test_fit_callbacks_history_and_checkpoint_every_epoch(data_root, tmp_path, monkeypatch):
