@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import d2lseg  # noqa: E402,F401  (before MXNet: the thread count)
+from d2lseg.environment import environment  # noqa: E402
 from d2lseg.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
 
 ISAS = ('default', 'AVX512_CORE', 'AVX2')
@@ -166,7 +168,7 @@ def main(argv=None):
               'command': 'bench/spread.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
               'seeds': seeds, 'judged_epochs': judged_epochs,
               'judged': judged, 'margin': margin, 'runs': runs, 'epochs': bands,
-              'elapsed_s': round(time.time() - tic, 1)}
+              'elapsed_s': round(time.time() - tic, 1), 'environment': environment()}  # of the driving process
     text = json.dumps(result, indent=1)
     if args.out:
         with open(args.out, 'w') as f:

@@ -78,6 +78,7 @@ def _resolve_ctx_name(recipe):
 
 def run_training(recipe, out, resume=None, progress=True):
     """Validate, train with the standard callbacks, write model.params, history.json, curves.png."""
+    from .environment import environment, summary
     from .training import Checkpointer, fit, parse_ctx, prepare, print_epoch, resume_recipe, save_final
     from .viz import CurvesCallback
     if resume:
@@ -95,6 +96,7 @@ def run_training(recipe, out, resume=None, progress=True):
         print(f'training on {ctx}' + (f' (kvstore rank {run.rank} of {run.num_workers} workers)' if run.num_workers > 1 else '')
               + f': {len(run.train_data)} train / {len(run.val_data)} val images, crop {recipe.crop[0]}x{recipe.crop[1]}',
               flush=True)
+        print('machine:', summary(environment(ctx)), flush=True)  # what the figures depend on (history.json too)
     callbacks = [print_epoch, Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
     history = fit(recipe, callbacks, resume=resume, progress=progress and chief, run=run)
     if chief:

@@ -58,7 +58,11 @@ def test_train_writes_history_curves_checkpoints_and_params(trained):
         assert r['time'] >= r['train_time'] > 0 and r['img_s'] > 0
     assert history['recipe']['crop'] == [64, 96] and history['recipe']['pretrained'] is False
     assert history['recipe']['seed'] == 0 and history['recipe']['epochs'] == 2
-    assert {'d2lseg', 'mxnet', 'numpy', 'python'} <= set(history['environment']['versions'])
+    env = history['environment']  # what produced it: CPU, oneDNN's ISA, threads, kernels, versions
+    assert {'d2lseg', 'mxnet', 'numpy', 'python'} <= set(env['versions'])
+    assert env['cpu'] and env['onednn_isa'] and env['mxnet_threads'] == int(os.environ['OMP_NUM_THREADS'])
+    assert env['native_kernels']['used'] in (True, False)
+    assert f"machine: {env['cpu']}; oneDNN {env['onednn_isa']}; {env['mxnet_threads']} thread(s)" in stdout
     assert set(history['untrained']) == {'pixel_acc', 'mean_acc', 'miou', 'fwiou'}
     with open(os.path.join(out, 'curves.png'), 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
