@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import d2lseg  # noqa: E402,F401  (before MXNet: the thread count)
 from d2lseg.environment import environment  # noqa: E402
 from d2lseg.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
+from d2lseg.synthetic import has_voc, make_synthetic_voc  # noqa: E402
 
 ISAS = ('default', 'AVX512_CORE', 'AVX2')
 
@@ -54,8 +55,7 @@ def grid(seeds, isas, natives, threads):
 
 def synth(preset, data_dir):
     """Write the preset's synthetic data set once (the same for every run)."""
-    if not os.path.isfile(os.path.join(data_dir, 'VOCdevkit', 'VOC2012', 'ImageSets', 'Segmentation', 'val.txt')):
-        from d2lseg.synthetic import make_synthetic_voc
+    if not has_voc(data_dir):
         make_synthetic_voc(data_dir, progress=False, **preset['synth'])
 
 
@@ -72,17 +72,17 @@ def with_flags(train, overrides):
     return train
 
 
-def train_argv(preset, data_dir, seed, out, extra=()):
+def train_argv(preset, data_dir, seed, out):
     return [sys.executable, '-m', 'd2lseg.cli', 'train', '--synthetic', '--data-dir', data_dir,
-            *preset['train'], '--seed', str(seed), '--out', out, '--no-progress', *extra]
+            *preset['train'], '--seed', str(seed), '--out', out, '--no-progress']
 
 
-def run_one(preset, data_dir, seed, variant, workdir, extra=()):
+def run_one(preset, data_dir, seed, variant, workdir):
     """Train one (seed, variant) in its own process -> the run's record (figures per epoch, environment)."""
     out = tempfile.mkdtemp(prefix='run-', dir=workdir)
     env = variant_env(**variant)
     tic = time.time()
-    proc = subprocess.run(train_argv(preset, data_dir, seed, out, extra), env=env, capture_output=True, text=True)
+    proc = subprocess.run(train_argv(preset, data_dir, seed, out), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
         raise RuntimeError(f'seed {seed} {variant}: d2lseg train exited {proc.returncode}: {tail}')

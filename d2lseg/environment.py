@@ -29,8 +29,9 @@ _ISA_PROBE = ("import mxnet as mx; x = mx.nd.ones((1, 3, 8, 8)); "
               "mx.nd.Convolution(x, mx.nd.ones((2, 3, 3, 3)), kernel=(3, 3), num_filter=2, no_bias=True).wait_to_read()")
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_info():
-    """(model name, the ISA_FLAGS this CPU has), from /proc/cpuinfo where there is one."""
+    """(model name, the ISA_FLAGS this CPU has), from /proc/cpuinfo where there is one (read once)."""
     fields = {}
     try:
         with open('/proc/cpuinfo') as f:
@@ -42,7 +43,8 @@ def cpu_info():
     except OSError:
         pass
     flags = set(fields.get('flags', '').split())
-    return fields.get('model name') or platform.processor() or platform.machine(), [f for f in ISA_FLAGS if f in flags]
+    return (fields.get('model name') or platform.processor() or platform.machine(),
+            tuple(f for f in ISA_FLAGS if f in flags))
 
 
 def mxnet_threads():
@@ -83,13 +85,12 @@ def native_kernels(ctx=None):
     """{'used': bool, 'isa': what the kernels were compiled for, or 'reason': why they are not used}
     for layers on ``ctx`` (a Context or list; None: CPU)."""
     from . import kernels
-    if ctx is not None and not kernels.usable(ctx) and kernels.load():
+    if not kernels.load():
+        disabled = os.environ.get('D2LSEG_NATIVE', '1') == '0'
+        return {'used': False, 'reason': 'D2LSEG_NATIVE=0' if disabled else 'the build or load failed (see the warning)'}
+    if ctx is not None and not kernels.usable(ctx):
         return {'used': False, 'reason': 'not a CPU context'}
-    if kernels.load():
-        return {'used': True, 'isa': kernels.compiled_isa(), 'library': os.path.basename(kernels.library_path())}
-    if os.environ.get('D2LSEG_NATIVE', '1') == '0':
-        return {'used': False, 'reason': 'D2LSEG_NATIVE=0'}
-    return {'used': False, 'reason': 'the build or load failed (see the warning)'}
+    return {'used': True, 'isa': kernels.compiled_isa(), 'library': os.path.basename(kernels.library_path())}
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,7 +119,7 @@ def environment(ctx=None):
     """Everything above as one JSON-ready dict (stored under ``environment`` in histories and benchmarks);
     ``ctx``: the contexts the run uses (the native kernels serve CPU contexts only)."""
     model, flags = cpu_info()
-    return {'cpu': model, 'cpu_flags': flags, 'cpus_usable': len(os.sched_getaffinity(0))
+    return {'cpu': model, 'cpu_flags': list(flags), 'cpus_usable': len(os.sched_getaffinity(0))
             if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
             'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': _CAP_AT_START['DNNL_MAX_CPU_ISA'],
             'mxnet_threads': mxnet_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
