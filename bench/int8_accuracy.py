@@ -1,10 +1,13 @@
-"""INT8 accuracy check: validation mIoU of a trained run in float32 and after ``quantization.quantize``.
+"""Low-precision accuracy check: validation mIoU of a trained run in float32, after ``quantization.quantize``
+(INT8) and after ``quantization.to_bfloat16`` (bfloat16).
 
     .venv/bin/python bench/int8_accuracy.py RUN_DIR [--calib-mode naive|entropy] [--calib-images 8]
 
 RUN_DIR is a ``d2lseg train --out`` folder (model.params + history.json); the validation set, crop
 and variant are the run's own recipe. Calibration uses the first training crops (never validation
-images). Prints one JSON line: miou_fp32, miou_int8, delta_points, pixel accuracies.
+images). Prints one JSON line: miou_fp32, miou_int8, delta_points (INT8 - fp32, in points of mIoU),
+miou_bf16, delta_bf16_points (null, with bf16_unavailable saying why, where oneDNN has no bfloat16),
+pixel accuracies.
 """
 import argparse
 import json
@@ -15,7 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from d2lseg import training  # noqa: E402
 from d2lseg.environment import environment  # noqa: E402
 from d2lseg.model import load_params  # noqa: E402
-from d2lseg.quantization import quantize  # noqa: E402
+from d2lseg.errors import D2lsegError  # noqa: E402
+from d2lseg.quantization import quantize, to_bfloat16  # noqa: E402
 
 
 def main(argv=None):
@@ -32,12 +36,19 @@ def main(argv=None):
     from mxnet import nd
     calib = nd.stack(*[run.train_data[i][0] for i in range(args.calib_images)])
     res = {'calib_mode': args.calib_mode, 'calib_images': args.calib_images, 'crop': list(recipe.crop)}
-    for name, net in (('fp32', run.net), ('int8', None)):
-        if net is None:
-            net = quantize(run.net, calib, calib_mode=args.calib_mode)
+    convert = {'fp32': lambda: run.net, 'int8': lambda: quantize(run.net, calib, calib_mode=args.calib_mode),
+               'bf16': lambda: to_bfloat16(run.net)}
+    for name, make in convert.items():
+        try:
+            net = make()
+        except D2lsegError as e:
+            res[f'miou_{name}'] = res[f'pixel_acc_{name}'] = None
+            res[f'{name}_unavailable'] = str(e)
+            continue
         m = training.evaluate(net, run.val_iter, run.ctx, recipe.num_classes).compute()
         res[f'miou_{name}'], res[f'pixel_acc_{name}'] = m['miou'], m['pixel_acc']
     res['delta_points'] = 100 * (res['miou_int8'] - res['miou_fp32'])
+    res['delta_bf16_points'] = None if res['miou_bf16'] is None else 100 * (res['miou_bf16'] - res['miou_fp32'])
     res['environment'] = environment()
     print(json.dumps(res))
     return 0

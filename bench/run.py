@@ -6,7 +6,8 @@ Run from the repo root in the venv (machine otherwise idle):
 
 Every figure goes through the package's own code: ``training.prepare`` + ``training.train_step`` (the
 step ``fit`` runs) fed by ``prepare``'s DataLoader, ``training.evaluate`` (batch inference),
-``inference.predict_full`` (whole VOC-sized images by tiles) and ``quantization.quantize`` (INT8).
+``inference.predict_full`` (whole VOC-sized images by tiles), ``quantization.quantize`` (INT8) and
+``quantization.to_bfloat16`` (bfloat16; fast on CPUs with AMX, which ``import d2lseg`` enables).
 Each measurement runs in its own subprocess (MXNet and PyTorch never share a process; peak RSS is
 that of a process that only trains). The ratios to the peer come from a paired timing: both warm in
 their own processes, timed call for call in alternation, so that the machine's drift hits both alike.
@@ -119,7 +120,7 @@ def part_mxnet(args):
     from d2lseg import training
     from d2lseg.inference import label_graph, predict_full
     from d2lseg.model import build_fcn
-    from d2lseg.quantization import calibration_batch, quantize
+    from d2lseg.quantization import calibration_batch, quantize, to_bfloat16
     from d2lseg.voc import VOC_SUBDIR, iter_split
     res = {'threads': _threads(), 'mxnet': mx.__version__,
            'openblas_coretype': os.environ.get('OPENBLAS_CORETYPE')}
@@ -174,6 +175,14 @@ def part_mxnet(args):
     sec = _timed(lambda: [predict_full(qnet, img, CROP, ctx) for img in images[:n_full]], 1)
     res['infer_full_int8_img_s'] = n_full / sec
 
+    # bfloat16: the same paths; null (and why) where oneDNN has no bfloat16 convolutions
+    bnet = _bfloat16_or_reason(to_bfloat16, net, res)
+    if bnet is not None:
+        sec = _timed(lambda: training.evaluate(bnet, [(X, y)], ctx, NUM_CLASSES), reps)
+        res['infer_bf16_img_s'] = BATCH / sec
+        sec = _timed(lambda: [predict_full(bnet, img, CROP, ctx) for img in images[:n_full]], 1)
+        res['infer_full_bf16_img_s'] = n_full / sec
+
     res['conv1x1_gflops'], res['dot_gflops'] = gemm_gflops(3)
     res['gemm_gflops'] = max(res['conv1x1_gflops'], res['dot_gflops'])
     res['gemm_source'] = ('MXNet float32 1x1 Convolution (oneDNN), (8,512,60,80) x 512 filters'
@@ -181,21 +190,37 @@ def part_mxnet(args):
     return res
 
 
+def _bfloat16_or_reason(convert, net, res):
+    """``convert(net)``, or None with ``res['bf16_unavailable']`` saying why (e.g. an AVX2 CPU)."""
+    from d2lseg.errors import D2lsegError
+    try:
+        return convert(net)
+    except D2lsegError as e:
+        res['infer_bf16_img_s'] = res['infer_full_bf16_img_s'] = None
+        res['bf16_unavailable'] = str(e)
+        return None
+
+
 def serve_mxnet(args):
     """The package's side of the paired timing, on in-memory batches: ``training.train_step``,
-    ``training.evaluate`` (fp32) and ``training.evaluate`` of ``quantization.quantize``'s INT8 network."""
+    ``training.evaluate`` (fp32) and ``training.evaluate`` of ``quantization.quantize``'s INT8 network
+    and of ``quantization.to_bfloat16``'s network (where oneDNN has bfloat16)."""
     from mxnet import nd
     from d2lseg import training
-    from d2lseg.quantization import quantize
+    from d2lseg.quantization import quantize, to_bfloat16
     run = training.prepare(_recipe(), data=False)
     X, y = _batch()
     training.train_step(run, (X, y))  # finish the deferred initialisation before quantizing
     qnet = quantize(run.net, X, calib_mode='naive')
+    bnet = _bfloat16_or_reason(to_bfloat16, run.net, {})
     a, b = nd.random.normal(shape=(GEMM_N, GEMM_N)), nd.random.normal(shape=(GEMM_N, GEMM_N))
-    return _serve({'train': lambda: training.train_step(run, (X, y)),
-                   'infer': lambda: training.evaluate(run.net, [(X, y)], run.ctx, NUM_CLASSES),
-                   'int8': lambda: training.evaluate(qnet, [(X, y)], run.ctx, NUM_CLASSES),
-                   'gemm': lambda: nd.dot(a, b).wait_to_read()})
+    fns = {'train': lambda: training.train_step(run, (X, y)),
+           'infer': lambda: training.evaluate(run.net, [(X, y)], run.ctx, NUM_CLASSES),
+           'int8': lambda: training.evaluate(qnet, [(X, y)], run.ctx, NUM_CLASSES),
+           'gemm': lambda: nd.dot(a, b).wait_to_read()}
+    if bnet is not None:
+        fns['bf16'] = lambda: training.evaluate(bnet, [(X, y)], run.ctx, NUM_CLASSES)
+    return _serve(fns)
 
 
 def part_mxnet_rss(args):
@@ -379,11 +404,12 @@ def _alternate(plan, reps):
 
 
 def paired_figures(times):
-    """Images/s and ratios from ``_alternate``'s seconds of serve-mxnet's train/infer/int8/gemm and
+    """Images/s and ratios from ``_alternate``'s seconds of serve-mxnet's train/infer/int8/gemm[/bf16] and
     serve-torch's train/infer_eager[/infer_compiled]: each rate is its best call; ``*_vs_peer`` is the
     median over repetitions of the speed ratio within a repetition (for inference against the peer's
-    faster call of that repetition), ``*_vs_peer_best`` divides best by best; ``paired_gemm_gflops``
-    is the GEMM bound timed in the same alternation."""
+    faster call of that repetition), ``*_vs_peer_best`` divides best by best; ``bf16_vs_fp32`` the
+    same median against the package's own float32 inference; ``paired_gemm_gflops`` is the GEMM bound
+    timed in the same alternation."""
     import statistics
     rate = {key: BATCH / min(t) for key, t in times.items()}
     peer_infer = [k for k in ('infer_eager', 'infer_compiled') if ('serve-torch', k) in rate]
@@ -396,8 +422,12 @@ def paired_figures(times):
            'peer_infer_config': best_infer.split('_')[1] + ', channels_last'}
     res.update({f'peer_infer_img_s_{k.split("_")[1]}': rate['serve-torch', k] for k in peer_infer})
     peer_infer_times = [min(ts) for ts in zip(*(times['serve-torch', k] for k in peer_infer))]
-    for kind, peer_times in (('train', times['serve-torch', 'train']), ('infer', peer_infer_times),
-                             ('int8', peer_infer_times)):
+    low = [('int8', peer_infer_times)] + ([('bf16', peer_infer_times)] if ('serve-mxnet', 'bf16') in times else [])
+    if ('serve-mxnet', 'bf16') in times:
+        res['paired_bf16_img_s'] = rate['serve-mxnet', 'bf16']
+        res['bf16_vs_fp32'] = statistics.median(
+            f / b for f, b in zip(times['serve-mxnet', 'infer'], times['serve-mxnet', 'bf16']))
+    for kind, peer_times in [('train', times['serve-torch', 'train']), ('infer', peer_infer_times)] + low:
         peer_rate = res['peer_train_img_s' if kind == 'train' else 'peer_infer_img_s']
         res[f'{kind}_vs_peer'] = statistics.median(p / o for p, o in zip(peer_times, times['serve-mxnet', kind]))
         res[f'{kind}_vs_peer_best'] = rate['serve-mxnet', kind] / peer_rate
@@ -414,7 +444,7 @@ def paired(args):
         kinds_ours, info = ours.ready(), peer.ready()
         plan = [(ours, 'train'), (peer, 'train'), (ours, 'infer')] + [
             (peer, k) for k in ('infer_eager', 'infer_compiled') if k in info['ready']] + [
-            (ours, 'int8'), (ours, 'gemm')]
+            (ours, 'int8')] + [(ours, 'bf16')] * ('bf16' in kinds_ours['ready']) + [(ours, 'gemm')]
         assert all(k in kinds_ours['ready'] for s, k in plan if s is ours)
         times = _alternate(plan, args.pairs)
     finally:
@@ -510,6 +540,7 @@ def main(argv=None):
     res['bench_seconds'] = time.perf_counter() - tic
     from d2lseg.environment import environment
     res['environment'] = environment()  # what produced these figures (CPU, oneDNN ISA, threads, kernels)
+    res['amx'] = res['environment']['amx']  # whether oneDNN may use AMX here, and why (d2lseg.startup)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
     return 0
 

@@ -1,20 +1,13 @@
 """d2lseg: Fully Convolutional Networks for semantic segmentation in MXNet Gluon (D2L 10.10).
 
-``import d2lseg as d2l`` exposes every name the chapter's code uses. Importing the package sets
-``OMP_NUM_THREADS`` to the number of CPUs this process may use when the user has not set it, before
-MXNet is loaded: MXNet otherwise uses one thread per two cores (or one) on CPU.
+``import d2lseg as d2l`` exposes every name the chapter's code uses. Importing the package first sets
+what MXNet reads once, when it loads or runs its first operator (``startup``): ``OMP_NUM_THREADS``
+(MXNet otherwise uses one thread per two cores on CPU) and, on CPUs with Intel AMX, oneDNN's AMX
+kernels for INT8 and bfloat16 (``D2LSEG_AMX=0`` turns that off).
 """
-import os
+from . import startup
 
-
-def _default_threads():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-os.environ.setdefault('OMP_NUM_THREADS', str(_default_threads()))
+startup.configure()
 
 from .errors import D2lsegError  # noqa: E402
 from .ops import bilinear_kernel, corr2d, kernel2matrix, trans_conv  # noqa: E402
@@ -28,6 +21,8 @@ from .training import Recipe, evaluate_accuracy, fit, train, try_all_gpus  # noq
 from .inference import label2image, predict, predict_full  # noqa: E402
 
 __version__ = '0.1.0'
+
+startup.settle()  # MXNet is loaded: let oneDNN read the AMX cap now (see startup)
 
 __all__ = [  # the chapter's names first, then the package's
     'VOC_CLASSES', 'VOC_COLORMAP', 'download_voc_pascal', 'read_voc_images', 'voc_rand_crop', 'VOCSegDataset',

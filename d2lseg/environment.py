@@ -15,18 +15,18 @@ import sys
 import mxnet as mx
 import numpy as np
 
+from . import startup
+
 # The CPU flags that decide oneDNN's and the kernels' code paths.
 ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_int8',
              'amx_bf16')
 
-# oneDNN reads its instruction-set cap once, at its first primitive: remember the cap this process
-# started with, so that a later change of the variable does not make the record lie.
-_CAP_VARS = ('DNNL_MAX_CPU_ISA', 'MKLDNN_MAX_CPU_ISA')
-_CAP_AT_START = {k: os.environ.get(k) for k in _CAP_VARS}
-
 # Runs one convolution with oneDNN's verbose mode on and prints its "isa:" info line.
 _ISA_PROBE = ("import mxnet as mx; x = mx.nd.ones((1, 3, 8, 8)); "
               "mx.nd.Convolution(x, mx.nd.ones((2, 3, 3, 3)), kernel=(3, 3), num_filter=2, no_bias=True).wait_to_read()")
+# Under an AMX cap the child asks for the AMX permission first, as ``startup`` did in this process.
+_AMX_PERMISSION = (f"import ctypes; ctypes.CDLL(None).syscall({startup._SYS_ARCH_PRCTL}, "
+                   f"{startup._ARCH_REQ_XCOMP_PERM}, {startup._XFEATURE_XTILEDATA}); ")
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,10 +68,14 @@ def onednn_isa():
     Asked of a child process with the same environment (about a second, once per process): oneDNN
     prints it only in verbose mode, at its first primitive.
     """
-    env = {k: v for k, v in os.environ.items() if k not in _CAP_VARS}
-    env.update({k: v for k, v in _CAP_AT_START.items() if v is not None}, DNNL_VERBOSE='1', MKLDNN_VERBOSE='1')
+    env = {k: v for k, v in os.environ.items() if k not in startup.CAP_VARS}
+    cap = startup.onednn_cap()
+    if cap:
+        env['DNNL_MAX_CPU_ISA'] = cap
+    env.update(DNNL_VERBOSE='1', MKLDNN_VERBOSE='1')
+    probe = (_AMX_PERMISSION if startup.amx()['enabled'] else '') + _ISA_PROBE
     try:
-        out = subprocess.run([sys.executable, '-c', _ISA_PROBE], env=env, capture_output=True, text=True,
+        out = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True,
                              timeout=120).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return f'unknown ({type(e).__name__})'
@@ -121,7 +125,7 @@ def environment(ctx=None):
     model, flags = cpu_info()
     return {'cpu': model, 'cpu_flags': list(flags), 'cpus_usable': len(os.sched_getaffinity(0))
             if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
-            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': _CAP_AT_START['DNNL_MAX_CPU_ISA'],
+            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': startup.onednn_cap(), 'amx': startup.amx(),
             'mxnet_threads': mxnet_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
             'native_kernels': native_kernels(ctx), 'versions': versions(), 'git_commit': git_commit(),
             'machine': platform.machine()}

@@ -160,19 +160,23 @@ def read_image(path):
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
-def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None):
+def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None,
+                  dtype='float32'):
     """Write ``<stem>_label.png`` and ``<stem>_overlay.png`` per image; returns the number that failed.
 
     A file that cannot be read is reported on its own line and the rest are still processed.
     int8: predict with ``quantization.quantize(net, ...)``, calibrated on ``calib`` ((H, W, 3) uint8
     images) or, when None, on the first 8 readable images of ``paths`` (tile-sized top-left crops).
+    dtype: 'bfloat16' predicts with ``quantization.to_bfloat16(net)``. Nothing is written when the
+    network cannot be converted (a one-line D2lsegError).
     """
     import os
     from PIL import Image
+    from .quantization import calibration_batch, quantize, to_bfloat16
     from .viz import overlay
-    os.makedirs(out_dir, exist_ok=True)
+    if int8 and dtype != 'float32':
+        raise D2lsegError(f'--int8 and --dtype {dtype} exclude each other: choose one')
     if int8:
-        from .quantization import calibration_batch, quantize
         if calib is None:
             calib = []
             for path in paths:
@@ -184,6 +188,9 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
                     break
         if len(calib):
             net = quantize(net, calibration_batch(calib, tile), ctx=_ctx0(ctx))
+    elif dtype == 'bfloat16':
+        net = to_bfloat16(net, _ctx0(ctx))
+    os.makedirs(out_dir, exist_ok=True)
     failed = 0
     for path in paths:
         try:

@@ -1,4 +1,4 @@
-"""Post-training INT8 quantisation of a trained FCN with MXNet's oneDNN backend (CPU inference only).
+"""Low-precision inference of a trained FCN with MXNet's oneDNN backend (CPU only): INT8 and bfloat16.
 
 ``quantize`` calibrates activation ranges on a few normalised image batches and returns an INT8
 network: convolutions (with their batch norms and ReLUs fused), pooling and activations run in INT8;
@@ -7,16 +7,32 @@ network's own layer, which prediction fuses with the argmax). Calibration data: 
 images like those predicted, e.g. crops of training images (``calibration_batch``) or, as
 ``d2lseg predict --int8`` does by default, the images being predicted. Source: MXNet 1.9
 ``mxnet.contrib.quantization.quantize_net`` (oneDNN INT8 inference).
+
+``to_bfloat16`` converts the network to bfloat16 (``mxnet.contrib.amp.convert_hybrid_block``: the
+convolutions, batch norms and activations in bfloat16, inputs and outputs float32) with the native
+upsampling kept in float32 and fused with the argmax, as for INT8. On CPUs with Intel AMX (which
+``startup`` enables) it is the fastest way to predict; without AMX oneDNN emulates bfloat16 on
+AVX-512 and it is slower than float32; oneDNN has no bfloat16 convolutions below AVX-512.
 """
+import contextlib
 import logging
+import os
+import sys
+import warnings
 
 import mxnet as mx
 import numpy as np
-from mxnet import nd
+from mxnet import gluon, nd
+from mxnet.contrib import amp
+from mxnet.contrib.quantization import quantize_net
 from mxnet.gluon import nn
 
+from .environment import onednn_isa
 from .errors import D2lsegError
 from .upsampling import FastHybridSequential, native_head
+from .voc import normalize_image
+
+DTYPES = ('float32', 'bfloat16')  # what --dtype accepts
 
 
 def calibration_batch(images, shape=(320, 480), limit=8):
@@ -25,7 +41,6 @@ def calibration_batch(images, shape=(320, 480), limit=8):
     images: (H, W, 3) uint8 arrays of any size; each is cropped to its top-left ``shape`` and padded
     with the mean colour (zeros after normalisation) when smaller, as ``predict_full`` tiles are.
     """
-    from .voc import normalize_image
     h, w = shape
     out = []
     for img in list(images)[:limit]:
@@ -48,8 +63,6 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
     fuses with the argmax. Needs MXNet built with oneDNN (the PyPI CPU wheels are) and CPU; ``net``
     is re-hybridised by the call.
     """
-    import os
-    from mxnet.contrib.quantization import quantize_net
     os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')  # no "Subgraph backend MKLDNN is activated" line
     ctx = ctx or mx.cpu()
     if ctx.device_type != 'cpu':
@@ -77,6 +90,21 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
     return qnet
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """Send file descriptor 2 (where MXNet's C++ logs go) to /dev/null for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class _quiet:
     """Silence the deprecation/type-inference warnings quantize_net emits on every call."""
 
@@ -84,7 +112,6 @@ class _quiet:
         self.on = on
 
     def __enter__(self):
-        import warnings
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         if self.on:
@@ -92,3 +119,50 @@ class _quiet:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+def check_bfloat16(ctx=None):
+    """Raise a one-line D2lsegError unless bfloat16 convolutions run on ``ctx`` (a CPU whose oneDNN has them)."""
+    ctx = ctx or mx.cpu()
+    if ctx.device_type != 'cpu':
+        raise D2lsegError(f'--dtype bfloat16: bfloat16 inference uses oneDNN and runs on the CPU only, not {ctx}; '
+                          'use float32 on GPUs')
+    probe = nn.Conv2D(4, 3, in_channels=4)
+    probe.initialize(ctx=ctx)
+    probe.hybridize()
+    x = nd.ones((1, 4, 8, 8), ctx=ctx)
+    probe(x)
+    try:
+        with _quiet(True), _stderr_to_devnull():  # MXNet logs the failure on stderr before raising it
+            amp.convert_hybrid_block(probe, target_dtype='bfloat16', ctx=ctx)(x).wait_to_read()
+    except mx.MXNetError:
+        raise D2lsegError(f'--dtype bfloat16: oneDNN has no bfloat16 convolutions on this CPU ({onednn_isa()}); '
+                          'they need AVX-512 (fast with AMX): use float32 or --int8') from None
+
+
+def to_bfloat16(net, ctx=None):
+    """bfloat16 version of a float32 FCN (any variant): same input and output shapes, float32 in and out.
+
+    When ``net`` ends in a native ``FastUpsampling`` (CPU), what runs before it is converted and that
+    (float32, shared) upsampling layer kept after it, in a ``FastHybridSequential``: ``inference.
+    predict_batch`` fuses it with the argmax. The result holds copies of the parameters (later
+    training of ``net`` is not seen). Raises D2lsegError where bfloat16 cannot run (``check_bfloat16``).
+    """
+    ctx = ctx or mx.cpu()
+    check_bfloat16(ctx)
+    head = native_head(net)
+    data = mx.sym.var('data', dtype='float32')
+    sym = net.coarse_scores(data) if head is not None else net(data)
+    body = gluon.SymbolBlock(sym, data, params=net.collect_params())
+    body.hybridize()
+    body(nd.zeros((1, 3, 32, 32), ctx=ctx))  # convert_hybrid_block reads the traced graph
+    with _quiet(True):
+        converted = amp.convert_hybrid_block(body, target_dtype='bfloat16', ctx=ctx)
+    if head is None:
+        converted.hybridize(static_alloc=True, static_shape=True)
+        return converted
+    out = FastHybridSequential(prefix=net.prefix + 'bf16_')
+    out.add(converted, head)
+    out.hybridize(static_alloc=True, static_shape=True)
+    return out
+

@@ -50,6 +50,13 @@ def test_paired_figures_take_best_calls_and_per_repetition_ratios():
     assert res['train_vs_peer'] == pytest.approx(1.25)                # 5/4, 4/2, 3/2.5
     assert res['infer_vs_peer'] == pytest.approx(1.125)               # 0.8/1, 0.9/0.8, 1/0.5
     assert res['int8_vs_peer'] == pytest.approx(2.0)                  # 0.8/0.4, 0.9/0.5, 1/0.5
+    assert 'bf16_vs_peer' not in res and 'bf16_vs_fp32' not in res    # no bfloat16 served (e.g. AVX2)
+    # with bfloat16: against the peer as INT8 is, and against the package's own float32 inference
+    res = bench.paired_figures({**times, ('serve-mxnet', 'bf16'): [0.5, 0.4, 0.2]})
+    assert res['paired_bf16_img_s'] == batch / 0.2
+    assert res['bf16_vs_peer'] == pytest.approx(2.25)                 # 0.8/0.5, 0.9/0.4, 1/0.2
+    assert res['bf16_vs_peer_best'] == pytest.approx(0.8 / 0.2)
+    assert res['bf16_vs_fp32'] == pytest.approx(2.0)                  # 1/0.5, 0.8/0.4, 0.5/0.2
 
 
 def test_without_the_compiled_peer_the_eager_one_counts():
