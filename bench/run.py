@@ -32,8 +32,16 @@ GEMM_N = 2048  # the GEMM bound: float32 nd.dot of two GEMM_N x GEMM_N matrices
 
 
 def _threads():
-    import d2lseg  # noqa: F401  (sets OMP_NUM_THREADS before MXNet loads)
+    import d2lseg  # noqa: F401  (sets OMP_NUM_THREADS and AMX before MXNet loads)
     return int(os.environ['OMP_NUM_THREADS'])
+
+
+def part_mxnet_env(args):
+    """What the MXNet parts' processes run with: AMX (on, or why not) and MXNet's OpenMP threads. It
+    imports MXNet first, as the other parts do: ``main`` must have loaded d2lseg before any part."""
+    import mxnet  # noqa: F401
+    from d2lseg import environment, startup
+    return {'amx': startup.amx(), 'mxnet_threads': environment.mxnet_threads()}
 
 
 def _timed(fn, reps, warmup=1):
@@ -456,7 +464,7 @@ def paired(args):
     return res
 
 
-PARTS = {'mxnet-ab': part_mxnet_ab, 'mxnet': part_mxnet, 'mxnet-rss': part_mxnet_rss, 'torch-rss': part_torch_rss,
+PARTS = {'mxnet-env': part_mxnet_env, 'mxnet-ab': part_mxnet_ab, 'mxnet': part_mxnet, 'mxnet-rss': part_mxnet_rss, 'torch-rss': part_torch_rss,
          'serve-mxnet': serve_mxnet, 'serve-torch': serve_torch}
 
 
@@ -512,7 +520,9 @@ def main(argv=None):
     args.pairs = args.pairs or (4 if args.quick else 10)
     if args.threads:
         os.environ['OMP_NUM_THREADS'] = str(args.threads)
-    args.threads = args.threads or _threads()
+    if not (args.part or '').startswith(('torch', 'serve-torch')):  # those run in the peer's Python
+        threads = _threads()  # d2lseg before MXNet: threads and AMX (d2lseg.startup), in every process
+        args.threads = args.threads or threads
     if args.part:
         out = PARTS[args.part](args)
         if out is not None:  # serve-* parts answer on stdout as they go
@@ -521,6 +531,7 @@ def main(argv=None):
 
     tic = time.perf_counter()
     res = {}
+    res.update(_child('mxnet-env', args))  # 'amx': whether the measuring processes could use it, and why
     res.update(_child('mxnet', args))
     res.update(_child('mxnet-rss', args))
     if args.ab:
@@ -540,7 +551,6 @@ def main(argv=None):
     res['bench_seconds'] = time.perf_counter() - tic
     from d2lseg.environment import environment
     res['environment'] = environment()  # what produced these figures (CPU, oneDNN ISA, threads, kernels)
-    res['amx'] = res['environment']['amx']  # whether oneDNN may use AMX here, and why (d2lseg.startup)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
     return 0
 

@@ -3,7 +3,8 @@
 Float results and whole training trajectories depend on the CPU's instruction set (oneDNN and the
 native kernels take different code paths) and on MXNet's thread count, so every ``history.json``,
 stored baseline and benchmark JSON carries ``environment()``. Simulate another machine with
-``DNNL_MAX_CPU_ISA=AVX2`` (or ``AVX512_CORE``), ``D2LSEG_NATIVE=0`` and ``OMP_NUM_THREADS=1``.
+``DNNL_MAX_CPU_ISA=AVX2`` (or ``AVX512_CORE``), ``D2LSEG_NATIVE=0`` and ``OMP_NUM_THREADS=1``; the
+cap and AMX decision recorded are ``startup``'s (what oneDNN was given in this process).
 """
 import ctypes
 import functools

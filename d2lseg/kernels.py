@@ -28,6 +28,8 @@ import warnings
 import mxnet as mx
 from mxnet import nd
 
+from .errors import first_line
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'kernels.cc')
 _state = {}
 
@@ -103,7 +105,7 @@ def load():
                 mx.library.load(build(), verbose=False)
                 _state['ok'] = True
             except Exception as e:  # any failure leaves MXNet's operators in use
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                first = first_line(e, 300)
                 warnings.warn(f'd2lseg: native kernels unavailable ({first}); using MXNet operators '
                               f'(slower). D2LSEG_NATIVE=0 skips the build.', RuntimeWarning, stacklevel=2)
     return _state['ok']

@@ -9,7 +9,7 @@ import mxnet as mx
 from mxnet import init
 from mxnet.gluon import HybridBlock, model_zoo, nn
 
-from .errors import D2lsegError
+from .errors import D2lsegError, first_line
 from .kernels import native_default
 from .ops import bilinear_kernel
 from .upsampling import FastHybridSequential, FastLayoutParams, FastUpsampling
@@ -49,7 +49,7 @@ def load_backbone(pretrained=True, ctx=None, root=None):
         try:
             net.load_parameters(path, ctx=ctx, ignore_extra=True)
         except Exception as e:  # MXNet raises MXNetError/AssertionError/ValueError for foreign files
-            raise D2lsegError(f"{path}: not a resnet18_v2 parameters file ({str(e).splitlines()[0][:160]})") from None
+            raise D2lsegError(f"{path}: not a resnet18_v2 parameters file ({first_line(e)})") from None
     else:
         net.initialize(init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2), ctx=ctx)
     return net
@@ -168,7 +168,7 @@ def load_params(net, path, ctx=None):
     try:
         net.load_parameters(path, ctx=_as_ctx_list(ctx))
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e, 200)
         raise D2lsegError(f"{path}: cannot load into this network ({first}); is it a d2lseg "
                           f"model.params of the same --variant and number of classes?") from None
     return net

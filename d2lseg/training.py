@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -193,8 +194,10 @@ class Recipe:
                                   f"{'non-negative' if name == 'workers' else 'positive'}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise D2lsegError(f"--lr {self.lr}: must be a positive number")
-        if self.wd < 0:
-            raise D2lsegError(f"--wd {self.wd}: must be non-negative")
+        if not (self.wd >= 0 and math.isfinite(self.wd)):
+            raise D2lsegError(f"--wd {self.wd}: must be a non-negative number")
+        if not (0 <= self.momentum < 1):
+            raise D2lsegError(f"--momentum {self.momentum}: must be at least 0 and below 1")
         if self.variant not in VARIANTS:
             raise D2lsegError(f"--variant {self.variant}: unknown; choose one of {', '.join(VARIANTS)}")
         if not (0 <= self.warmup_epochs <= self.epochs):
@@ -209,12 +212,47 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if 'crop' in d:
-            d['crop'] = tuple(d['crop'])
-        return cls(**d)
+    def from_dict(cls, d, source='recipe'):
+        """A Recipe from ``to_dict``'s output (e.g. a checkpoint's or a history's); keys of other versions
+        are ignored, a value of the wrong type is a one-line D2lsegError naming ``source`` and the field."""
+        if not isinstance(d, dict):
+            raise D2lsegError(f"{source}: a recipe must be a JSON object, not {type(d).__name__}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                value = d[f.name]
+                if not _is_a(value, hints[f.name]):
+                    raise D2lsegError(f"{source}: recipe field {f.name!r} is {value!r}, not {_type_name(hints[f.name])}")
+                kwargs[f.name] = tuple(value) if f.name == 'crop' else value
+        return cls(**kwargs)
+
+
+def _is_a(value, hint):
+    """Whether a JSON value fits a Recipe field's type (bool is not a number here)."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        return any(_is_a(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_is_a, value, args))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+_TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false', type(None): 'null'}
+
+
+def _type_name(hint):
+    if typing.get_origin(hint) is typing.Union:
+        return ' or '.join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f'a list of {len(typing.get_args(hint))} integers'
+    return _TYPE_NAMES.get(hint, hint.__name__)
 
 
 class TrainingDiverged(D2lsegError):
@@ -343,10 +381,15 @@ def resume_recipe(resume_dir, requested):
     """The recipe stored in ``resume_dir``'s checkpoint; ``requested`` may extend epochs and
     choose where it runs (ctx, workers, kvstore), nothing that changes the result."""
     saved = checkpoint.load_meta(resume_dir)['recipe']
-    stored = Recipe.from_dict(saved)
+    stored = Recipe.from_dict(saved, source=os.path.join(resume_dir, checkpoint.POINTER))
     stored.fast_upsampling = saved.get('fast_upsampling', False)  # optimizer states keep the layout
     stored.epochs = max(stored.epochs, requested.epochs)
     stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
+    from .synthetic import has_voc
+    if stored.synthetic and not has_voc(stored.data_dir):  # resume reads the run's data, never makes any
+        raise D2lsegError(f"{os.path.join(resume_dir, checkpoint.POINTER)}: the run's synthetic data "
+                          f"{stored.data_dir} is missing and --resume creates none; make it again with "
+                          f"d2lseg synth --root {stored.data_dir} --seed {stored.seed}")
     return stored
 
 

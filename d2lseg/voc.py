@@ -18,7 +18,7 @@ import urllib.request
 import numpy as np
 from mxnet import gluon, image, nd
 
-from .errors import D2lsegError
+from .errors import D2lsegError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ def read_split(root, is_train=True):
                           f"one image name per line") from None
     if not names:
         raise D2lsegError(f"{txt}: list file is empty; it must name the split's images, one per line")
+    for lineno, name in enumerate(names, 1):  # ids name files inside the tree, never paths leading out
+        if '/' in name or '\\' in name or name in ('.', '..') or '\0' in name:
+            raise D2lsegError(f"{txt}: entry {lineno} {name[:80]!r} is a path, not an image id; the list file "
+                              "must hold bare ids (e.g. 2007_000032), one per line")
     return names
 
 
@@ -445,7 +449,7 @@ def safe_extract(tar_path, dest, source=None):
             extra = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4: a second guard
             tar.extractall(dest_real, members=members, **extra)
     except tarfile.TarError as e:
-        reason = str(e).splitlines()[0].rstrip(':') if str(e) else type(e).__name__
+        reason = first_line(e).rstrip(':')
         raise D2lsegError(f"{source}: not a readable tar archive ({reason}); download it again") from None
 
 

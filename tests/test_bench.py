@@ -1,8 +1,14 @@
-"""bench/run.py's bookkeeping of the paired timing (no timing here): alternation order and figures."""
+"""bench/run.py's bookkeeping of the paired timing (no timing here): alternation order and figures, and
+what its measuring processes run with."""
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import pytest
+
+from d2lseg import startup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location('bench_run', os.path.join(ROOT, 'bench', 'run.py'))
@@ -65,3 +71,12 @@ def test_without_the_compiled_peer_the_eager_one_counts():
     res = bench.paired_figures(times)
     assert res['peer_infer_config'] == 'eager, channels_last' and 'peer_infer_img_s_compiled' not in res
     assert res['infer_vs_peer'] == pytest.approx(2.0) and res['int8_vs_peer_best'] == pytest.approx(4.0)
+
+
+def test_the_measuring_processes_load_d2lseg_before_mxnet():
+    # a part's process imports d2lseg first: the thread count given and the same AMX decision as here
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'run.py'), '--part', 'mxnet-env',
+                          '--threads', '1'], capture_output=True, text=True, timeout=300, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res['mxnet_threads'] == 1
+    assert res['amx'] == startup.amx() and res['amx']['reason'] != 'MXNet was imported before d2lseg'

@@ -226,9 +226,9 @@ def test_fit_callbacks_history_and_checkpoint_every_epoch(data_root, tmp_path, m
         seen.append((state.epoch, meta['epoch'], sorted(os.listdir(out))))
     history = fit(tiny_recipe(data_root), [Checkpointer(out), after], progress=False)
     assert [s[:2] for s in seen] == [(1, 1), (2, 2)]
-    # the pointer is the commit point: written after the params and states of its epoch
+    # the pointer is the commit point: written after the params and optimizer state of its epoch
     assert written == [name for epoch in (1, 2) for name in (
-        f'ckpt-epoch{epoch:04d}.params', f'ckpt-epoch{epoch:04d}.states', 'checkpoint.json', 'history.json')]
+        f'ckpt-epoch{epoch:04d}.params', f'ckpt-epoch{epoch:04d}.optimizer', 'checkpoint.json', 'history.json')]
     assert not [n for n in os.listdir(out) if '.tmp-' in n]
     assert history['recipe']['crop'] == [64, 96] and history['environment']['versions']['mxnet'] == mx.__version__
     assert set(history['untrained']) == {'pixel_acc', 'mean_acc', 'miou', 'fwiou'}

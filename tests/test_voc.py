@@ -317,6 +317,18 @@ def test_missing_and_empty_list_files(tree, data_root):
         read_voc_images(tree, is_train=True)
 
 
+@pytest.mark.fault
+@pytest.mark.parametrize('bad', ['../../../outside', '/etc/hostname', 'sub\\..\\x', '..'])
+def test_list_file_ids_that_are_paths_are_refused(tree, tmp_path, bad):
+    names = split_names(tree, 'val')
+    # an image and label that would be found by following the path out of the tree
+    _write_list(tree, 'val', names[:2] + [bad] + names[2:])
+    with pytest.raises(D2lsegError, match=r"val\.txt: entry 3 .* is a path, not an image id"):
+        VOCSegDataset(False, (64, 96), tree)
+    with pytest.raises(D2lsegError, match=r"val\.txt: entry 3"):
+        list(iter_split(tree, is_train=False))
+
+
 def test_missing_image_and_label(tree):
     names = split_names(tree, 'val')
     os.remove(os.path.join(tree, 'JPEGImages', names[2] + '.jpg'))
