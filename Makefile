@@ -27,7 +27,7 @@ $(STAMP): setup.py
 
 # Train and evaluate the chapter's FCN on the synthetic VOC-format set, offline, on CPU.
 demo: kernels
-	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic $(DEMO_RECIPE) --seed 0 --out runs/demo
+	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic $(DEMO_RECIPE) --seed 0 --out runs/demo --overwrite
 	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --full
 
 test: kernels

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 from mxnet import nd
+from mxnet.base import MXNetError
 
 from .errors import D2lsegError, first_line
 
@@ -23,10 +24,14 @@ def atomic_write(path, write):
     """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see old or new, never half."""
     tmp = f'{path}.tmp-{os.getpid()}'
     try:
-        write(tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, MXNetError) as e:  # e.g. a full disk (MXNet's writers raise MXNetError)
+            raise D2lsegError(f"{path}: writing failed ({first_line(e)}); free disk space (a full disk?) and "
+                              "run again: what was there before is kept") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

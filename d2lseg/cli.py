@@ -3,10 +3,12 @@
 The only module that parses arguments. User errors print one line and exit with code 2.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
 
+from . import checkpoint
 from .errors import D2lsegError
 from .quantization import DTYPES
 
@@ -29,6 +31,14 @@ def _positive_int(text):
     return v
 
 
+def _add_backbone_flags(p, defaults):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--pretrained', dest='pretrained', action='store_true', default=defaults.pretrained,
+                   help="ImageNet backbone from MXNet's model zoo (downloads; the default)")
+    g.add_argument('--no-pretrained', dest='pretrained', action='store_false', help='random backbone')
+    g.add_argument('--backbone-params', metavar='FILE', help='backbone weights from a local resnet18_v2 .params file')
+
+
 def _add_recipe_flags(p, defaults):
     p.add_argument('--data-dir', default=defaults.data_dir, help='folder holding VOCdevkit/VOC2012 (default %(default)s)')
     p.add_argument('--synthetic', action='store_true', help='use (making it when missing) the synthetic set under --data-dir')
@@ -40,11 +50,7 @@ def _add_recipe_flags(p, defaults):
     p.add_argument('--wd', type=float, default=defaults.wd)
     p.add_argument('--momentum', type=float, default=defaults.momentum)
     p.add_argument('--variant', default=defaults.variant, help='fcn32s (the chapter), fcn16s or fcn8s')
-    g = p.add_mutually_exclusive_group()
-    g.add_argument('--pretrained', dest='pretrained', action='store_true', default=defaults.pretrained,
-                   help="ImageNet backbone from MXNet's model zoo (downloads; the default)")
-    g.add_argument('--no-pretrained', dest='pretrained', action='store_false', help='random backbone')
-    g.add_argument('--backbone-params', metavar='FILE', help='backbone weights from a local resnet18_v2 .params file')
+    _add_backbone_flags(p, defaults)
     p.add_argument('--ctx', default=None, help='cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu)')
     p.add_argument('--seed', type=int, default=defaults.seed)
     p.add_argument('--lr-schedule', default=defaults.lr_schedule, help='constant (the chapter) or poly')
@@ -77,51 +83,81 @@ def _resolve_ctx_name(recipe):
     return recipe
 
 
-def run_training(recipe, out, resume=None, progress=True):
-    """Validate, train with the standard callbacks, write model.params, history.json, curves.png."""
+def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_dir=None):
+    """Validate, train with the standard callbacks, write model.params, history.json, curves.png.
+
+    The chief holds ``out`` for the whole run (``runfolder.RunFolder``: a second writer gets one line);
+    a fresh run refuses a folder holding another run unless ``overwrite``; ``data_dir``: with ``resume``,
+    where the run's data is now. -> the history (None when a resumed run had nothing left to do)."""
     from .environment import environment, summary
+    from .runfolder import RunFolder, clear_run, existing_run
     from .training import Checkpointer, fit, parse_ctx, prepare, print_epoch, resume_recipe, save_final
     from .viz import CurvesCallback
     if resume:
-        recipe, out = resume_recipe(resume, recipe), resume
+        meta = checkpoint.load_meta(resume)
+        done = meta['epoch']
+        recipe, out = resume_recipe(resume, recipe, data_dir=data_dir, meta=meta), resume
     recipe = _resolve_ctx_name(recipe).validate()
+    if resume and recipe.epochs <= done:
+        print(f'nothing to do: {resume} has finished {done} of {recipe.epochs} epochs; --epochs N (more '
+              f'than {done}) extends it', file=sys.stderr)
+        return None
     ctx = parse_ctx(recipe.ctx)
     kv = None
     if recipe.kvstore.startswith('dist'):
         from .distributed import create_kvstore
         kv = create_kvstore(recipe.kvstore)
-    run = prepare(recipe, ctx=ctx, kv=kv)
-    chief = run.rank == 0
-    if chief:
-        os.makedirs(out, exist_ok=True)
-        print(f'training on {ctx}' + (f' (kvstore rank {run.rank} of {run.num_workers} workers)' if run.num_workers > 1 else '')
-              + f': {len(run.train_data)} train / {len(run.val_data)} val images, crop {recipe.crop[0]}x{recipe.crop[1]}',
-              flush=True)
-        print('machine:', summary(environment(ctx)), flush=True)  # what the figures depend on (history.json too)
-    callbacks = [print_epoch, Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
-    history = fit(recipe, callbacks, resume=resume, progress=progress and chief, run=run)
-    if chief:
-        save_final(out, run.net, history)
-        first, last = history.get('untrained'), history['epochs'][-1] if history['epochs'] else None
-        if last:
-            print(f"final val mIoU {last['val_miou']:.3f}" +
-                  (f" (untrained network: {first['miou']:.3f})" if first else '') +
-                  f", val pixel acc {last['test_acc']:.3f}; wrote {out}/model.params, history.json, curves.png")
+    chief = kv is None or kv.rank == 0
+    with RunFolder(out, '--resume' if resume else '--out') if chief else contextlib.nullcontext():
+        if chief and not resume and existing_run(out):
+            if not overwrite:
+                raise D2lsegError(f"--out {out}: holds a run ({', '.join(existing_run(out)[:3])}); continue it with "
+                                  f"--resume {out}, choose another --out, or replace it with --overwrite")
+            clear_run(out)
+        run = prepare(recipe, ctx=ctx, kv=kv)
+        if chief:
+            print(f'training on {ctx}' + (f' (kvstore rank {run.rank} of {run.num_workers} workers)'
+                                          if run.num_workers > 1 else '')
+                  + f': {len(run.train_data)} train / {len(run.val_data)} val images, crop {recipe.crop[0]}x'
+                  f'{recipe.crop[1]}', flush=True)
+            print('machine:', summary(environment(ctx)), flush=True)  # what the figures depend on (history.json too)
+        callbacks = [print_epoch, Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
+        history = fit(recipe, callbacks, resume=resume, progress=progress and chief, run=run)
+        if chief:
+            save_final(out, run.net, history)
+            first, last = history.get('untrained'), history['epochs'][-1] if history['epochs'] else None
+            if last:
+                print(f"final val mIoU {last['val_miou']:.3f}" +
+                      (f" (untrained network: {first['miou']:.3f})" if first else '') +
+                      f", val pixel acc {last['test_acc']:.3f}; wrote {out}/model.params, history.json, curves.png")
     return history
+
+
+# What --resume takes from the command line; every other recipe flag (and --out) is the stored run's.
+RESUME_FLAGS = {'--epochs', '--ctx', '--workers', '--kvstore', '--data-dir', '--no-progress', '--resume'}
 
 
 def cmd_train(args):
     recipe = _recipe_from(args)
-    if args.resume and args.epochs is None:
-        recipe.epochs = 0  # keep the stored run's epochs
+    data_dir = None
+    if args.resume:
+        given = [a.split('=')[0] for a in args.argv if a.startswith('--')]
+        ignored = sorted({f for f in given if f not in RESUME_FLAGS})
+        if ignored:
+            print(f"d2lseg train: --resume continues the stored run as it was: ignoring {', '.join(ignored)}",
+                  file=sys.stderr)
+        if args.epochs is None:
+            recipe.epochs = 0  # keep the stored run's epochs
+        data_dir = args.data_dir if '--data-dir' in given else None
     run_training(recipe, args.out or os.path.join('runs', recipe.variant), resume=args.resume,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, overwrite=args.overwrite, data_dir=data_dir)
     return 0
 
 
 def cmd_synth(args):
     from .synthetic import make_synthetic_voc
-    path = make_synthetic_voc(args.root, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
+    path = make_synthetic_voc(args.root, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
+                              overwrite=args.overwrite)
     print(path)
     return 0
 
@@ -134,12 +170,28 @@ def _load_net(args, ctx):
     return net
 
 
+def _writable_file(path, flag):
+    """One-line D2lsegError unless ``path`` can be written (checked before any work is done)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise D2lsegError(f"{flag} {path}: a folder; give a file name, e.g. {os.path.join(path, 'eval.json')}")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise D2lsegError(f"{flag} {path}: cannot be written (no such folder, or no permission); choose another {flag}")
+
+
 def cmd_evaluate(args):
     from tqdm import tqdm
     from .inference import eval_images
     from .metrics import ConfusionMatrix
+    from .model import OUTPUT_STRIDE
     from .training import parse_ctx
     from .voc import VOC_SUBDIR, iter_split, read_split
+    h, w = args.crop
+    if not args.full and (h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE):
+        raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE}, e.g. 320x480")
+    out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)),
+                                    f"eval-{'full' if args.full else 'crop'}.json")
+    _writable_file(out, '--json')
     ctx = parse_ctx(args.ctx)
     net = _load_net(args, ctx)
     if args.dtype == 'bfloat16':
@@ -151,15 +203,19 @@ def cmd_evaluate(args):
     items = iter_split(voc_dir, is_train=False, ignore_boundary=args.ignore_boundary, limit=args.max_images)
     skipped = eval_images(net, tqdm(items, total=total, desc='evaluate', disable=args.no_progress), cm, ctx[0],
                           full=args.full, crop=tuple(args.crop))  # one image in memory at a time
+    if skipped == total:
+        raise D2lsegError(f"--crop {h}x{w}: every one of the {total} validation images is smaller, nothing was "
+                          f"evaluated (and {out} was left as it was); use --full or a smaller --crop")
     result = cm.compute()
     print(cm.table())
     if skipped:
         print(f'{skipped} images smaller than the {args.crop[0]}x{args.crop[1]} crop were skipped (use --full)')
-    out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)),
-                                    f"eval-{'full' if args.full else 'crop'}.json")
-    with open(out, 'w') as f:
-        json.dump(dict(result, mode='full' if args.full else 'crop', images=total - skipped,
-                       params=args.params, ignore_boundary=args.ignore_boundary, dtype=args.dtype), f, indent=1)
+    record = dict(result, mode='full' if args.full else 'crop', images=total - skipped, params=args.params,
+                  ignore_boundary=args.ignore_boundary, dtype=args.dtype)
+    try:
+        checkpoint.atomic_write_json(out, record)
+    except OSError as e:
+        raise D2lsegError(f"--json {out}: writing the metrics failed ({e.strerror}); they are printed above") from None
     print(f'wrote {out}')
     return 0
 
@@ -205,8 +261,9 @@ def cmd_reproduce(args):
     from .training import Recipe
     from .voc import download_voc_pascal
     download_voc_pascal(args.data_dir)
-    recipe = Recipe(data_dir=args.data_dir, ctx=args.ctx, workers=args.workers)
-    history = run_training(recipe, args.out, progress=not args.no_progress)
+    recipe = Recipe(data_dir=args.data_dir, ctx=args.ctx, workers=args.workers, pretrained=args.pretrained,
+                    backbone_params=args.backbone_params)
+    history = run_training(recipe, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     path = os.path.join(args.out, 'history.json')
     comparisons = [compare_published(history, target, path=path) for target in ('book', 'd2l-zh-v1')]
     for cmp in comparisons:
@@ -217,7 +274,7 @@ def cmd_reproduce(args):
 
 def cmd_launch(args):
     from .distributed import launch
-    command = args.command[1:] if args.command and args.command[0] == '--' else args.command
+    command = args.worker_command[1:] if args.worker_command[:1] == ['--'] else args.worker_command
     if not command:
         raise D2lsegError("launch: give the command to run after --, e.g. d2lseg launch -n 2 -- d2lseg train ...")
     return launch(command, num_workers=args.num_workers, num_servers=args.num_servers,
@@ -243,12 +300,15 @@ def build_parser():
     p.add_argument('--n-train', type=_positive_int, default=600)
     p.add_argument('--n-val', type=_positive_int, default=150)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--overwrite', action='store_true', help='replace a VOC tree already under --root (default: refuse)')
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser('train', help='train an FCN (the Recipe; flags override its fields)')
     _add_recipe_flags(p, defaults)
     p.add_argument('--out', help='output folder (default runs/VARIANT)')
-    p.add_argument('--resume', metavar='DIR', help='continue the run whose checkpoints are in DIR')
+    p.add_argument('--resume', metavar='DIR', help='continue the run whose checkpoints are in DIR (its stored '
+                   'recipe; only --epochs, --ctx, --workers, --kvstore and a moved --data-dir are taken)')
+    p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.set_defaults(func=cmd_train)
 
@@ -288,6 +348,8 @@ def build_parser():
     p.add_argument('--ctx', default='gpu')
     p.add_argument('--workers', type=int, default=4)
     p.add_argument('--out', default=os.path.join('runs', 'reproduce'))
+    p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
+    _add_backbone_flags(p, defaults)
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=cmd_reproduce)
 
@@ -307,7 +369,7 @@ def build_parser():
     p.add_argument('--scheduler-host', help="this machine's address the hosts reach (default: found from the route "
                                             "to the first host; 127.0.0.1 without --hostfile)")
     p.add_argument('--timeout', type=float, default=None, help='stop the job after this many seconds')
-    p.add_argument('command', nargs=argparse.REMAINDER, help='-- then the worker command')
+    p.add_argument('worker_command', nargs=argparse.REMAINDER, metavar='-- COMMAND', help='-- then the worker command')
     p.set_defaults(func=cmd_launch)
     return parser
 
@@ -315,6 +377,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except D2lsegError as e:

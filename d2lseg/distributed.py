@@ -14,6 +14,7 @@ batch, exactly as a single process splitting the union batch over one context pe
 Source: MXNet 1.9 kvstore / gluon.Trainer; Li et al., "Scaling Distributed Machine Learning with
 the Parameter Server" (OSDI 2014).
 """
+import math
 import os
 import shlex
 import signal
@@ -166,7 +167,10 @@ def _local_ip(peer):
 
 def _check_port(host, port):
     """``port`` if free on ``host`` (0: pick a free one)."""
+    if not 0 <= port <= 65535:
+        raise D2lsegError(f"--port {port}: must be between 0 and 65535 (0 picks a free one)")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to the scheduler too
         try:
             s.bind(('' if host not in ('127.0.0.1', 'localhost') else host, port))
         except OSError:
@@ -266,8 +270,8 @@ def launch(command, num_workers, num_servers=1, hostfile=None, port=9091, timeou
         raise D2lsegError("launch: no command to run")
     if num_workers < 1 or num_servers < 1:
         raise D2lsegError(f"launch: -n {num_workers} -s {num_servers}: need at least one worker and one server")
-    if timeout is not None and timeout <= 0:
-        raise D2lsegError(f"--timeout {timeout}: must be positive")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise D2lsegError(f"--timeout {timeout}: must be a positive number of seconds")
     sink = sink or sys.stdout
     hosts = read_hostfile(hostfile) if hostfile else None
     root = scheduler_host or (_local_ip(hosts[0][0]) if hosts else '127.0.0.1')

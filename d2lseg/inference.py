@@ -4,6 +4,7 @@
 multiples of 32, sum every tile's logits into the image frame with a coverage count, divide, argmax
 (the tiled evaluation of gluoncv's ``MultiEvalModel``).
 """
+import os
 import weakref
 
 import numpy as np
@@ -71,6 +72,10 @@ def predict(net, img, ctx=None):
 
     img: (H, W, 3) uint8 (H, W multiples of 32) -> (H, W) float32 NDArray. Source: D2L 10.10.6.
     """
+    h, w = img.shape[:2]
+    if h % OUTPUT_STRIDE or w % OUTPUT_STRIDE or not h or not w:
+        raise D2lsegError(f"predict: a {h}x{w} image; both sides must be multiples of {OUTPUT_STRIDE} (crop it, "
+                          "as the chapter does, or use predict_full for any size)")
     pred = predict_batch(net, _to_batch(img, _ctx0(ctx)))
     return pred.reshape((pred.shape[1], pred.shape[2]))
 
@@ -79,6 +84,11 @@ def label2image(pred, ctx=None):
     """Colour image of class indices through ``VOC_COLORMAP``: (H, W) -> (H, W, 3) uint8. Source: D2L 10.10.6."""
     if not isinstance(pred, nd.NDArray):
         pred = nd.array(np.asarray(pred))
+    values = pred.asnumpy()
+    bad = ~((values >= 0) & (values < len(VOC_COLORMAP)) & (values == np.floor(values)))  # NaN is bad too
+    if bad.any():
+        raise D2lsegError(f"label2image: class index {values[bad].flat[0]:g} is not a whole number in "
+                          f"[0, {len(VOC_COLORMAP)})")
     colormap = nd.array(VOC_COLORMAP, ctx=pred.context if ctx is None else _ctx0(ctx), dtype='uint8')
     X = pred.astype('int32').as_in_context(colormap.context)
     return colormap[X, :]
@@ -92,42 +102,66 @@ def tile_starts(length, tile):
     return sorted({int(round(i * (length - tile) / (n - 1))) for i in range(n)})
 
 
-def predict_logits_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
-    """Averaged logits over overlapping tiles: (H, W, 3) uint8 image -> (C, H, W) float32 numpy.
+def logit_bands(net, img, tile=(320, 480), ctx=None, batch_size=4):
+    """Averaged logits over overlapping tiles, streamed top to bottom: yields (y0, y1, (C, y1 - y0, W)
+    float32 numpy) for consecutive row bands of an (H, W, 3) uint8 image, each final once yielded.
 
-    Images smaller than a tile are padded with zeros in normalised space (the mean colour).
+    Only the rows that tiles still to come may overlap are kept, and each tile row is normalised
+    when it is needed, so memory grows with the image's width, not its area: about
+    (3 + C + 1) x 4 bytes x tile height x W, plus one tile batch. Images smaller than a tile are
+    padded with zeros in normalised space (the mean colour).
     """
     th, tw = tile
     if th % OUTPUT_STRIDE or tw % OUTPUT_STRIDE or th <= 0 or tw <= 0:
         raise D2lsegError(f"tile {th}x{tw}: sides must be positive multiples of {OUTPUT_STRIDE}")
     ctx = _ctx0(ctx)
-    X = _to_batch(img, ctx)[0]
-    _, H, W = X.shape
+    H, W = img.shape[:2]
     ph, pw = max(H, th), max(W, tw)
-    if (ph, pw) != (H, W):
-        X = nd.concat(X, nd.zeros((3, ph - H, W), ctx=ctx), dim=1) if ph > H else X
-        X = nd.concat(X, nd.zeros((3, ph, pw - W), ctx=ctx), dim=2) if pw > W else X
-    boxes = [(y, x) for y in tile_starts(ph, th) for x in tile_starts(pw, tw)]
-    logits, count = None, np.zeros((ph, pw), np.float32)
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        batch = nd.stack(*[X[:, y:y + th, x:x + tw] for y, x in chunk])
-        out = net(batch).asnumpy()
-        if logits is None:
-            logits = np.zeros((out.shape[1], ph, pw), np.float32)
-        for (y, x), o in zip(chunk, out):
-            logits[:, y:y + th, x:x + tw] += o
-            count[y:y + th, x:x + tw] += 1
-    assert count.min() >= 1, 'tiling left pixels uncovered'
-    return (logits / count)[:, :H, :W]
+    ys, xs = tile_starts(ph, th), tile_starts(pw, tw)
+    acc = cnt = None
+    base = 0  # image row of acc's first row
+    for k, y in enumerate(ys):
+        rows = img[y:min(y + th, H)]
+        X = _to_batch(rows, ctx)[0] if len(rows) else nd.zeros((3, 0, W), ctx=ctx)
+        if X.shape[1:] != (th, pw):  # pad to the tile height and the padded width (zeros = mean colour)
+            X = nd.concat(X, nd.zeros((3, th - X.shape[1], X.shape[2]), ctx=ctx), dim=1) if X.shape[1] < th else X
+            X = nd.concat(X, nd.zeros((3, th, pw - X.shape[2]), ctx=ctx), dim=2) if X.shape[2] < pw else X
+        for i in range(0, len(xs), batch_size):
+            chunk = xs[i:i + batch_size]
+            out = net(nd.stack(*[X[:, :, x:x + tw] for x in chunk])).asnumpy()
+            if acc is None:
+                acc, cnt = np.zeros((out.shape[1], 0, pw), np.float32), np.zeros((0, pw), np.float32)
+            need = y + th - base - acc.shape[1]
+            if need > 0:
+                acc = np.concatenate([acc, np.zeros((acc.shape[0], need, pw), np.float32)], axis=1)
+                cnt = np.concatenate([cnt, np.zeros((need, pw), np.float32)], axis=0)
+            for x, o in zip(chunk, out):
+                acc[:, y - base:y - base + th, x:x + tw] += o
+                cnt[y - base:y - base + th, x:x + tw] += 1
+        done = (ys[k + 1] if k + 1 < len(ys) else ph) - base  # rows no later tile touches
+        assert cnt[:done].min() >= 1, 'tiling left pixels uncovered'
+        y1 = min(base + done, H)
+        if y1 > base:
+            yield base, y1, (acc[:, :y1 - base] / cnt[:y1 - base])[:, :, :W]
+        acc, cnt, base = acc[:, done:], cnt[done:], base + done
+
+
+def predict_logits_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
+    """Averaged logits over overlapping tiles: (H, W, 3) uint8 image -> (C, H, W) float32 numpy (the
+    whole array: C x 4 bytes per pixel; ``predict_full`` streams instead)."""
+    return np.concatenate([band for _, _, band in logit_bands(net, img, tile, ctx, batch_size)], axis=1)
 
 
 def predict_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
     """Class indices of a whole image of any size by tiled logit averaging: -> (H, W) int64 numpy.
 
-    For an image exactly one tile in size this equals ``predict``. Source: D2L 10.10 exercise 4.
+    For an image exactly one tile in size this equals ``predict``. Memory is bounded by the image's
+    width (``logit_bands``) besides the label map itself. Source: D2L 10.10 exercise 4.
     """
-    return predict_logits_full(net, img, tile, ctx, batch_size).argmax(axis=0)
+    labels = np.empty(img.shape[:2], np.int64)
+    for y0, y1, band in logit_bands(net, img, tile, ctx, batch_size):
+        labels[y0:y1] = band.argmax(axis=0)
+    return labels
 
 
 def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320, 480)):
@@ -149,13 +183,26 @@ def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320
 
 
 def read_image(path):
-    """An image file as (H, W, 3) uint8, or a D2lsegError naming the file."""
-    from PIL import Image
+    """A photo to predict as (H, W, 3) uint8, the way it is displayed (EXIF orientation applied), read as
+    strictly as training images (``voc``: truncated files and 16-bit or float modes refused); a
+    one-line D2lsegError naming the file otherwise."""
+    from PIL import Image, ImageOps
+    from .voc import IMAGE_MODES, _has_jpeg_end, _load_strict
+    if os.path.isdir(path):
+        raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert('RGB'))
+            _load_strict(im)
+            if im.format == 'JPEG' and not _has_jpeg_end(path):
+                raise D2lsegError(f"{path}: JPEG is truncated (no end-of-image marker)")
+            if im.mode not in IMAGE_MODES:
+                raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
+                                  "an 8-bit RGB image")
+            return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
     except FileNotFoundError:
         raise D2lsegError(f"{path}: no such file") from None
+    except D2lsegError:
+        raise
     except Exception as e:
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
 
@@ -170,9 +217,9 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
     dtype: 'bfloat16' predicts with ``quantization.to_bfloat16(net)``. Nothing is written when the
     network cannot be converted (a one-line D2lsegError).
     """
-    import os
     from PIL import Image
     from .quantization import calibration_batch, quantize, to_bfloat16
+    from .runfolder import writable_folder
     from .viz import overlay
     if int8 and dtype != 'float32':
         raise D2lsegError(f'--int8 and --dtype {dtype} exclude each other: choose one')
@@ -190,9 +237,9 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
             net = quantize(net, calibration_batch(calib, tile), ctx=_ctx0(ctx))
     elif dtype == 'bfloat16':
         net = to_bfloat16(net, _ctx0(ctx))
-    os.makedirs(out_dir, exist_ok=True)
+    writable_folder(out_dir, '--out')
     failed = 0
-    for path in paths:
+    for path, stem in zip(paths, output_stems(paths)):
         try:
             img = read_image(path)
             if full:
@@ -207,8 +254,25 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
             log(f'error: {e}')
             failed += 1
             continue
-        stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(label2image(pred).asnumpy()).save(os.path.join(out_dir, f'{stem}_label.png'))
-        Image.fromarray(overlay(img, pred)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
+        try:
+            Image.fromarray(label2image(pred).asnumpy()).save(os.path.join(out_dir, f'{stem}_label.png'))
+            Image.fromarray(overlay(img, pred)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
+        except OSError as e:  # e.g. disk full: say so, go on with the next image
+            log(f'error: {path}: writing its output to {out_dir} failed ({e.strerror})')
+            failed += 1
+            continue
         log(f'{path}: wrote {out_dir}/{stem}_label.png, {stem}_overlay.png')
     return failed
+
+
+def output_stems(paths):
+    """Output name stems, one per input path, all distinct: the file's stem, or for inputs sharing one
+    (``a.jpg a.png``) the name with its extension (``a_jpg``, ``a_png``), numbered if still shared."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    shared = {s for s in stems if stems.count(s) > 1}
+    names = [os.path.basename(p).replace('.', '_') if s in shared else s for p, s in zip(paths, stems)]
+    seen, out = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f'{name}-{seen[name]}')
+    return out

@@ -15,12 +15,19 @@ tests/test_kernels.py checks every output and gradient against MXNet's own opera
 is compiled once per machine (about 10 s; ``g++ -O3 -march=native -fopenmp``) into
 ``$D2LSEG_CACHE`` (default ``~/.cache/d2lseg``), keyed by the source, MXNet's version and the
 CPU's features. Without a compiler, AVX2/FMA or a CPU context the package keeps MXNet's operators
-(one warning says why); ``D2LSEG_NATIVE=0`` turns the kernels off.
+(one warning, naming the file, says why); ``D2LSEG_NATIVE=0`` turns the kernels off.
+
+Loading a shared library runs its code, so the cache is guarded: the folder is created 0700 and
+refused when another user owns it or others may write to it; a library is loaded only when its
+SHA-256 equals the digest the build wrote beside it (``kernels-*.so.sha256``), else it is rebuilt
+(a planted, truncated or empty file is replaced, never loaded); builds write to a temporary name and
+rename; the build lock is opened without following links or truncating.
 """
 import ctypes
 import fcntl
 import hashlib
 import os
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -66,21 +73,52 @@ def library_path():
     return os.path.join(cache_dir(), f'kernels-{h.hexdigest()[:16]}.so')
 
 
-def build(path=None):
-    """Compile the kernels to ``path`` unless it exists -> path. Safe with concurrent processes.
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
-    Raises RuntimeError with the compiler's first error line when the build fails.
-    """
+
+def verified(path):
+    """True when ``path`` is a regular file (not a link) whose SHA-256 is the digest its build wrote."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path + '.sha256') as f:
+            return f.read().strip() == _sha256(path)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _private_dir(folder):
+    """Create ``folder`` 0700 when missing; RuntimeError naming it when another user owns it or others
+    may write to it (then a library found there could be anyone's)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.stat(folder)
+    if hasattr(os, 'getuid') and st.st_uid != os.getuid():
+        raise RuntimeError(f'{folder}: the kernel cache belongs to another user; set D2LSEG_CACHE to a folder of yours')
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RuntimeError(f'{folder}: the kernel cache is writable by other users; chmod 700 it '
+                           f'(or set D2LSEG_CACHE to a private folder)')
+
+
+def build(path=None):
+    """Compile the kernels to ``path`` unless a verified build is there -> path. Safe with concurrent
+    processes. Raises RuntimeError naming the file or folder (or with the compiler's first error line)."""
     path = path or library_path()
-    if os.path.isfile(path):
+    folder = os.path.dirname(path)
+    _private_dir(folder)
+    if verified(path):
         return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isfile(path):  # another process built it while this one waited
+    fd = os.open(path + '.lock', os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if verified(path):  # another process built it while this one waited
             return path
-        fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
-        os.close(fd)
+        fd_so, tmp = tempfile.mkstemp(suffix='.so', dir=folder)
+        os.close(fd_so)
         try:
             try:
                 proc = subprocess.run(_compile_command(tmp), capture_output=True, text=True, timeout=600)
@@ -89,11 +127,26 @@ def build(path=None):
             if proc.returncode != 0:
                 errors = [line for line in proc.stderr.splitlines() if 'error' in line] or ['unknown error']
                 raise RuntimeError(f'compiling {SOURCE} failed: {errors[0].strip()}')
-            os.replace(tmp, path)
+            digest = _sha256(tmp)
+            os.replace(tmp, path)  # replaces a planted or broken file (a link is replaced, not followed)
+            _write_private(path + '.sha256', digest + '\n')
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+    finally:
+        os.close(fd)
     return path
+
+
+def _write_private(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load():
@@ -101,12 +154,14 @@ def load():
     if 'ok' not in _state:
         _state['ok'] = False
         if os.environ.get('D2LSEG_NATIVE', '1') != '0':
+            path = library_path()
             try:
-                mx.library.load(build(), verbose=False)
+                path = build(path)
+                mx.library.load(path, verbose=False)
                 _state['ok'] = True
             except Exception as e:  # any failure leaves MXNet's operators in use
                 first = first_line(e, 300)
-                warnings.warn(f'd2lseg: native kernels unavailable ({first}); using MXNet operators '
+                warnings.warn(f'd2lseg: native kernels unavailable ({path}: {first}); using MXNet operators '
                               f'(slower). D2LSEG_NATIVE=0 skips the build.', RuntimeWarning, stacklevel=2)
     return _state['ok']
 

@@ -16,7 +16,7 @@ def _np(x):
 class ConfusionMatrix:
     """Accumulates ``mat[true, pred]`` over batches; labels outside [0, num_classes) are ignored.
 
-    update(pred, label): class indices of any (matching) shape, NDArray or numpy.
+    update(pred, label): class indices (whole numbers) of the same shape up to singleton axes, NDArray or numpy.
     """
 
     def __init__(self, num_classes=21, ignore_index=IGNORE_INDEX):
@@ -25,9 +25,15 @@ class ConfusionMatrix:
         self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     def update(self, pred, label):
-        pred, label = _np(pred).reshape(-1), _np(label).reshape(-1)
-        if pred.shape != label.shape:
+        pred, label = _np(pred), _np(label)
+        if pred.size != label.size:
             raise ValueError(f"prediction has {pred.size} pixels but label has {label.size}")
+        if np.squeeze(pred).shape != np.squeeze(label).shape:  # (1, H, W) against (H, W) is fine, 4x4 against 2x8 not
+            raise ValueError(f"prediction of shape {pred.shape} against a label of shape {label.shape}")
+        pred, label = pred.reshape(-1), label.reshape(-1)
+        for name, v in (('label', label), ('prediction', pred)):
+            if v.dtype.kind == 'f' and not np.array_equal(v[np.isfinite(v)], np.floor(v[np.isfinite(v)])):
+                raise ValueError(f"{name} holds values that are not whole numbers (class indices are)")
         n = self.num_classes
         drop = ~((label >= 0) & (label < n)) | (label == self.ignore_index)  # NaN labels too
         bad = ~((pred >= 0) & (pred < n)) & ~drop

@@ -137,6 +137,8 @@ def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=
     """
     if variant not in VARIANTS:
         raise D2lsegError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise D2lsegError(f"num_classes {num_classes!r}: must be a whole number of at least 1")
     ctx = _as_ctx_list(ctx)
     native = native_default(ctx)  # the kernels are CPU-only
     pretrained_net = load_backbone(pretrained, ctx, root)

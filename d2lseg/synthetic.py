@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .errors import D2lsegError
+from .runfolder import writable_folder
 from .voc import IGNORE_INDEX, VOC_SUBDIR, voc_palette
 
 # Two sizes hold the chapter's 320x480 crop; the others are nearer the demo's 128x192 crop, so that a
@@ -107,29 +109,41 @@ def save_label_png(label, path):
     im.save(path)
 
 
-def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True):
+def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True,
+                       overwrite=False):
     """Write a VOC2012-format tree under ``root/VOCdevkit/VOC2012`` and return its path.
 
     Deterministic by seed; ``sizes`` are the (height, width) the scenes are drawn from, some
     smaller than the chapter's 320x480 crop (the data set's filter drops those at that crop).
+    A tree that already has a split list (real VOC, or an earlier set) is refused, one line, unless
+    ``overwrite``; a root that cannot be written is one line too.
     """
     from tqdm import tqdm
     voc_dir = os.path.join(root, VOC_SUBDIR)
+    seg = os.path.join(voc_dir, 'ImageSets', 'Segmentation')
+    if not overwrite and any(os.path.exists(os.path.join(seg, s + '.txt')) for s in ('train', 'val')):
+        raise D2lsegError(f"--root {root}: already holds a VOC tree ({voc_dir}); use it, choose another --root, "
+                          "or replace its lists with --overwrite")
+    writable_folder(root, '--root')
     for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
         os.makedirs(os.path.join(voc_dir, sub), exist_ok=True)
     rng = np.random.default_rng(seed)
     names = {'train': [], 'val': []}
     splits = ['train'] * n_train + ['val'] * n_val
-    for i, split in enumerate(tqdm(splits, desc='synthetic VOC', disable=not progress)):
-        h, w = sizes[int(rng.integers(len(sizes)))]
-        img, label = make_scene(rng, h, w)
-        name = f'synth_{i:06d}'
-        Image.fromarray(img).save(os.path.join(voc_dir, 'JPEGImages', name + '.jpg'), quality=92)
-        save_label_png(label, os.path.join(voc_dir, 'SegmentationClass', name + '.png'))
-        names[split].append(name)
-    for split, lst in names.items():  # list files last: a tree with them is complete
-        with open(os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt'), 'w') as f:
-            f.write(''.join(n + '\n' for n in lst))
+    try:
+        for i, split in enumerate(tqdm(splits, desc='synthetic VOC', disable=not progress)):
+            h, w = sizes[int(rng.integers(len(sizes)))]
+            img, label = make_scene(rng, h, w)
+            name = f'synth_{i:06d}'
+            Image.fromarray(img).save(os.path.join(voc_dir, 'JPEGImages', name + '.jpg'), quality=92)
+            save_label_png(label, os.path.join(voc_dir, 'SegmentationClass', name + '.png'))
+            names[split].append(name)
+        for split, lst in names.items():  # list files last: a tree with them is complete
+            with open(os.path.join(seg, split + '.txt'), 'w') as f:
+                f.write(''.join(n + '\n' for n in lst))
+    except OSError as e:  # e.g. the disk is full: no list file is written, so no half tree is ever used
+        raise D2lsegError(f"--root {root}: writing the data set failed ({e.strerror}); free space or choose "
+                          "another --root, then run again with --overwrite") from None
     return voc_dir
 
 

@@ -19,7 +19,7 @@ from mxnet import autograd, gluon
 
 from . import checkpoint, kernels
 from .environment import environment
-from .errors import D2lsegError
+from .errors import D2lsegError, first_line
 from .inference import predict_batch
 from .kernels import argmax_channel
 from .metrics import ConfusionMatrix
@@ -137,22 +137,37 @@ class SegmentationLoss(gluon.loss.Loss):
 
 
 def parse_ctx(spec):
-    """'cpu' -> [cpu(0)], 'cpu:2' -> [cpu(0), cpu(1)], 'gpu:0,1' -> [gpu(0), gpu(1)], 'gpu' -> all GPUs."""
+    """'cpu' -> [cpu(0)], 'cpu:2' -> [cpu(0), cpu(1)], 'gpu:0,1' -> [gpu(0), gpu(1)], 'gpu' -> all GPUs.
+
+    One-line D2lsegError for anything else, and for more CPU contexts than this process has CPUs
+    (each context holds a copy of the network and its batch shard)."""
     spec = (spec or 'cpu').strip().lower()
     kind, _, rest = spec.partition(':')
+    try:
+        numbers = [int(i) for i in rest.split(',')] if rest else []
+    except ValueError:
+        raise D2lsegError(f"--ctx {spec}: expected cpu, cpu:N, gpu or gpu:0,1 (N, 0, 1: whole numbers)") from None
     if kind == 'cpu':
-        n = int(rest) if rest else 1
-        if n < 1:
-            raise D2lsegError(f"--ctx {spec}: the CPU context count must be at least 1")
+        if len(numbers) > 1:
+            raise D2lsegError(f"--ctx {spec}: expected cpu or cpu:N (N contexts)")
+        n = numbers[0] if numbers else 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+        if not 1 <= n <= cpus:
+            raise D2lsegError(f"--ctx {spec}: the CPU context count must be between 1 and the {cpus} CPUs this "
+                              "process may use")
         return [mx.cpu(i) for i in range(n)]
     if kind == 'gpu':
         have = mx.context.num_gpus()
-        ids = [int(i) for i in rest.split(',')] if rest else list(range(have))
-        if not ids or max(ids) >= have:
+        ids = numbers or list(range(have))
+        if not ids or max(ids) >= have or min(ids) < 0:
             raise D2lsegError(f"--ctx {spec}: this machine has {have} GPU(s) visible to MXNet; "
                               f"use --ctx cpu, or install the GPU build (pip install .[cu112])")
         return [mx.gpu(i) for i in ids]
     raise D2lsegError(f"--ctx {spec}: expected cpu, cpu:N or gpu:0,1")
+
+
+MAX_WORKERS = 64
+KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync')
 
 
 @dataclass
@@ -204,6 +219,14 @@ class Recipe:
             raise D2lsegError(f"--warmup-epochs {self.warmup_epochs}: must be between 0 and --epochs {self.epochs}")
         if self.lr_schedule not in ('constant', 'poly'):
             raise D2lsegError(f"--lr-schedule {self.lr_schedule}: choose constant or poly")
+        if not 0 <= self.seed < 2 ** 32:
+            raise D2lsegError(f"--seed {self.seed}: must be between 0 and 2**32 - 1")
+        if self.num_classes < 1:
+            raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
+        if self.workers > MAX_WORKERS:
+            raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
+        if self.kvstore not in KVSTORES:
+            raise D2lsegError(f"--kvstore {self.kvstore}: choose one of {', '.join(KVSTORES)}")
         return self
 
     def to_dict(self):
@@ -323,6 +346,7 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     from .voc import VOCSegDataset
     recipe.validate()
     ctx = ctx or parse_ctx(recipe.ctx if recipe.ctx != 'gpu' else ('gpu' if mx.context.num_gpus() else 'cpu'))
+    voc_dir = resolve_data_dir(recipe) if data else None  # data and context checked before any download
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
     pretrained = recipe.backbone_params or recipe.pretrained
@@ -339,7 +363,6 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     loss = SegmentationLoss(native=kernels.native_default(ctx))
     run = Run(net, make_trainer(net, recipe, kv), loss, ctx, None, None, kv=kv, rank=rank, num_workers=parts)
     if data:
-        voc_dir = resolve_data_dir(recipe)
         run.train_data = VOCSegDataset(True, recipe.crop, voc_dir, ignore_boundary=recipe.ignore_boundary,
                                        seed=recipe.seed, max_images=recipe.max_images, verbose=False)
         run.val_data = VOCSegDataset(False, recipe.crop, voc_dir, ignore_boundary=recipe.ignore_boundary,
@@ -377,19 +400,26 @@ def _allreduce_cm(cm, run):
     return cm
 
 
-def resume_recipe(resume_dir, requested):
+def resume_recipe(resume_dir, requested, data_dir=None, meta=None):
     """The recipe stored in ``resume_dir``'s checkpoint; ``requested`` may extend epochs and
-    choose where it runs (ctx, workers, kvstore), nothing that changes the result."""
-    saved = checkpoint.load_meta(resume_dir)['recipe']
-    stored = Recipe.from_dict(saved, source=os.path.join(resume_dir, checkpoint.POINTER))
+    choose where it runs (ctx, workers, kvstore), nothing that changes the result; ``data_dir``: where
+    the run's data is now (when it moved); ``meta``: the pointer when already read. Resume reads data,
+    never makes any."""
+    pointer = os.path.join(resume_dir, checkpoint.POINTER)
+    saved = (meta or checkpoint.load_meta(resume_dir))['recipe']
+    stored = Recipe.from_dict(saved, source=pointer)
     stored.fast_upsampling = saved.get('fast_upsampling', False)  # optimizer states keep the layout
     stored.epochs = max(stored.epochs, requested.epochs)
     stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
+    if data_dir is not None:
+        stored.data_dir = data_dir
     from .synthetic import has_voc
-    if stored.synthetic and not has_voc(stored.data_dir):  # resume reads the run's data, never makes any
-        raise D2lsegError(f"{os.path.join(resume_dir, checkpoint.POINTER)}: the run's synthetic data "
-                          f"{stored.data_dir} is missing and --resume creates none; make it again with "
-                          f"d2lseg synth --root {stored.data_dir} --seed {stored.seed}")
+    if not has_voc(stored.data_dir):
+        where = 'the data folder given' if data_dir is not None else f"the run's data folder (stored in {pointer})"
+        raise D2lsegError(f"--data-dir {stored.data_dir}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
+                          "no data; pass --data-dir with the folder that holds the run's data now"
+                          + (f" (or make it again: d2lseg synth --root {stored.data_dir} --seed {stored.seed})"
+                             if stored.synthetic else ''))
     return stored
 
 
@@ -527,5 +557,9 @@ def load_history(path):
             return json.load(f)
     except FileNotFoundError:
         raise D2lsegError(f"{path}: history file not found") from None
-    except ValueError as e:
-        raise D2lsegError(f"{path}: not JSON ({e})") from None
+    except IsADirectoryError:
+        raise D2lsegError(f"{path}: a folder; give its history.json") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise D2lsegError(f"{path}: not JSON ({first_line(e)})") from None
+    except OSError as e:
+        raise D2lsegError(f"{path}: cannot be read ({e.strerror})") from None

@@ -19,6 +19,7 @@ import numpy as np
 from mxnet import gluon, image, nd
 
 from .errors import D2lsegError, first_line
+from .runfolder import writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +481,7 @@ def download_voc_pascal(data_dir='../data', urls=VOC_URLS, sha1=VOC_SHA1, timeou
     if os.path.exists(voc_dir):
         raise D2lsegError(f"{voc_dir}: exists but has no ImageSets/Segmentation (an incomplete tree); "
                           f"remove it and download again")
-    os.makedirs(data_dir, exist_ok=True)
+    writable_folder(data_dir, '--data-dir')
     errors = []
     for url in urls:
         fd, tmp_tar = tempfile.mkstemp(suffix='.tar.part', dir=data_dir)

@@ -137,7 +137,7 @@ def test_resume_never_writes_data_where_the_pointer_says(run_dir, tmp_path, caps
     meta = json.loads((d / checkpoint.POINTER).read_text())
     edit_pointer(d, recipe=dict(meta['recipe'], synthetic=True, data_dir=str(elsewhere)))
     code, err = resume(d, capsys, '--epochs', '3')
-    assert code == 2 and len(err) == 1 and 'creates none' in err[0] and str(elsewhere) in err[0], err
+    assert code == 2 and len(err) == 1 and 'creates no data' in err[0] and str(elsewhere) in err[0], err
     assert not elsewhere.exists()
 
 

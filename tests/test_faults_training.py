@@ -175,8 +175,8 @@ def test_broken_checkpoints_give_one_clear_error(straight, tmp_path, capsys):
               'states-truncated': meta['states'], 'empty': checkpoint.POINTER}
     for case, d in cases.items():
         named = os.path.join(str(d), expect[case])
-        code, out, err = run_main(['train', '--resume', str(d), '--ctx', 'cpu', '--workers', '0', '--no-progress'],
-                                  capsys)
+        code, out, err = run_main(['train', '--resume', str(d), '--epochs', str(EPOCHS + 1), '--ctx', 'cpu',
+                                   '--workers', '0', '--no-progress'], capsys)  # a resume with work to do
         assert code == 2, (case, out, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f'd2lseg train: error: {named}: '), (case, err)

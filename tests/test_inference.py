@@ -149,3 +149,26 @@ def test_plots_are_written(tmp_path):
     axes = show_images([np.zeros((4, 4, 3), np.uint8)] * 3, 1, 3)
     assert axes.shape == (1, 3)
     plt.close('all')
+
+
+@pytest.mark.fault
+def test_whole_image_prediction_memory_grows_with_width_not_area(net):
+    """Images 480 wide and 4800 or 9600 high (15 or 30 tile rows): besides the label map, numpy's peak
+    is the same for both (a few bands of 21 x 4 bytes x 320 x 480 = 12.9 MB), where the whole logit
+    array of the taller one would be 387 MB."""
+    import tracemalloc
+
+    def extra_peak(height):
+        img = np.random.default_rng(1).integers(0, 256, (height, 480, 3), dtype=np.uint8)
+        tracemalloc.start()
+        try:
+            labels = predict_full(net, img)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert labels.shape == (height, 480)
+        return peak - labels.nbytes
+
+    short, tall = extra_peak(4800), extra_peak(9600)
+    band = 21 * 4 * 320 * 480
+    assert tall < 1.1 * short + (1 << 20) and tall < 8 * band, (short, tall, band)

@@ -235,3 +235,80 @@ def test_the_build_is_cached_per_machine():
     assert os.path.isfile(path) and path.startswith(kernels.cache_dir())
     stamp = os.path.getmtime(path)
     assert kernels.build(path) == path and os.path.getmtime(path) == stamp  # not rebuilt
+
+
+# ------------------------------------------------------------------ the cache cannot load foreign code
+LOAD = """
+import warnings
+warnings.simplefilter('always')
+import d2lseg
+from d2lseg import kernels
+print('loaded', kernels.load())
+"""
+
+PLANTED = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) { FILE *f = fopen("%s", "w"); if (f) fclose(f); }
+"""
+
+
+def _cache_path(monkeypatch, folder):
+    monkeypatch.setenv('D2LSEG_CACHE', str(folder))
+    return kernels.library_path()
+
+
+def _private_cache(tmp_path, monkeypatch):
+    """(an empty 0700 cache folder, the library path the package would use in it)."""
+    cache = tmp_path / 'cache'
+    path = _cache_path(monkeypatch, cache)
+    cache.mkdir(mode=0o700)
+    return cache, path
+
+
+@pytest.mark.fault
+def test_a_planted_library_is_rebuilt_never_loaded(tmp_path, monkeypatch):
+    cache, path = _private_cache(tmp_path, monkeypatch)
+    marker = tmp_path / 'planted-code-ran'
+    src = tmp_path / 'planted.c'
+    src.write_text(PLANTED % marker)
+    subprocess.run(['gcc', '-shared', '-fPIC', str(src), '-o', path], check=True)
+    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    assert proc.returncode == 0 and 'loaded True' in proc.stdout, proc.stderr[-2000:]
+    assert not marker.exists()                 # the planted constructor never ran
+    assert kernels.verified(path)              # a real build replaced it, with its digest beside it
+    stamp = os.path.getmtime(path)
+    # a zero-length (or otherwise damaged) library is rebuilt, not loaded and not kept
+    with open(path, 'wb'):
+        pass
+    assert not kernels.verified(path)
+    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    assert 'loaded True' in proc.stdout and kernels.verified(path) and os.path.getmtime(path) >= stamp
+
+
+@pytest.mark.fault
+def test_a_symlinked_lock_truncates_nothing(tmp_path, monkeypatch):
+    cache, path = _private_cache(tmp_path, monkeypatch)
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('precious')
+    os.symlink(victim, path + '.lock')
+    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    assert proc.returncode == 0 and 'loaded False' in proc.stdout
+    assert victim.read_text() == 'precious'
+    warning = [line for line in proc.stderr.splitlines() if 'native kernels unavailable' in line]
+    assert len(warning) == 1 and path in warning[0], proc.stderr
+
+
+@pytest.mark.fault
+def test_a_cache_others_can_write_is_not_used(tmp_path, monkeypatch):
+    cache = tmp_path / 'shared'
+    path = _cache_path(monkeypatch, cache)
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    assert proc.returncode == 0 and 'loaded False' in proc.stdout
+    assert 'writable by other users; chmod 700' in proc.stderr and path in proc.stderr
+    assert os.listdir(cache) == []             # nothing built or loaded there
+    fresh = tmp_path / 'fresh'
+    _run_python('import d2lseg; from d2lseg import kernels; kernels._private_dir(kernels.cache_dir())',
+                D2LSEG_CACHE=str(fresh))
+    assert oct(os.stat(fresh).st_mode & 0o777) == '0o700'

@@ -1,0 +1,97 @@
+"""A training run's folder: one writer at a time, never a run replaced without being asked.
+
+``RunFolder(out)`` (a context manager around ``d2lseg train``) creates the folder, takes an exclusive
+``flock`` on ``.d2lseg.lock`` in it for the whole run (the kernel releases it when the process ends in
+any way, SIGKILL included, so a lock is never stale; the file holds the holder's PID for the
+message), removes temporaries a killed writer left (``*.tmp-PID``), and, when the run fails before
+writing anything, removes the folder it created. ``existing_run`` says what run files a folder holds.
+"""
+import errno
+import fcntl
+import os
+import shutil
+
+from .errors import D2lsegError
+
+LOCK = '.d2lseg.lock'
+RUN_FILES = ('checkpoint.json', 'model.params', 'history.json')  # a folder with any of these holds a run
+PRODUCED = RUN_FILES + ('curves.png', 'eval-crop.json', 'eval-full.json')
+
+
+def writable_folder(path, flag):
+    """Create ``path`` when missing; one-line D2lsegError naming ``flag`` when it is a file, cannot be
+    created or cannot be written. -> True when this call created it."""
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise D2lsegError(f"{flag} {path}: a file, not a folder; choose another {flag}")
+        created = not os.path.exists(path)
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise D2lsegError(f"{flag} {path}: cannot write there ({e.strerror}); choose another {flag}") from None
+    return created
+
+
+def existing_run(out):
+    """The run files (and checkpoints) ``out`` holds, sorted; empty when it holds no run."""
+    try:
+        names = os.listdir(out)
+    except OSError:
+        return []
+    return sorted(n for n in names if n in RUN_FILES or (n.startswith('ckpt-epoch') and '.tmp-' not in n))
+
+
+def clear_run(out):
+    """Remove what a run wrote into ``out`` (``--overwrite``); other files are left alone."""
+    for name in os.listdir(out):
+        if name in PRODUCED or name.startswith('ckpt-epoch'):
+            os.remove(os.path.join(out, name))
+
+
+def clean_temporaries(out):
+    """Remove ``NAME.tmp-PID`` files of run files: only the lock holder writes here, so they are stale."""
+    for name in os.listdir(out):
+        base, sep, _ = name.partition('.tmp-')
+        if sep and (base in PRODUCED or base.startswith('ckpt-epoch')):
+            os.remove(os.path.join(out, name))
+
+
+class RunFolder:
+    """Hold ``out`` for one writer; ``flag`` names it in messages (e.g. '--out', '--resume')."""
+
+    def __init__(self, out, flag='--out'):
+        self.out, self.flag = out, flag
+        self.fd, self.created = None, False
+
+    def __enter__(self):
+        out = self.out
+        self.created = writable_folder(out, self.flag)
+        try:
+            self.fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise D2lsegError(f"{self.flag} {out}: cannot write there ({e.strerror}); choose another {self.flag}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = os.pread(self.fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+            os.close(self.fd)
+            self.fd = None
+            raise D2lsegError(f"{self.flag} {out}: another d2lseg process (pid {holder}) is writing this run "
+                              f"folder; wait for it to finish, or choose another {self.flag}") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f'{os.getpid()}\n'.encode(), 0)
+        clean_temporaries(out)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.created and os.listdir(self.out) == [LOCK]:  # the run failed before writing anything
+                shutil.rmtree(self.out, ignore_errors=True)
+        finally:
+            if self.fd is not None:
+                os.close(self.fd)  # releases the lock
+                self.fd = None
+        return False
