@@ -15,7 +15,7 @@ STACK = [  # what really imports together with MXNet 1.9.1 on Python 3.8-3.11
 
 setup(
     name='d2lseg',
-    version='0.1.0',
+    version='0.2.0',
     description='FCN semantic segmentation in Apache MXNet Gluon: the Dive into Deep Learning chapter, grown into a package',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

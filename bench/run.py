@@ -78,7 +78,8 @@ def ensure_data(data_dir, n_train):
     split = os.path.join(data_dir, VOC_SUBDIR, 'ImageSets', 'Segmentation', 'train.txt')
     if os.path.isfile(split) and len(open(split).read().split()) >= n_train:
         return
-    make_synthetic_voc(data_dir, n_train=n_train, n_val=BATCH, sizes=(FULL_SIZE,), seed=0, progress=False)
+    make_synthetic_voc(data_dir, n_train=n_train, n_val=BATCH, sizes=(FULL_SIZE,), seed=0, progress=False,
+                       overwrite=True)  # the benchmark's own set, grown when a run needs more images
 
 
 def forward_flops(net, shape):

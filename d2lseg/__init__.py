@@ -20,7 +20,7 @@ from .metrics import ConfusionMatrix  # noqa: E402
 from .training import Recipe, evaluate_accuracy, fit, train, try_all_gpus  # noqa: E402
 from .inference import label2image, predict, predict_full  # noqa: E402
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 startup.settle()  # MXNet is loaded: let oneDNN read the AMX cap now (see startup)
 

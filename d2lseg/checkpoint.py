@@ -154,7 +154,7 @@ def load_optimizer(trainer, path):
     with open(path, 'rb') as f:
         head = f.read(2)
     if path.endswith('.states') or head[:1] == b'\x80':  # Python pickle: never loaded, it can run code
-        raise D2lsegError(f"{path}: optimizer states in Python's pickle format (d2lseg before 0.2), which can "
+        raise D2lsegError(f"{path}: optimizer states in Python's pickle format (d2lseg 0.1), which can "
                           "run code when read and are not loaded; train again with a new --out (the "
                           "parameters in the same folder still work with evaluate/predict --params)")
     try:
@@ -162,14 +162,19 @@ def load_optimizer(trainer, path):
     except Exception as e:
         raise D2lsegError(f"{path}: cannot load trainer states, not an optimizer state file of d2lseg "
                           f"({first_line(e)})") from None
-    shapes = {i: p.shape for i, p in enumerate(trainer._params)}
+    params = dict(enumerate(trainer._params))
     try:
-        states = _states_from(arrays, shapes)
+        states = _states_from(arrays, params)
+        if trainer._optimizer.momentum:  # every trained parameter has its momentum, else resume would differ
+            missing = [p.name for i, p in params.items() if p.grad_req != 'null'
+                       and (i not in states or any(part is None for part in states[i]))]
+            if missing:
+                raise ValueError(f'no momentum for {len(missing)} trained parameters (e.g. {missing[0]})')
         num_update, begin = (int(v) for v in arrays['num_update'].asnumpy())
         counts = {}
         for dev, i, c in arrays['index_update_count'].asnumpy().reshape(-1, 3):
             counts.setdefault(int(dev), {})[int(i)] = int(c)
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise D2lsegError(f"{path}: cannot load trainer states, they do not fit this network ({first_line(e)})") from None
     for updater in _updaters(trainer):
         updater.states = {i: tuple(p.copy() if p is not None else None for p in parts) if len(parts) > 1
@@ -181,26 +186,31 @@ def load_optimizer(trainer, path):
         opt._index_update_count = opt._all_index_update_counts.setdefault(0, {})
 
 
-def _states_from(arrays, shapes):
+def _states_from(arrays, params):
     """{parameter index: [state part or None, ...]} from save_optimizer's keys, checked against the
-    parameters' shapes; ValueError for anything else."""
+    parameters' shapes and dtypes; ValueError for anything else."""
     if not isinstance(arrays, dict) or 'num_update' not in arrays or 'index_update_count' not in arrays:
         raise ValueError('missing num_update / index_update_count')
     states = {}
     for key, value in arrays.items():
         if key.startswith('tuple:'):
             idx = int(key[6:])
-            if idx not in shapes:
-                raise ValueError(f'state for parameter {idx}, the network has {len(shapes)}')
-            states[idx] = [None] * int(value.asnumpy()[0])
+            if idx not in params:
+                raise ValueError(f'state for parameter {idx}, the network has {len(params)}')
+            parts = value.asnumpy().reshape(-1)
+            if parts.size != 1 or not 1 <= int(parts[0]) <= 4:
+                raise ValueError(f'{key} must hold one count between 1 and 4')
+            states[idx] = [None] * int(parts[0])
     for key, value in arrays.items():
         m = _STATE_KEY.match(key)
         if m:
             idx, j = int(m.group(1)), int(m.group(2))
             if idx not in states or j >= len(states[idx]):
                 raise ValueError(f'unexpected entry {key}')
-            if value.shape != shapes[idx]:
-                raise ValueError(f'{key} has shape {value.shape}, the parameter {shapes[idx]}')
+            p = params[idx]
+            if value.shape != p.shape or np.dtype(value.dtype) != np.dtype(p.dtype):
+                raise ValueError(f'{key} is {np.dtype(value.dtype)} {value.shape}, the parameter '
+                                 f'{np.dtype(p.dtype)} {p.shape}')
             states[idx][j] = value
         elif not key.startswith('tuple:') and key not in ('num_update', 'index_update_count'):
             raise ValueError(f'unexpected entry {key}')

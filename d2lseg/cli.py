@@ -109,12 +109,13 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
         kv = create_kvstore(recipe.kvstore)
     chief = kv is None or kv.rank == 0
     with RunFolder(out, '--resume' if resume else '--out') if chief else contextlib.nullcontext():
-        if chief and not resume and existing_run(out):
-            if not overwrite:
-                raise D2lsegError(f"--out {out}: holds a run ({', '.join(existing_run(out)[:3])}); continue it with "
-                                  f"--resume {out}, choose another --out, or replace it with --overwrite")
-            clear_run(out)
+        replace = chief and not resume and bool(existing_run(out))
+        if replace and not overwrite:
+            raise D2lsegError(f"--out {out}: holds a run ({', '.join(existing_run(out)[:3])}); continue it with "
+                              f"--resume {out}, choose another --out, or replace it with --overwrite")
         run = prepare(recipe, ctx=ctx, kv=kv)
+        if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
+            clear_run(out)
         if chief:
             print(f'training on {ctx}' + (f' (kvstore rank {run.rank} of {run.num_workers} workers)'
                                           if run.num_workers > 1 else '')
@@ -137,11 +138,19 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
 RESUME_FLAGS = {'--epochs', '--ctx', '--workers', '--kvstore', '--data-dir', '--no-progress', '--resume'}
 
 
+def _full_option(token, options):
+    """The option an argparse abbreviation stands for (``--epoch`` -> ``--epochs``), else ``token``."""
+    if token in options:
+        return token
+    matches = [o for o in options if o.startswith(token)]
+    return matches[0] if len(matches) == 1 else token
+
+
 def cmd_train(args):
     recipe = _recipe_from(args)
     data_dir = None
     if args.resume:
-        given = [a.split('=')[0] for a in args.argv if a.startswith('--')]
+        given = [_full_option(a.split('=')[0], args.options) for a in args.argv if a.startswith('--')]
         ignored = sorted({f for f in given if f not in RESUME_FLAGS})
         if ignored:
             print(f"d2lseg train: --resume continues the stored run as it was: ignoring {', '.join(ignored)}",
@@ -259,7 +268,10 @@ def cmd_compare(args):
 def cmd_reproduce(args):
     from .reference import compare_published, fcn_paper_table
     from .training import Recipe
+    from .runfolder import existing_run
     from .voc import download_voc_pascal
+    if existing_run(args.out) and not args.overwrite:  # before a 2 GB download
+        raise D2lsegError(f"--out {args.out}: holds a run; choose another --out, or replace it with --overwrite")
     download_voc_pascal(args.data_dir)
     recipe = Recipe(data_dir=args.data_dir, ctx=args.ctx, workers=args.workers, pretrained=args.pretrained,
                     backbone_params=args.backbone_params)
@@ -310,7 +322,7 @@ def build_parser():
                    'recipe; only --epochs, --ctx, --workers, --kvstore and a moved --data-dir are taken)')
     p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, options=sorted(p._option_string_actions))  # resume names what it ignores
 
     for name, func, text in (('evaluate', cmd_evaluate, 'metrics of trained parameters on the validation set'),
                              ('predict', cmd_predict, 'colour label and overlay PNGs for images')):

@@ -4,7 +4,7 @@ Float results and whole training trajectories depend on the CPU's instruction se
 native kernels take different code paths) and on MXNet's thread count, so every ``history.json``,
 stored baseline and benchmark JSON carries ``environment()``. Simulate another machine with
 ``DNNL_MAX_CPU_ISA=AVX2`` (or ``AVX512_CORE``), ``D2LSEG_NATIVE=0`` and ``OMP_NUM_THREADS=1``; the
-cap and AMX decision recorded are ``startup``'s (what oneDNN was given in this process).
+cap recorded is the user's (``DNNL_MAX_CPU_ISA``), the AMX decision ``startup``'s.
 """
 import ctypes
 import functools
@@ -126,7 +126,7 @@ def environment(ctx=None):
     model, flags = cpu_info()
     return {'cpu': model, 'cpu_flags': list(flags), 'cpus_usable': len(os.sched_getaffinity(0))
             if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
-            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': startup.onednn_cap(), 'amx': startup.amx(),
+            'onednn_isa': onednn_isa(), 'dnnl_max_cpu_isa': startup.user_cap(), 'amx': startup.amx(),
             'mxnet_threads': mxnet_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
             'native_kernels': native_kernels(ctx), 'versions': versions(), 'git_commit': git_commit(),
             'machine': platform.machine()}

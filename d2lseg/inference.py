@@ -187,15 +187,13 @@ def read_image(path):
     strictly as training images (``voc``: truncated files and 16-bit or float modes refused); a
     one-line D2lsegError naming the file otherwise."""
     from PIL import Image, ImageOps
-    from .voc import IMAGE_MODES, _has_jpeg_end, _load_strict
+    from .voc import IMAGE_MODES, _load_strict
     if os.path.isdir(path):
         raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
     try:
         with Image.open(path) as im:
-            _load_strict(im)
-            if im.format == 'JPEG' and not _has_jpeg_end(path):
-                raise D2lsegError(f"{path}: JPEG is truncated (no end-of-image marker)")
-            if im.mode not in IMAGE_MODES:
+            _load_strict(im)  # (no end-marker check: phones append video after a photo's JPEG end)
+            if im.mode not in IMAGE_MODES + ('1',):
                 raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
                                   "an 8-bit RGB image")
             return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))

@@ -17,11 +17,13 @@ is compiled once per machine (about 10 s; ``g++ -O3 -march=native -fopenmp``) in
 CPU's features. Without a compiler, AVX2/FMA or a CPU context the package keeps MXNet's operators
 (one warning, naming the file, says why); ``D2LSEG_NATIVE=0`` turns the kernels off.
 
-Loading a shared library runs its code, so the cache is guarded: the folder is created 0700 and
-refused when another user owns it or others may write to it; a library is loaded only when its
-SHA-256 equals the digest the build wrote beside it (``kernels-*.so.sha256``), else it is rebuilt
-(a planted, truncated or empty file is replaced, never loaded); builds write to a temporary name and
-rename; the build lock is opened without following links or truncating.
+Loading a shared library runs its code, so the cache is guarded. Against other users: the folder is
+created 0700, tightened to 0700 when it is the user's own and group-writable (older versions made it
+with the umask), and refused when another user owns it or anyone may write to it. Against anything
+at the predictable file name that the build did not write (a planted, truncated or empty file): a
+library is loaded only when its SHA-256 equals the digest the build wrote beside it
+(``kernels-*.so.sha256``), else it is rebuilt. Builds write to a temporary name and rename; the build
+lock is opened without following links or truncating.
 """
 import ctypes
 import fcntl
@@ -99,9 +101,11 @@ def _private_dir(folder):
     st = os.stat(folder)
     if hasattr(os, 'getuid') and st.st_uid != os.getuid():
         raise RuntimeError(f'{folder}: the kernel cache belongs to another user; set D2LSEG_CACHE to a folder of yours')
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if st.st_mode & stat.S_IWOTH:
         raise RuntimeError(f'{folder}: the kernel cache is writable by other users; chmod 700 it '
                            f'(or set D2LSEG_CACHE to a private folder)')
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        os.chmod(folder, 0o700)
 
 
 def build(path=None):
@@ -154,8 +158,9 @@ def load():
     if 'ok' not in _state:
         _state['ok'] = False
         if os.environ.get('D2LSEG_NATIVE', '1') != '0':
-            path = library_path()
+            path = os.path.join(cache_dir(), 'kernels-*.so')  # named in the warning if even this fails
             try:
+                path = library_path()
                 path = build(path)
                 mx.library.load(path, verbose=False)
                 _state['ok'] = True

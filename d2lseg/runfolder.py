@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import shutil
+import sys
 
 from .errors import D2lsegError
 
@@ -74,8 +75,11 @@ class RunFolder:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # e.g. a network file system without locks
+                print(f"d2lseg: warning: {out}: cannot lock the run folder ({e.strerror}); make sure no other "
+                      "process writes it", file=sys.stderr)
+                clean_temporaries(out)
+                return self
             holder = os.pread(self.fd, 32, 0).decode(errors='replace').strip() or 'unknown'
             os.close(self.fd)
             self.fd = None

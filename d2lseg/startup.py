@@ -31,8 +31,8 @@ _SYS_ARCH_PRCTL = 158  # x86-64
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
 
-_state = {'cap': None, 'amx': {'enabled': False, 'reason': 'd2lseg.startup.configure() has not run'},
-          'set_by_us': False}
+_state = {'cap': None, 'user_cap': None, 'set_by_us': False,
+          'amx': {'enabled': False, 'reason': 'd2lseg.startup.configure() has not run'}}
 
 
 def default_threads():
@@ -69,14 +69,17 @@ def request_amx_permission():
 
 
 def _decide_amx(environ, flags, mxnet_loaded):
-    """-> (cap to set or None, {'enabled': bool, 'reason': str}); asks for the permission when needed."""
+    """-> (cap to set, '' to remove the user's, or None to leave the environment; {'enabled': bool,
+    'reason': str}); asks for the permission when needed."""
     user_cap = next((environ[k] for k in CAP_VARS if environ.get(k)), None)
     if user_cap is not None:
         if 'AMX' not in user_cap.upper():
             return None, {'enabled': False, 'reason': f'DNNL_MAX_CPU_ISA={user_cap} set by the user'}
         why = request_amx_permission()  # the cap asks for AMX: without the permission it would crash
-        return None, ({'enabled': False, 'reason': why} if why else
-                      {'enabled': True, 'reason': f'DNNL_MAX_CPU_ISA={user_cap} set by the user'})
+        if why:
+            return '', {'enabled': False, 'reason': f'DNNL_MAX_CPU_ISA={user_cap} set by the user, but {why}: '
+                                                    'removed (without the permission it crashes the process)'}
+        return None, {'enabled': True, 'reason': f'DNNL_MAX_CPU_ISA={user_cap} set by the user'}
     if environ.get('D2LSEG_AMX', '1') == '0':
         return None, {'enabled': False, 'reason': 'D2LSEG_AMX=0'}
     missing = [f for f in AMX_FLAGS if f not in flags]
@@ -93,10 +96,15 @@ def _decide_amx(environ, flags, mxnet_loaded):
 def configure():
     """Set the thread count and decide AMX; call before MXNet loads (``d2lseg/__init__`` does)."""
     os.environ.setdefault('OMP_NUM_THREADS', str(default_threads()))
+    given = next((os.environ[k] for k in CAP_VARS if os.environ.get(k)), None)
     cap, status = _decide_amx(os.environ, cpu_flags(), 'mxnet' in sys.modules)
     if cap:
         os.environ['DNNL_MAX_CPU_ISA'] = cap
-    _state.update(cap=cap or next((os.environ[k] for k in CAP_VARS if os.environ.get(k)), None),
+    elif cap == '':
+        for k in CAP_VARS:
+            os.environ.pop(k, None)
+        logger.warning('d2lseg: %s', status['reason'])
+    _state.update(cap=cap or (None if cap == '' else given), user_cap=None if cap == '' else given,
                   amx=status, set_by_us=bool(cap))
     logger.debug('AMX %s: %s', 'on' if status['enabled'] else 'off', status['reason'])
 
@@ -119,3 +127,8 @@ def amx():
 def onednn_cap():
     """The ``DNNL_MAX_CPU_ISA`` oneDNN was given in this process (the user's or d2lseg's), or None."""
     return _state['cap']
+
+
+def user_cap():
+    """The ``DNNL_MAX_CPU_ISA`` the user set (and d2lseg kept), or None: what "simulate another machine" means."""
+    return _state.get('user_cap')

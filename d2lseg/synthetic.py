@@ -6,6 +6,7 @@ by texture (stripes or dots, with a class-specific period); background patches c
 too, so a per-pixel colour lookup cannot solve the set. Labels are palette PNGs with the VOC palette
 and void (255) outlines, exactly as the real data set stores them.
 """
+import json
 import os
 
 import cv2
@@ -109,21 +110,39 @@ def save_label_png(label, path):
     im.save(path)
 
 
+MARKER = os.path.join('VOCdevkit', 'd2lseg-synthetic.json')  # beside VOC2012 (kept exact): what made it
+
+
+def synthetic_marker(root):
+    """The arguments the synthetic tree under ``root`` was made with (``make_synthetic_voc``), or None for
+    any other tree."""
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
 def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True,
                        overwrite=False):
     """Write a VOC2012-format tree under ``root/VOCdevkit/VOC2012`` and return its path.
 
     Deterministic by seed; ``sizes`` are the (height, width) the scenes are drawn from, some
     smaller than the chapter's 320x480 crop (the data set's filter drops those at that crop).
-    A tree that already has a split list (real VOC, or an earlier set) is refused, one line, unless
-    ``overwrite``; a root that cannot be written is one line too.
+    The tree records how it was made (``MARKER``): a complete tree made with the same arguments is
+    returned as it is; any other tree with a split list (real VOC, an earlier or half-written set) is
+    refused, one line, unless ``overwrite``; a root that cannot be written is one line too.
     """
     from tqdm import tqdm
     voc_dir = os.path.join(root, VOC_SUBDIR)
     seg = os.path.join(voc_dir, 'ImageSets', 'Segmentation')
+    made_with = {'n_train': n_train, 'n_val': n_val, 'sizes': [list(s) for s in sizes], 'seed': seed}
     if not overwrite and any(os.path.exists(os.path.join(seg, s + '.txt')) for s in ('train', 'val')):
-        raise D2lsegError(f"--root {root}: already holds a VOC tree ({voc_dir}); use it, choose another --root, "
-                          "or replace its lists with --overwrite")
+        if has_voc(root) and synthetic_marker(root) == made_with:
+            return voc_dir
+        raise D2lsegError(f"--root {root}: already holds a VOC tree ({voc_dir}), not the synthetic set these "
+                          "arguments make; use it, choose another --root, or replace its lists with --overwrite")
     writable_folder(root, '--root')
     for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
         os.makedirs(os.path.join(voc_dir, sub), exist_ok=True)
@@ -141,6 +160,8 @@ def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZ
         for split, lst in names.items():  # list files last: a tree with them is complete
             with open(os.path.join(seg, split + '.txt'), 'w') as f:
                 f.write(''.join(n + '\n' for n in lst))
+        with open(os.path.join(root, MARKER), 'w') as f:
+            json.dump(made_with, f)
     except OSError as e:  # e.g. the disk is full: no list file is written, so no half tree is ever used
         raise D2lsegError(f"--root {root}: writing the data set failed ({e.strerror}); free space or choose "
                           "another --root, then run again with --overwrite") from None

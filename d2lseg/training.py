@@ -320,6 +320,10 @@ def resolve_data_dir(recipe):
     from .voc import VOC_SUBDIR
     if recipe.synthetic:
         if not has_voc(recipe.data_dir):
+            seg = os.path.join(recipe.data_dir, VOC_SUBDIR, 'ImageSets', 'Segmentation')
+            if any(os.path.exists(os.path.join(seg, s + '.txt')) for s in ('train', 'val')):
+                raise D2lsegError(f"--data-dir {recipe.data_dir}: an incomplete VOC tree (one split list of "
+                                  f"two); remove it, or remake it: d2lseg synth --root {recipe.data_dir} --overwrite")
             make_synthetic_voc(recipe.data_dir, seed=recipe.seed)
         return os.path.join(recipe.data_dir, VOC_SUBDIR)
     if not has_voc(recipe.data_dir):

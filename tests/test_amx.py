@@ -49,6 +49,9 @@ def test_decision_enables_or_says_why_the_kernel_refused(monkeypatch):
     monkeypatch.setattr(startup, 'request_amx_permission', lambda: 'the kernel refused the AMX permission (x)')
     cap, status = startup._decide_amx({}, AMX_FLAGS, False)
     assert cap is None and status == {'enabled': False, 'reason': 'the kernel refused the AMX permission (x)'}
+    # a user's AMX cap the kernel will not honour is removed: it would kill the process at its first INT8 layer
+    cap, status = startup._decide_amx({'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}, AMX_FLAGS, False)
+    assert cap == '' and not status['enabled'] and 'refused' in status['reason'] and 'removed' in status['reason']
 
 
 def test_this_process_records_the_decision_and_leaks_no_cap():
@@ -57,6 +60,7 @@ def test_this_process_records_the_decision_and_leaks_no_cap():
     if amx['enabled'] and 'set by the user' not in amx['reason']:
         assert 'DNNL_MAX_CPU_ISA' not in os.environ          # read by oneDNN, then removed
         assert startup.onednn_cap() == 'AVX512_CORE_AMX'
+        assert environment.environment()['dnnl_max_cpu_isa'] is None  # the record keeps the user's cap only
     if MISSING:
         assert not amx['enabled'] and ', '.join(MISSING) in amx['reason'] or 'DNNL_MAX_CPU_ISA' in amx['reason']
 

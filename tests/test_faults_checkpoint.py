@@ -156,3 +156,27 @@ def test_first_line_skips_what_says_nothing():
     assert first_line(RuntimeError('\n  \nTraceback (most recent call last):\n  real reason\nmore')) == 'real reason'
     assert first_line(OSError('x' * 500), limit=10) == 'x' * 10
     assert first_line(KeyError('Traceback (most recent call last):')) == 'KeyError'
+
+
+@pytest.mark.parametrize('damage, says', [
+    ({'tuple:0': [0]}, 'must hold one count between 1 and 4'),
+    ({'tuple:0': []}, 'must hold one count between 1 and 4'),
+    ({'tuple:0': [10 ** 9]}, 'must hold one count between 1 and 4'),
+    ('drop-states', 'no momentum for'),
+    ('float64', 'float64'),
+])
+def test_a_damaged_optimizer_file_is_one_line(run_dir, tmp_path, capsys, damage, says):
+    from mxnet import nd
+    d = copy_run(run_dir, tmp_path)
+    path = str(d / checkpoint.load_meta(str(d))['states'])
+    arrays = nd.load(path)
+    if damage == 'drop-states':  # a file without momentum would silently restart it from zero
+        arrays = {k: v for k, v in arrays.items() if not k.startswith('state:')}
+    elif damage == 'float64':
+        key = next(k for k in arrays if k.startswith('state:'))
+        arrays[key] = arrays[key].astype('float64')
+    else:
+        arrays.update({k: nd.array(v, dtype='int64') for k, v in damage.items()})
+    nd.save(path, arrays)
+    code, err = resume(d, capsys, '--epochs', '3')
+    assert code == 2 and len(err) == 1 and 'cannot load trainer states' in err[0] and says in err[0], err

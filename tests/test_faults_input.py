@@ -82,6 +82,15 @@ def test_prediction_reads_photos_as_displayed_and_refuses_16_bit(tmp_path):
     assert read_image(str(rotated)).shape == (60, 40, 3)  # displayed: 40 wide, 60 high
     with pytest.raises(D2lsegError, match='a folder; give image files'):
         read_image(str(tmp_path))
+    # a phone's motion photo (video bytes after the JPEG's end) and a 1-bit image are photos too
+    motion = tmp_path / 'motion.jpg'
+    Image.new('RGB', (40, 30), (1, 2, 3)).save(motion)
+    with open(motion, 'ab') as f:
+        f.write(b'\x00\x00\x00\x18ftypmp42' + bytes(4096))
+    assert read_image(str(motion)).shape == (30, 40, 3)
+    bits = tmp_path / 'bits.png'
+    Image.new('1', (16, 8), 1).save(bits)
+    assert read_image(str(bits)).shape == (8, 16, 3)
 
 
 def _cli(argv, capsys):
@@ -151,6 +160,14 @@ def test_a_port_in_time_wait_is_free_to_the_scheduler():
     srv.close()
     time.sleep(0.1)
     assert _check_port('127.0.0.1', port) == port
+
+
+def test_reproduce_refuses_a_run_folder_before_downloading(tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'model.params').write_bytes(b'a run')
+    code, err = _cli(['reproduce', '--data-dir', str(tmp_path / 'voc'), '--out', str(out), '--ctx', 'cpu'], capsys)
+    assert code == 2 and len(err) == 1 and 'holds a run' in err[0] and not (tmp_path / 'voc').exists()
 
 
 def test_reproduce_has_the_flags_its_messages_recommend(capsys):

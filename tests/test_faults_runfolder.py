@@ -64,6 +64,12 @@ def test_a_fresh_run_never_replaces_a_run(done, data_root, tmp_path, capsys):
     code, _, err = run(tiny(data_root, done), capsys)
     assert code == 2 and len(err) == 1 and 'holds a run' in err[0] and '--resume' in err[0] and '--overwrite' in err[0]
     assert stamps() == before
+    # --overwrite with a start that fails (no data here) keeps the old run
+    flags = tiny(data_root, done, '--overwrite')
+    flags[flags.index('--data-dir') + 1] = str(tmp_path / 'typo')
+    flags.remove('--synthetic')
+    code, _, err = run(flags, capsys)
+    assert code == 2 and len(err) == 1 and 'typo' in err[0] and stamps() == before
     # --overwrite replaces it: the old run's checkpoints do not stay mixed in
     out = tmp_path / 'again'
     assert main(tiny(data_root, str(out), epochs=2)) == 0
@@ -88,9 +94,9 @@ def test_resume_names_every_flag_it_ignores_and_takes_a_moved_data_dir(done, dat
     out = tmp_path / 'moved'
     moved = tmp_path / 'data-now'
     shutil.copytree(done, out)
-    code, _, err = run(['train', '--resume', str(out), '--epochs', '2', '--lr', '0.5', '--variant', 'fcn8s',
+    code, _, err = run(['train', '--resume', str(out), '--epoch', '2', '--lr', '0.5', '--variant', 'fcn8s',
                         '--out', 'x', '--ctx', 'cpu', '--workers', '0', '--no-progress',
-                        '--data-dir', str(moved)], capsys)
+                        '--data', str(moved)], capsys)  # abbreviations (argparse's) count as the flags
     # the data moved: the message names the folder given, nothing is created there
     assert code == 2 and 'the data folder given holds no VOCdevkit/VOC2012' in err[-1] and not moved.exists()
     assert err[0] == 'd2lseg train: --resume continues the stored run as it was: ignoring --lr, --out, --variant'
@@ -134,6 +140,10 @@ def test_synth_never_replaces_a_tree_without_overwrite(data_root, tmp_path, caps
     assert code == 2 and len(err) == 1 and 'a file, not a folder' in err[0]
     root = tmp_path / 'replace'
     assert main(['synth', '--root', str(root), '--n-train', '2', '--n-val', '1']) == 0
+    lists = root / 'VOCdevkit' / 'VOC2012' / 'ImageSets' / 'Segmentation' / 'train.txt'
+    stamp = os.path.getmtime(lists)
+    assert main(['synth', '--root', str(root), '--n-train', '2', '--n-val', '1']) == 0  # the same set: kept as is
+    assert os.path.getmtime(lists) == stamp
     assert main(['synth', '--root', str(root), '--n-train', '3', '--n-val', '1', '--overwrite']) == 0
     capsys.readouterr()
     assert len(open(root / 'VOCdevkit' / 'VOC2012' / 'ImageSets' / 'Segmentation' / 'train.txt').read().split()) == 3
