@@ -140,6 +140,15 @@ def check_bfloat16(ctx=None):
                           'they need AVX-512 (fast with AMX): use float32 or --int8') from None
 
 
+def bfloat16_unavailable(ctx=None):
+    """Why bfloat16 inference cannot run on ``ctx`` (the one-line message), or None when it can."""
+    try:
+        check_bfloat16(ctx)
+    except D2lsegError as e:
+        return str(e)
+    return None
+
+
 def to_bfloat16(net, ctx=None):
     """bfloat16 version of a float32 FCN (any variant): same input and output shapes, float32 in and out.
 

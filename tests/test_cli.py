@@ -185,19 +185,9 @@ def test_console_script_exit_codes(data_root, tmp_path, trained):
     assert 'verdict: within the band' in p.stdout
 
 
-def _bf16_missing():
-    """Why bfloat16 cannot run in this process (None when it can): oneDNN needs AVX-512."""
-    from d2lseg.errors import D2lsegError
-    from d2lseg.quantization import check_bfloat16
-    try:
-        check_bfloat16()
-    except D2lsegError as e:
-        return str(e)
-    return None
-
-
 def test_bfloat16_evaluate_and_predict_agree_with_float32(trained, data_root, voc_dir, tmp_path):
-    why = _bf16_missing()
+    from d2lseg.quantization import bfloat16_unavailable
+    why = bfloat16_unavailable()  # oneDNN needs AVX-512
     if why:
         pytest.skip(f'no bfloat16 here (this CPU has no avx512f): {why}')
     out, _ = trained

@@ -8,15 +8,7 @@ from mxnet import nd
 from d2lseg.errors import D2lsegError
 from d2lseg.inference import label_graph, predict_batch
 from d2lseg.model import build_fcn
-from d2lseg.quantization import check_bfloat16, to_bfloat16
-
-
-def _bf16_missing():
-    try:
-        check_bfloat16()
-    except D2lsegError as e:
-        return str(e)
-    return None
+from d2lseg.quantization import bfloat16_unavailable, check_bfloat16, to_bfloat16
 
 
 def test_gpus_are_refused_in_one_line():
@@ -26,7 +18,7 @@ def test_gpus_are_refused_in_one_line():
 
 @pytest.mark.parametrize('variant', ['fcn32s', 'fcn16s', 'fcn8s'])
 def test_every_variant_converts_keeps_the_fused_path_and_agrees(variant):
-    why = _bf16_missing()
+    why = bfloat16_unavailable()
     if why:
         pytest.skip(f'no bfloat16 here (this CPU has no avx512f): {why}')
     mx.random.seed(0)
