@@ -43,16 +43,18 @@ def _add_recipe_flags(p, defaults):
     p.add_argument('--data-dir', default=defaults.data_dir, help='folder holding VOCdevkit/VOC2012 (default %(default)s)')
     p.add_argument('--synthetic', action='store_true', help='use (making it when missing) the synthetic set under --data-dir')
     p.add_argument('--crop', type=_crop, default=defaults.crop, help='HEIGHTxWIDTH, multiples of 32 (default 320x480)')
-    p.add_argument('--batch-size', type=_positive_int, default=defaults.batch_size)
+    p.add_argument('--batch-size', type=_positive_int, default=defaults.batch_size,
+                   help='images per step, over all contexts (default %(default)s)')
     p.add_argument('--epochs', type=_positive_int, default=None,
                    help=f'default {defaults.epochs}; with --resume, only a larger value extends the stored run')
-    p.add_argument('--lr', type=float, default=defaults.lr)
-    p.add_argument('--wd', type=float, default=defaults.wd)
-    p.add_argument('--momentum', type=float, default=defaults.momentum)
+    p.add_argument('--lr', type=float, default=defaults.lr, help='SGD learning rate (default %(default)s)')
+    p.add_argument('--wd', type=float, default=defaults.wd, help='weight decay (default %(default)s)')
+    p.add_argument('--momentum', type=float, default=defaults.momentum,
+                   help='SGD momentum (default %(default)s: none, as in the chapter)')
     p.add_argument('--variant', default=defaults.variant, help='fcn32s (the chapter), fcn16s or fcn8s')
     _add_backbone_flags(p, defaults)
     p.add_argument('--ctx', default=None, help='cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu)')
-    p.add_argument('--seed', type=int, default=defaults.seed)
+    p.add_argument('--seed', type=int, default=defaults.seed, help='seed of initialisation, crops and order (default %(default)s)')
     p.add_argument('--lr-schedule', default=defaults.lr_schedule, help='constant (the chapter) or poly')
     p.add_argument('--warmup-epochs', type=float, default=defaults.warmup_epochs,
                    help='linear learning-rate warm-up over this many epochs (default %(default)s: none)')
@@ -304,14 +306,16 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser():
     from .training import Recipe
     defaults = Recipe()
+    from . import __version__
     parser = _OneLineParser(prog='d2lseg', description='FCN semantic segmentation (D2L 10.10) in MXNet Gluon')
+    parser.add_argument('--version', action='version', version=f'd2lseg {__version__}')
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_OneLineParser)
 
     p = sub.add_parser('synth', help='write the synthetic VOC-format data set')
     p.add_argument('--root', default='data', help='data folder; the tree goes to ROOT/VOCdevkit/VOC2012')
-    p.add_argument('--n-train', type=_positive_int, default=600)
-    p.add_argument('--n-val', type=_positive_int, default=150)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--n-train', type=_positive_int, default=600, help='training scenes (default %(default)s)')
+    p.add_argument('--n-val', type=_positive_int, default=150, help='validation scenes (default %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='random seed of the scenes (default %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace a VOC tree already under --root (default: refuse)')
     p.set_defaults(func=cmd_synth)
 
@@ -328,7 +332,7 @@ def build_parser():
                              ('predict', cmd_predict, 'colour label and overlay PNGs for images')):
         p = sub.add_parser(name, help=text)
         if name == 'predict':
-            p.add_argument('images', nargs='+', metavar='IMAGE')
+            p.add_argument('images', nargs='+', metavar='IMAGE', help='image files (JPEG, PNG, ...)')
             p.add_argument('--out', default='predictions', help='output folder (default %(default)s)')
             mode = p.add_mutually_exclusive_group()
             mode.add_argument('--crop', action='store_true', help='predict the top-left crop of sides multiple of 32')
@@ -342,27 +346,29 @@ def build_parser():
             p.add_argument('--data-dir', required=True, help='folder holding VOCdevkit/VOC2012')
             p.add_argument('--full', action='store_true', help='whole images by tiled prediction')
             p.add_argument('--crop', type=_crop, default=(320, 480), help="crop size in crop mode (the chapter's 320x480)")
-            p.add_argument('--ignore-boundary', action='store_true')
-            p.add_argument('--max-images', type=_positive_int)
+            p.add_argument('--ignore-boundary', action='store_true', help='skip the void border (label 255) instead '
+                           'of counting it as background (the chapter counts it)')
+            p.add_argument('--max-images', type=_positive_int, help='only the first N validation images')
             p.add_argument('--json', help='where to write the metrics (default: beside --params)')
         p.add_argument('--params', required=True, help='model.params written by d2lseg train')
-        p.add_argument('--variant', default='fcn32s')
-        p.add_argument('--num-classes', type=_positive_int, default=21)
-        p.add_argument('--ctx', default='cpu')
+        p.add_argument('--variant', default='fcn32s', help='the network the parameters belong to: fcn32s (the '
+                       'default), fcn16s or fcn8s')
+        p.add_argument('--num-classes', type=_positive_int, default=21, help='classes of the network (default %(default)s)')
+        p.add_argument('--ctx', default='cpu', help='cpu (the default), cpu:N, gpu or gpu:0,1')
         p.add_argument('--dtype', choices=DTYPES, default='float32',
                        help='bfloat16: convert the network (oneDNN, CPU; fastest on CPUs with AMX, which d2lseg '
                             'enables; slower than float32 without AMX) (default %(default)s)')
-        p.add_argument('--no-progress', action='store_true')
+        p.add_argument('--no-progress', action='store_true', help='no progress bar')
         p.set_defaults(func=func)
 
     p = sub.add_parser('reproduce', help="the chapter's recipe on real VOC2012, then the comparison")
-    p.add_argument('--data-dir', default='../data')
-    p.add_argument('--ctx', default='gpu')
-    p.add_argument('--workers', type=int, default=4)
-    p.add_argument('--out', default=os.path.join('runs', 'reproduce'))
+    p.add_argument('--data-dir', default='../data', help='where VOC2012 is downloaded to (default %(default)s)')
+    p.add_argument('--ctx', default='gpu', help='gpu (all GPUs, the default), gpu:0,1, or cpu')
+    p.add_argument('--workers', type=int, default=4, help='data-loading threads (default %(default)s)')
+    p.add_argument('--out', default=os.path.join('runs', 'reproduce'), help='run folder (default %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     _add_backbone_flags(p, defaults)
-    p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser('compare', help="judge a history.json by the published spread or a stored baseline band")
@@ -374,8 +380,8 @@ def build_parser():
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser('launch', help="start MXNet's parameter-server job (scheduler, servers, workers)")
-    p.add_argument('-n', '--num-workers', type=_positive_int, required=True)
-    p.add_argument('-s', '--num-servers', type=_positive_int, default=1)
+    p.add_argument('-n', '--num-workers', type=_positive_int, required=True, help='worker processes')
+    p.add_argument('-s', '--num-servers', type=_positive_int, default=1, help='server processes (default %(default)s)')
     p.add_argument('--hostfile', help='one host per line; workers and servers are started there over ssh')
     p.add_argument('--port', type=int, default=9091, help='scheduler port (default %(default)s; 0 picks a free one)')
     p.add_argument('--scheduler-host', help="this machine's address the hosts reach (default: found from the route "

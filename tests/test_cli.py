@@ -231,3 +231,17 @@ def test_bfloat16_refused_with_one_line_and_nothing_written(trained, voc_dir, tm
     assert len(lines) == 1 and '--dtype bfloat16' in lines[0] and lines[0].startswith('d2lseg predict: error:'), lines
     assert ('AVX-512' in lines[0]) if case == 'avx2' else ('--int8' in lines[0])
     assert not os.path.exists(pred_dir)
+
+
+def test_every_flag_has_help_and_there_is_a_version(capsys):
+    import argparse
+    from d2lseg import __version__
+    from d2lseg.cli import build_parser
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    blank = [f'{name} {a.option_strings or a.dest}' for name, sub in subparsers.choices.items()
+             for a in sub._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert blank == []
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--version'])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f'd2lseg {__version__}'
