@@ -189,7 +189,7 @@ def test_bfloat16_evaluate_and_predict_agree_with_float32(trained, data_root, vo
     from d2lseg.quantization import bfloat16_unavailable
     why = bfloat16_unavailable()  # oneDNN needs AVX-512
     if why:
-        pytest.skip(f'no bfloat16 here (this CPU has no avx512f): {why}')
+        pytest.skip(f'no bfloat16 here (oneDNN here has no AVX-512): {why}')
     out, _ = trained
     params = os.path.join(out, 'model.params')
     results = {}

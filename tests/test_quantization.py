@@ -20,7 +20,7 @@ def test_gpus_are_refused_in_one_line():
 def test_every_variant_converts_keeps_the_fused_path_and_agrees(variant):
     why = bfloat16_unavailable()
     if why:
-        pytest.skip(f'no bfloat16 here (this CPU has no avx512f): {why}')
+        pytest.skip(f'no bfloat16 here (oneDNN here has no AVX-512): {why}')
     mx.random.seed(0)
     net = build_fcn(21, variant, pretrained=False, fast_upsampling=True)
     net.hybridize()
