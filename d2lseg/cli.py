@@ -191,7 +191,7 @@ def _writable_file(path, flag):
 
 
 def cmd_evaluate(args):
-    from tqdm import tqdm
+    from .progress import bar
     from .inference import eval_images
     from .metrics import ConfusionMatrix
     from .model import OUTPUT_STRIDE
@@ -212,7 +212,7 @@ def cmd_evaluate(args):
     cm = ConfusionMatrix(args.num_classes)
     total = len(read_split(voc_dir, is_train=False)[:args.max_images])
     items = iter_split(voc_dir, is_train=False, ignore_boundary=args.ignore_boundary, limit=args.max_images)
-    skipped = eval_images(net, tqdm(items, total=total, desc='evaluate', disable=args.no_progress), cm, ctx[0],
+    skipped = eval_images(net, bar(items, not args.no_progress, total=total, desc='evaluate'), cm, ctx[0],
                           full=args.full, crop=tuple(args.crop))  # one image in memory at a time
     if skipped == total:
         raise D2lsegError(f"--crop {h}x{w}: every one of the {total} validation images is smaller, nothing was "

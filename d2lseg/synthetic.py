@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import D2lsegError
+from .progress import bar
 from .runfolder import writable_folder
 from .voc import IGNORE_INDEX, VOC_SUBDIR, voc_palette
 
@@ -134,7 +135,6 @@ def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZ
     returned as it is; any other tree with a split list (real VOC, an earlier or half-written set) is
     refused, one line, unless ``overwrite``; a root that cannot be written is one line too.
     """
-    from tqdm import tqdm
     voc_dir = os.path.join(root, VOC_SUBDIR)
     seg = os.path.join(voc_dir, 'ImageSets', 'Segmentation')
     made_with = {'n_train': n_train, 'n_val': n_val, 'sizes': [list(s) for s in sizes], 'seed': seed}
@@ -150,7 +150,7 @@ def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZ
     names = {'train': [], 'val': []}
     splits = ['train'] * n_train + ['val'] * n_val
     try:
-        for i, split in enumerate(tqdm(splits, desc='synthetic VOC', disable=not progress)):
+        for i, split in enumerate(bar(splits, progress, desc='synthetic VOC')):
             h, w = sizes[int(rng.integers(len(sizes)))]
             img, label = make_scene(rng, h, w)
             name = f'synth_{i:06d}'

@@ -20,6 +20,7 @@ from mxnet import autograd, gluon
 from . import checkpoint, kernels
 from .environment import environment
 from .errors import D2lsegError, first_line
+from .progress import bar
 from .inference import predict_batch
 from .kernels import argmax_channel
 from .metrics import ConfusionMatrix
@@ -386,9 +387,8 @@ def prepare(recipe, ctx=None, kv=None, data=True):
 
 def evaluate(net, data_iter, ctx, num_classes=21, progress=False, desc='val'):
     """Confusion matrix of ``net`` over ``data_iter`` (batches split over ``ctx``)."""
-    from tqdm import tqdm
     cm = ConfusionMatrix(num_classes)
-    for batch in tqdm(data_iter, desc=desc, leave=False, disable=not progress):
+    for batch in bar(data_iter, progress, desc=desc, leave=False):
         Xs, ys, _ = _get_batch(batch, ctx)
         for X, y in zip(Xs, ys):
             cm.update(predict_batch(net, X), y)
@@ -465,7 +465,6 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
     plots). resume: a folder holding ``checkpoint.json``; training continues after its epoch with
     the same data order, so the final parameters equal an uninterrupted run's (CPU, same seed).
     """
-    from tqdm import tqdm
     meta = checkpoint.load_meta(resume) if resume else None
     if run is None:
         recipe = resume_recipe(resume, recipe) if resume else recipe
@@ -486,9 +485,9 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
     for epoch in range(start_epoch, recipe.epochs):
         run.train_data.set_epoch(epoch)
         l_sum, right, count, n_img, tic = 0.0, 0.0, 0.0, 0, time.time()
-        bar = tqdm(run.train_iter, desc=f'epoch {epoch + 1}/{recipe.epochs}', unit='batch', leave=False,
-                   disable=not progress)
-        for i, batch in enumerate(bar):
+        epoch_bar = bar(run.train_iter, progress, desc=f'epoch {epoch + 1}/{recipe.epochs}', unit='batch',
+                        leave=False)
+        for i, batch in enumerate(epoch_bar):
             if recipe.lr_schedule == 'poly' or recipe.warmup_epochs:
                 trainer.set_learning_rate(learning_rate(recipe, epoch * steps_per_epoch + i, total_steps,
                                                         steps_per_epoch))
@@ -501,7 +500,7 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
             n_img += batch_size
             right += r
             count += c
-            bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
+            epoch_bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
         train_time = time.time() - tic
         bad = _first_nonfinite(net)  # the last step's update is not seen by any loss: keep it out of checkpoints
         if bad:

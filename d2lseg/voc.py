@@ -19,6 +19,7 @@ import numpy as np
 from mxnet import gluon, image, nd
 
 from .errors import D2lsegError, first_line
+from .progress import bar
 from .runfolder import writable_folder
 
 log = logging.getLogger(__name__)
@@ -455,16 +456,15 @@ def safe_extract(tar_path, dest, source=None):
 
 
 def _download(url, dest_file, timeout=30):
-    from tqdm import tqdm
     with urllib.request.urlopen(url, timeout=timeout) as r:
         total = int(r.headers.get('Content-Length') or 0)
-        with open(dest_file, 'wb') as f, tqdm(total=total or None, unit='B', unit_scale=True,
-                                               desc=os.path.basename(url.split('#')[0])) as bar:
+        with open(dest_file, 'wb') as f, bar(total=total or None, unit='B', unit_scale=True,
+                                             desc=os.path.basename(url.split('#')[0])) as download_bar:
             got = 0
             for block in iter(lambda: r.read(1 << 20), b''):
                 f.write(block)
                 got += len(block)
-                bar.update(len(block))
+                download_bar.update(len(block))
     if total and got != total:
         raise D2lsegError(f"{url}: download cut short ({got} of {total} bytes)")
 

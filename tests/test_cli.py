@@ -245,3 +245,15 @@ def test_every_flag_has_help_and_there_is_a_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['--version'])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f'd2lseg {__version__}'
+
+
+def test_progress_bars_stay_out_of_pipes_and_logs(data_root, tmp_path):
+    """Piped (CI, `> log`), train writes its per-epoch lines and no tqdm refreshes."""
+    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'd2lseg')]
+                       + tiny_flags(data_root, str(tmp_path / 'run'))[:-3] + ['--out', str(tmp_path / 'run')],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert '--no-progress' not in p.args and 'epoch 2,' in p.stdout
+    assert '\r' not in p.stderr and 'batch/s' not in p.stderr and 'it/s' not in p.stderr
+    from d2lseg.progress import watched
+    assert not watched(io.StringIO())
