@@ -16,7 +16,7 @@ def watched(stream=None):
             return True
     except (AttributeError, ValueError):  # closed or replaced streams
         return False
-    return 'ipykernel' in sys.modules
+    return type(stream).__module__.startswith('ipykernel')  # a notebook's OutStream (not merely imported)
 
 
 def bar(iterable=None, progress=True, **kwargs):
