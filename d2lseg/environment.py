@@ -33,17 +33,8 @@ _AMX_PERMISSION = (f"import ctypes; ctypes.CDLL(None).syscall({startup._SYS_ARCH
 @functools.lru_cache(maxsize=None)
 def cpu_info():
     """(model name, the ISA_FLAGS this CPU has), from /proc/cpuinfo where there is one (read once)."""
-    fields = {}
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                fields.setdefault(key.strip(), value.strip())
-                if 'model name' in fields and 'flags' in fields:
-                    break
-    except OSError:
-        pass
-    flags = set(fields.get('flags', '').split())
+    fields = startup.cpuinfo()
+    flags = startup.cpu_flags()
     return (fields.get('model name') or platform.processor() or platform.machine(),
             tuple(f for f in ISA_FLAGS if f in flags))
 

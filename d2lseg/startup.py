@@ -17,6 +17,7 @@ user or inherited), the permission is asked for. INT8 and bfloat16 convolutions 
 float32 results are unchanged bit for bit (tests/test_amx.py). ``amx()`` says what happened and why.
 """
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -43,16 +44,25 @@ def default_threads():
         return os.cpu_count() or 1
 
 
-def cpu_flags():
-    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+@functools.lru_cache(maxsize=None)
+def cpuinfo():
+    """The first CPU's fields in /proc/cpuinfo (up to its flags), read once; empty where there is none."""
+    fields = {}
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('flags'):
-                    return set(line.partition(':')[2].split())
+                key, _, value = line.partition(':')
+                fields.setdefault(key.strip(), value.strip())
+                if key.strip() == 'flags':
+                    break
     except OSError:
         pass
-    return set()
+    return fields
+
+
+def cpu_flags():
+    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    return set(cpuinfo().get('flags', '').split())
 
 
 def request_amx_permission():
