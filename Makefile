@@ -9,14 +9,18 @@ STAMP := $(VENV)/.installed-$(MXNET_EXTRA)
 # The demo's recipe: d2lseg.reference.PRESETS['demo'] (tests/test_regression.py keeps the two equal).
 DEMO_RECIPE := --no-pretrained --ctx cpu --crop 128x192 --batch-size 8 --epochs 9 --lr 0.05 --warmup-epochs 1 --momentum 0.9 --lr-schedule poly
 
-.PHONY: demo test venv kernels clean
+.PHONY: demo test venv kernels flags clean
 
 venv: $(STAMP)
 
-# Compile the native CPU kernels once per machine (d2lseg/kernels.py); without a compiler the
+# Compile the native CPU kernels once per machine (d2lseg/native/); without a compiler the
 # package warns and keeps MXNet's operators.
 kernels: $(STAMP)
-	$(BIN)/python -c "from d2lseg import kernels; print('native kernels:', kernels.load() and kernels.library_path())"
+	$(BIN)/python -c "from d2lseg import native; print('native kernels:', native.load() and native.library_path())"
+
+# Regenerate the flag table of docs/chapter.md from the Recipe fields (tests/test_config.py checks it).
+flags: $(STAMP)
+	$(BIN)/python -c "from d2lseg import config; config.write_flag_table('docs/chapter.md')"
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,5 +1,9 @@
 """d2lseg: Fully Convolutional Networks (D2L 10.10) in MXNet Gluon."""
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r"__version__ = '([^']+)'", open('d2lseg/version.py').read()).group(1)
 
 STACK = [  # what really imports together with MXNet 1.9.1 on Python 3.8-3.11
     'numpy==1.23.5',
@@ -15,12 +19,12 @@ STACK = [  # what really imports together with MXNet 1.9.1 on Python 3.8-3.11
 
 setup(
     name='d2lseg',
-    version='0.2.0',
+    version=VERSION,
     description='FCN semantic segmentation in Apache MXNet Gluon: the Dive into Deep Learning chapter, grown into a package',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['d2lseg', 'd2lseg.*']),
-    package_data={'d2lseg': ['baselines/*.json', 'csrc/*.cc']},
+    package_data={'d2lseg': ['baselines/*.json'], 'd2lseg.native': ['csrc/*.cc']},
     python_requires='>=3.8,<3.12',
     install_requires=STACK,
     extras_require={

@@ -15,7 +15,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from d2lseg import training  # noqa: E402
+from d2lseg import engine  # noqa: E402
+from d2lseg.callbacks import load_history  # noqa: E402
+from d2lseg.config import Recipe  # noqa: E402
 from d2lseg.environment import environment  # noqa: E402
 from d2lseg.model import load_params  # noqa: E402
 from d2lseg.errors import D2lsegError  # noqa: E402
@@ -28,10 +30,10 @@ def main(argv=None):
     p.add_argument('--calib-mode', default='naive', choices=('naive', 'entropy'))
     p.add_argument('--calib-images', type=int, default=8)
     args = p.parse_args(argv)
-    history = training.load_history(os.path.join(args.run_dir, 'history.json'))
-    recipe = training.Recipe.from_dict(history['recipe'])
+    history = load_history(os.path.join(args.run_dir, 'history.json'))
+    recipe = Recipe.from_dict(history['recipe'])
     recipe.ctx, recipe.pretrained, recipe.backbone_params = 'cpu', False, None
-    run = training.prepare(recipe)
+    run = engine.prepare(recipe)
     load_params(run.net, os.path.join(args.run_dir, 'model.params'), run.ctx)
     from mxnet import nd
     calib = nd.stack(*[run.train_data[i][0] for i in range(args.calib_images)])
@@ -45,7 +47,7 @@ def main(argv=None):
             res[f'miou_{name}'] = res[f'pixel_acc_{name}'] = None
             res[f'{name}_unavailable'] = str(e)
             continue
-        m = training.evaluate(net, run.val_iter, run.ctx, recipe.num_classes).compute()
+        m = engine.evaluate(run.val_iter, net, run.ctx, recipe.num_classes).compute()
         res[f'miou_{name}'], res[f'pixel_acc_{name}'] = m['miou'], m['pixel_acc']
     res['delta_points'] = 100 * (res['miou_int8'] - res['miou_fp32'])
     res['delta_bf16_points'] = None if res['miou_bf16'] is None else 100 * (res['miou_bf16'] - res['miou_fp32'])

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import d2lseg  # noqa: E402,F401  (before MXNet: the thread count)
 from d2lseg.environment import environment  # noqa: E402
 from d2lseg.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
-from d2lseg.synthetic import has_voc, make_synthetic_voc  # noqa: E402
+from d2lseg.synthetic import make_synthetic_voc  # noqa: E402
+from d2lseg.voc import has_voc
 
 ISAS = ('default', 'AVX512_CORE', 'AVX2')
 
@@ -110,7 +111,7 @@ def report(result):
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def _parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--preset', choices=sorted(PRESETS), default='regression', help='recipe and data (default %(default)s)')
     p.add_argument('--seeds', default='0,1,2', help='training seeds; the first runs on every variant (default %(default)s)')
@@ -128,7 +129,31 @@ def main(argv=None):
     p.add_argument('--set', action='append', default=[], metavar='FLAG=VALUE',
                    help='change one train flag of the preset, e.g. --set lr=0.05 (to try a recipe)')
     p.add_argument('--report', metavar='JSON', help='print Markdown tables of a stored spread JSON and exit')
-    args = p.parse_args(argv)
+    return p
+
+
+def _run_all(preset, todo, workdir, jobs):
+    """Every (seed, variant) run of ``todo`` -> records, sorted by seed and variant."""
+    data_dir = os.path.join(workdir, 'data')
+    synth(preset, data_dir)
+    runs = []
+
+    def job(item):
+        record = run_one(preset, data_dir, *item, workdir)
+        runs.append(record)
+        last = record['epochs'][-1]
+        print(f"[{len(runs)}/{len(todo)}] seed {item[0]} {item[1]}: "
+              + ', '.join(f'{k} {last[k]:.4f}' for k in FIGURES) + f" ({record['seconds']} s)",
+              file=sys.stderr, flush=True)
+        return record
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(job, todo))
+    return sorted(runs, key=lambda r: (r['seed'], json.dumps(r['variant'], sort_keys=True)))
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     if args.report:
         with open(args.report) as f:
             print(report(json.load(f)))
@@ -138,25 +163,10 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(',')]
     todo = grid(seeds, args.isas.split(','), [v == 'on' for v in args.native.split(',')],
                 [int(t) for t in args.threads.split(',')])
+    tic = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or tmp
-        os.makedirs(workdir, exist_ok=True)
-        data_dir = os.path.join(workdir, 'data')
-        synth(preset, data_dir)
-        tic, runs = time.time(), []
-
-        def job(item):
-            record = run_one(preset, data_dir, *item, workdir)
-            runs.append(record)
-            last = record['epochs'][-1]
-            print(f"[{len(runs)}/{len(todo)}] seed {item[0]} {item[1]}: "
-                  + ', '.join(f'{k} {last[k]:.4f}' for k in FIGURES) + f" ({record['seconds']} s)",
-                  file=sys.stderr, flush=True)
-            return record
-
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(job, todo))
-    runs.sort(key=lambda r: (r['seed'], json.dumps(r['variant'], sort_keys=True)))
+        os.makedirs(args.workdir or tmp, exist_ok=True)
+        runs = _run_all(preset, todo, args.workdir or tmp, args.jobs)
     recipe = {k: v for k, v in runs[0]['recipe'].items() if k in RECIPE_KEYS}
     bands = band_of(runs)
     judged_epochs = [row['epoch'] for row in bands[-args.judge_last:]]

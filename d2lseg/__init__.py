@@ -11,16 +11,17 @@ startup.configure()
 
 from .errors import D2lsegError  # noqa: E402
 from .ops import bilinear_kernel, corr2d, kernel2matrix, trans_conv  # noqa: E402
-from .voc import (VOC_CLASSES, VOC_COLORMAP, VOCSegDataset, build_colormap2label,  # noqa: E402
-                  download_voc_pascal, load_data_voc, read_voc_images, voc_label_indices,
-                  voc_rand_crop)
+from .palette import VOC_CLASSES, VOC_COLORMAP, build_colormap2label, voc_label_indices  # noqa: E402
+from .voc import VOCSegDataset, load_data_voc, read_voc_images, voc_rand_crop  # noqa: E402
+from .download import download_voc_pascal  # noqa: E402
 from .synthetic import make_synthetic_voc  # noqa: E402
 from .model import build_fcn  # noqa: E402
 from .metrics import ConfusionMatrix  # noqa: E402
-from .training import Recipe, evaluate_accuracy, fit, train, try_all_gpus  # noqa: E402
+from .chapter import evaluate_accuracy, train, try_all_gpus  # noqa: E402
+from .config import Recipe  # noqa: E402
+from .engine import fit  # noqa: E402
 from .inference import label2image, predict, predict_full  # noqa: E402
-
-__version__ = '0.2.0'
+from .version import __version__  # noqa: E402
 
 startup.settle()  # MXNet is loaded: let oneDNN read the AMX cap now (see startup)
 

@@ -14,6 +14,7 @@ from mxnet import nd
 from mxnet.base import MXNetError
 
 from .errors import D2lsegError, first_line
+from .model import load_params
 
 POINTER = 'checkpoint.json'
 OPTIMIZER_SUFFIX = '.optimizer'  # ckpt-epochNNNN.optimizer: an NDArray file written by save_optimizer
@@ -111,7 +112,6 @@ def _pointer_problem(meta):
 
 def restore(out_dir, meta, net, trainer, ctx):
     """Load the parameters and trainer states that ``meta`` names."""
-    from .model import load_params
     load_params(net, os.path.join(out_dir, meta['params']), ctx)
     load_optimizer(trainer, os.path.join(out_dir, meta['states']))
 

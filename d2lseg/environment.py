@@ -15,8 +15,10 @@ import sys
 
 import mxnet as mx
 import numpy as np
+import PIL
 
-from . import startup
+from . import native, startup
+from .version import __version__
 
 # The CPU flags that decide oneDNN's and the kernels' code paths.
 ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_int8',
@@ -80,13 +82,12 @@ def onednn_isa():
 def native_kernels(ctx=None):
     """{'used': bool, 'isa': what the kernels were compiled for, or 'reason': why they are not used}
     for layers on ``ctx`` (a Context or list; None: CPU)."""
-    from . import kernels
-    if not kernels.load():
+    if not native.load():
         disabled = os.environ.get('D2LSEG_NATIVE', '1') == '0'
         return {'used': False, 'reason': 'D2LSEG_NATIVE=0' if disabled else 'the build or load failed (see the warning)'}
-    if ctx is not None and not kernels.usable(ctx):
+    if ctx is not None and not native.enabled(ctx):
         return {'used': False, 'reason': 'not a CPU context'}
-    return {'used': True, 'isa': kernels.compiled_isa(), 'library': os.path.basename(kernels.library_path())}
+    return {'used': True, 'isa': native.compiled_isa(), 'library': os.path.basename(native.library_path())}
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,8 +106,6 @@ def git_commit():
 
 
 def versions():
-    import PIL
-    from . import __version__
     return {'d2lseg': __version__, 'mxnet': mx.__version__, 'numpy': np.__version__,
             'python': platform.python_version(), 'pillow': PIL.__version__}
 

@@ -4,19 +4,17 @@
 multiples of 32, sum every tile's logits into the image frame with a coverage count, divide, argmax
 (the tiled evaluation of gluoncv's ``MultiEvalModel``).
 """
-import os
 import weakref
 
 import numpy as np
 import mxnet as mx
 from mxnet import gluon, nd
 
-from . import kernels
+from . import native
 from .errors import D2lsegError
-from .kernels import argmax_channel
-from .model import OUTPUT_STRIDE
-from .upsampling import native_head
-from .voc import VOC_COLORMAP, normalize_image
+from .model import OUTPUT_STRIDE, SegmentationNet
+from .images import normalize_image
+from .palette import VOC_COLORMAP
 
 
 def _ctx0(ctx):
@@ -34,23 +32,25 @@ def _to_batch(img, ctx):
 _label_graphs = weakref.WeakKeyDictionary()  # net -> its label graph (shares the net's parameters)
 
 
-def label_graph(net):
-    """A hybridised block computing ``argmax_channel(net(x))`` with the final upsampling and the argmax
-    fused (``kernels``' ``d2lseg_upsample_argmax``): the (N, C, H, W) scores are never written.
+def label_graph(net, ctx=None):
+    """A hybridised block computing ``argmax_channel(net(x))`` on ``ctx`` (default: where ``net``'s
+    upsampling lives) with the final upsampling and the argmax fused (``native.upsample_argmax``): the
+    (N, C, H, W) scores are never written.
 
-    net: any block with ``upsample`` (a ``FastUpsampling`` that ``uses_native()``) and
-    ``coarse_scores(x)``, i.e. ``build_fcn(..., fast_upsampling=True)`` on a CPU, any variant, and
-    ``quantization.quantize``'s INT8 fcn32s; otherwise None. Made once per net; later parameter
-    updates are seen (the parameters are shared), a net changed in structure is not.
+    net: a ``model.SegmentationNet`` whose final upsampling runs natively on ``ctx``, i.e.
+    ``build_fcn(..., fast_upsampling=True)`` on a CPU, any variant, and the low-precision networks
+    of ``quantization``; otherwise None. Made once per net; later parameter updates are seen (the
+    parameters are shared), a net changed in structure is not.
     """
-    up = native_head(net)
-    if up is None:
+    if not isinstance(net, SegmentationNet):  # e.g. the chapter's own HybridSequential
+        return None
+    up = net.upsample
+    if net.native_upsample(ctx if ctx is not None else up.weight.list_ctx()) is None:
         return None
     graph = _label_graphs.get(net)
     if graph is None:
         data = mx.sym.var('data', dtype='float32')
-        out = mx.sym.d2lseg_upsample_argmax(net.coarse_scores(data), up.weight.var(), up.bias.var(),
-                                             stride=up.stride)
+        out = native.upsample_argmax(net.coarse_scores(data), up)
         graph = gluon.SymbolBlock(out, data, params=net.collect_params())
         graph.hybridize(static_alloc=True, static_shape=True)
         _label_graphs[net] = graph
@@ -63,8 +63,8 @@ def predict_batch(net, X):
     On CPUs, for the nets ``label_graph`` accepts, the upsampling and the argmax run as one operator
     (the same values: tests/test_kernels.py).
     """
-    graph = label_graph(net) if kernels.usable(X.context) else None
-    return graph(X) if graph is not None else argmax_channel(net(X))
+    graph = label_graph(net, X.context)
+    return graph(X) if graph is not None else native.argmax_channel(net(X))
 
 
 def predict(net, img, ctx=None):
@@ -180,97 +180,3 @@ def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320
         else:
             cm.update(predict(net, img[:h, :w], ctx), lab[:h, :w])
     return skipped
-
-
-def read_image(path):
-    """A photo to predict as (H, W, 3) uint8, the way it is displayed (EXIF orientation applied), read as
-    strictly as training images (``voc``: truncated files and 16-bit or float modes refused); a
-    one-line D2lsegError naming the file otherwise."""
-    from PIL import Image, ImageOps
-    from .voc import IMAGE_MODES, _load_strict
-    if os.path.isdir(path):
-        raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
-    try:
-        with Image.open(path) as im:
-            _load_strict(im)  # (no end-marker check: phones append video after a photo's JPEG end)
-            if im.mode not in IMAGE_MODES + ('1',):
-                raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
-                                  "an 8-bit RGB image")
-            return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
-    except FileNotFoundError:
-        raise D2lsegError(f"{path}: no such file") from None
-    except D2lsegError:
-        raise
-    except Exception as e:
-        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
-
-
-def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None,
-                  dtype='float32'):
-    """Write ``<stem>_label.png`` and ``<stem>_overlay.png`` per image; returns the number that failed.
-
-    A file that cannot be read is reported on its own line and the rest are still processed.
-    int8: predict with ``quantization.quantize(net, ...)``, calibrated on ``calib`` ((H, W, 3) uint8
-    images) or, when None, on the first 8 readable images of ``paths`` (tile-sized top-left crops).
-    dtype: 'bfloat16' predicts with ``quantization.to_bfloat16(net)``. Nothing is written when the
-    network cannot be converted (a one-line D2lsegError).
-    """
-    from PIL import Image
-    from .quantization import calibration_batch, quantize, to_bfloat16
-    from .runfolder import writable_folder
-    from .viz import overlay
-    if int8 and dtype != 'float32':
-        raise D2lsegError(f'--int8 and --dtype {dtype} exclude each other: choose one')
-    if int8:
-        if calib is None:
-            calib = []
-            for path in paths:
-                try:
-                    calib.append(read_image(path))
-                except D2lsegError:
-                    continue
-                if len(calib) == 8:
-                    break
-        if len(calib):
-            net = quantize(net, calibration_batch(calib, tile), ctx=_ctx0(ctx))
-    elif dtype == 'bfloat16':
-        net = to_bfloat16(net, _ctx0(ctx))
-    writable_folder(out_dir, '--out')
-    failed = 0
-    for path, stem in zip(paths, output_stems(paths)):
-        try:
-            img = read_image(path)
-            if full:
-                pred = predict_full(net, img, tile, ctx)
-            else:
-                h, w = (img.shape[0] // OUTPUT_STRIDE) * OUTPUT_STRIDE, (img.shape[1] // OUTPUT_STRIDE) * OUTPUT_STRIDE
-                if not h or not w:
-                    raise D2lsegError(f"{path}: smaller than 32x32, too small for --crop (use --full)")
-                img = img[:h, :w]
-                pred = predict(net, img, ctx).asnumpy()
-        except D2lsegError as e:
-            log(f'error: {e}')
-            failed += 1
-            continue
-        try:
-            Image.fromarray(label2image(pred).asnumpy()).save(os.path.join(out_dir, f'{stem}_label.png'))
-            Image.fromarray(overlay(img, pred)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
-        except OSError as e:  # e.g. disk full: say so, go on with the next image
-            log(f'error: {path}: writing its output to {out_dir} failed ({e.strerror})')
-            failed += 1
-            continue
-        log(f'{path}: wrote {out_dir}/{stem}_label.png, {stem}_overlay.png')
-    return failed
-
-
-def output_stems(paths):
-    """Output name stems, one per input path, all distinct: the file's stem, or for inputs sharing one
-    (``a.jpg a.png``) the name with its extension (``a_jpg``, ``a_png``), numbered if still shared."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    shared = {s for s in stems if stems.count(s) > 1}
-    names = [os.path.basename(p).replace('.', '_') if s in shared else s for p, s in zip(paths, stems)]
-    seen, out = {}, []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f'{name}-{seen[name]}')
-    return out

@@ -6,7 +6,7 @@ accumulated with bincount as in torchvision's references, label 255 ignored for 
 import numpy as np
 from mxnet import nd
 
-from .voc import IGNORE_INDEX, VOC_CLASSES
+from .palette import IGNORE_INDEX, VOC_CLASSES
 
 
 def _np(x):

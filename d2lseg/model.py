@@ -2,6 +2,8 @@
 
 ``fcn32s`` is the chapter's network exactly; ``fcn16s`` and ``fcn8s`` add the skip layers of
 Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015).
+Every variant has one interface, ``SegmentationNet``: ``coarse_scores(x)`` then ``upsample``, so
+prediction, INT8 and bfloat16 treat them alike.
 """
 import os
 
@@ -10,9 +12,9 @@ from mxnet import init
 from mxnet.gluon import HybridBlock, model_zoo, nn
 
 from .errors import D2lsegError, first_line
-from .kernels import native_default
+from . import native
 from .ops import bilinear_kernel
-from .upsampling import FastHybridSequential, FastLayoutParams, FastUpsampling
+from .upsampling import FastLayoutParams, FastUpsampling
 
 VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s')
 OUTPUT_STRIDE = 32  # input sides must be multiples of this
@@ -61,7 +63,32 @@ def _bilinear_up(num_classes, factor):
     return layer, bilinear_kernel(num_classes, num_classes, 2 * factor)
 
 
-class FCNSkip(FastLayoutParams, HybridBlock):
+class SegmentationNet(native.PerContext, FastLayoutParams):
+    """Mixin: what every FCN here offers. ``coarse_scores(x)``: (N, 3, H, W) -> (N, C, H/s, W/s), the
+    input of ``upsample`` (the final upsampling layer, stride s); parameter files in the chapter's layout."""
+
+    def native_upsample(self, ctx):
+        """The final ``FastUpsampling`` when the native kernels run it on ``ctx``, else None."""
+        up = self.upsample
+        return up if isinstance(up, FastUpsampling) and up.uses_native(ctx) else None
+
+
+class SequentialFCN(SegmentationNet, nn.HybridSequential):
+    """The chapter's ``HybridSequential`` (fcn32s), its last layer the upsampling; also a low-precision
+    body followed by the float32 upsampling (``quantization``)."""
+
+    @property
+    def upsample(self):
+        return self[len(self) - 1]
+
+    def coarse_scores(self, x):
+        """The input of the final upsampling: every layer before it."""
+        for i in range(len(self) - 1):
+            x = self[i](x)
+        return x
+
+
+class FCNSkip(SegmentationNet, HybridBlock):
     """FCN-16s / FCN-8s: score layers on the stride-16 (and stride-8) stages fused by addition.
 
     x: (N, 3, H, W), H and W multiples of 32 -> (N, num_classes, H, W). Skip score layers start
@@ -72,7 +99,7 @@ class FCNSkip(FastLayoutParams, HybridBlock):
     Source: Long et al. 2015, Sec. 4.2; D2L 10.10 exercise 5.
     """
 
-    def __init__(self, features, num_classes=21, finest_stride=16, fast_upsampling=False, native=None, **kwargs):
+    def __init__(self, features, num_classes=21, finest_stride=16, fast_upsampling=False, **kwargs):
         super().__init__(**kwargs)
         if finest_stride not in (8, 16):
             raise ValueError("finest_stride must be 16 (FCN-16s) or 8 (FCN-8s)")
@@ -92,7 +119,7 @@ class FCNSkip(FastLayoutParams, HybridBlock):
             if fast_upsampling:
                 self._upsample_init = None
                 self.upsample = FastUpsampling(num_classes, finest_stride, weight_initializer=init.Constant(
-                    bilinear_kernel(num_classes, num_classes, 2 * finest_stride)), native=native)
+                    bilinear_kernel(num_classes, num_classes, 2 * finest_stride)))
             else:
                 self.upsample, self._upsample_init = _bilinear_up(num_classes, finest_stride)
 
@@ -130,9 +157,9 @@ def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=
     pretrained: see ``load_backbone``. Input (N, 3, H, W) with H, W multiples of 32 ->
     (N, num_classes, H, W). A 320x480 input gives a (1, 512, 10, 15) feature map.
     fast_upsampling: replace the final transposed convolution by ``upsampling.FastUpsampling`` (same
-    outputs and gradients, faster; on CPU contexts it runs ``kernels``' fused operator when that builds;
+    outputs and gradients, faster; on CPU contexts it runs the native fused operator when that builds;
     ``save_parameters`` still writes the chapter's names and layout). The training and prediction
-    paths (``training.prepare``, the CLI) turn it on.
+    paths (``engine.prepare``, the CLI) turn it on. -> a ``SegmentationNet``.
     Source: D2L 10.10.2-10.10.3.
     """
     if variant not in VARIANTS:
@@ -140,20 +167,19 @@ def build_fcn(num_classes=21, variant='fcn32s', pretrained=True, ctx=None, root=
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise D2lsegError(f"num_classes {num_classes!r}: must be a whole number of at least 1")
     ctx = _as_ctx_list(ctx)
-    native = native_default(ctx)  # the kernels are CPU-only
     pretrained_net = load_backbone(pretrained, ctx, root)
     if variant != 'fcn32s':
         net = FCNSkip(pretrained_net.features, num_classes, 16 if variant == 'fcn16s' else 8,
-                      fast_upsampling=fast_upsampling, native=native)
+                      fast_upsampling=fast_upsampling)
         net.initialize_head(ctx)
         return net
-    net = FastHybridSequential() if fast_upsampling else nn.HybridSequential()
+    net = SequentialFCN()
     for layer in pretrained_net.features[:-2]:
         net.add(layer)
     if fast_upsampling:
         net.add(nn.Conv2D(num_classes, kernel_size=1),
                 FastUpsampling(num_classes, 32, weight_initializer=init.Constant(
-                    bilinear_kernel(num_classes, num_classes, 64)), native=native))
+                    bilinear_kernel(num_classes, num_classes, 64))))
         net[-1].initialize(ctx=ctx)
     else:
         net.add(nn.Conv2D(num_classes, kernel_size=1),

@@ -29,8 +29,8 @@ from mxnet.gluon import nn
 
 from .environment import onednn_isa
 from .errors import D2lsegError
-from .upsampling import FastHybridSequential, native_head
-from .voc import normalize_image
+from .model import SequentialFCN
+from .images import normalize_image
 
 DTYPES = ('float32', 'bfloat16')  # what --dtype accepts
 
@@ -58,7 +58,7 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
 
     calib_mode: 'naive' (min/max of the activations) or 'entropy' (KL-divergence thresholds).
     -> a hybridised block taking and returning the same shapes as ``net``: a ``SymbolBlock``, or for
-    an fcn32s whose upsampling runs the native kernels, a ``FastHybridSequential`` of the INT8
+    an fcn32s whose upsampling runs the native kernels, a ``model.SequentialFCN`` of the INT8
     ``SymbolBlock`` and that (float32, shared) upsampling layer, which ``inference.predict_batch``
     fuses with the argmax. Needs MXNet built with oneDNN (the PyPI CPU wheels are) and CPU; ``net``
     is re-hybridised by the call.
@@ -75,16 +75,17 @@ def quantize(net, calib, calib_mode='naive', batch_size=4, ctx=None, quiet=True)
     n -= n % batch_size
     data = mx.io.NDArrayIter(data={'data': calib[:n]}, batch_size=batch_size)
     logger = logging.getLogger('d2lseg.quantization')
-    head = native_head(net) if isinstance(net, FastHybridSequential) and len(net) else None  # fcn32s
+    # fcn32s (a SequentialFCN): quantize the layers before a native upsampling, keep that after them
+    head = net.native_upsample(ctx) if isinstance(net, SequentialFCN) else None
     body = net
-    if head is not None:  # quantize what runs before the upsampling, keep the native head after it
+    if head is not None:
         body = nn.HybridSequential(prefix=net.prefix)
         body.add(*[net[i] for i in range(len(net) - 1)])
     with _quiet(quiet):
         qnet = quantize_net(body, quantized_dtype='auto', calib_data=data, calib_mode=calib_mode,
                             num_calib_examples=n, ctx=ctx, logger=None if quiet else logger)
     if head is not None:
-        qbody, qnet = qnet, FastHybridSequential(prefix=net.prefix + 'int8_')
+        qbody, qnet = qnet, SequentialFCN(prefix=net.prefix + 'int8_')
         qnet.add(qbody, head)
     qnet.hybridize(static_alloc=True, static_shape=True)
     return qnet
@@ -153,13 +154,13 @@ def to_bfloat16(net, ctx=None):
     """bfloat16 version of a float32 FCN (any variant): same input and output shapes, float32 in and out.
 
     When ``net`` ends in a native ``FastUpsampling`` (CPU), what runs before it is converted and that
-    (float32, shared) upsampling layer kept after it, in a ``FastHybridSequential``: ``inference.
+    (float32, shared) upsampling layer kept after it, in a ``model.SequentialFCN``: ``inference.
     predict_batch`` fuses it with the argmax. The result holds copies of the parameters (later
     training of ``net`` is not seen). Raises D2lsegError where bfloat16 cannot run (``check_bfloat16``).
     """
     ctx = ctx or mx.cpu()
     check_bfloat16(ctx)
-    head = native_head(net)
+    head = net.native_upsample(ctx)
     data = mx.sym.var('data', dtype='float32')
     sym = net.coarse_scores(data) if head is not None else net(data)
     body = gluon.SymbolBlock(sym, data, params=net.collect_params())
@@ -170,7 +171,7 @@ def to_bfloat16(net, ctx=None):
     if head is None:
         converted.hybridize(static_alloc=True, static_shape=True)
         return converted
-    out = FastHybridSequential(prefix=net.prefix + 'bf16_')
+    out = SequentialFCN(prefix=net.prefix + 'bf16_')
     out.add(converted, head)
     out.hybridize(static_alloc=True, static_shape=True)
     return out

@@ -4,12 +4,13 @@ Kept as data next to the recipe that produced them (as torchvision keeps its mod
 """
 from dataclasses import dataclass, field
 
+from .config import ADDED_FIELDS, RESULT_KEYS, Recipe
 from .errors import D2lsegError
 
-# The recipe every d2l figure below used (D2L 10.10.4-10.10.5): compare only histories of this recipe.
-CHAPTER_RECIPE = {'crop': [320, 480], 'batch_size': 32, 'lr': 0.1, 'wd': 1e-3, 'momentum': 0.0,
-                  'variant': 'fcn32s', 'pretrained': True, 'ignore_boundary': False, 'synthetic': False,
-                  'lr_schedule': 'constant', 'warmup_epochs': 0, 'num_classes': 21}
+# The recipe every d2l figure below used (D2L 10.10.4-10.10.5): the Recipe's defaults, over the fields
+# that change the result (epochs and max_images are compared per epoch instead). Compare only
+# histories of this recipe.
+CHAPTER_RECIPE = {k: v for k, v in Recipe().to_dict().items() if k in RESULT_KEYS and k not in ('epochs', 'max_images')}
 
 
 def _epochs(rows):
@@ -63,8 +64,7 @@ FIGURES = ('loss', 'train_acc', 'test_acc', 'val_miou')
 HIGHER_IS_BETTER = {'loss': False, 'train_acc': True, 'test_acc': True, 'val_miou': True}
 # Margin beyond a single stored run when comparing two histories (no measured spread to go by).
 SINGLE_RUN_MARGIN = {'loss': 0.15, 'train_acc': 0.05, 'test_acc': 0.05, 'val_miou': 0.06}
-RECIPE_KEYS = ('crop', 'batch_size', 'epochs', 'lr', 'wd', 'momentum', 'variant', 'pretrained',
-               'ignore_boundary', 'synthetic', 'lr_schedule', 'warmup_epochs', 'num_classes', 'max_images')
+RECIPE_KEYS = RESULT_KEYS
 
 # Recipes whose spread bench/spread.py measures: the synthetic set's `make_synthetic_voc` arguments and
 # the `d2lseg train` flags (with --synthetic, --data-dir, --seed and --out added per run).
@@ -78,10 +78,6 @@ PRESETS = {
                        '--epochs', '9', '--lr', '0.05', '--warmup-epochs', '1', '--momentum', '0.9',
                        '--lr-schedule', 'poly']},
 }
-
-
-# Recipe fields added after histories were first stored, with the value those histories ran with.
-ADDED_FIELDS = {'warmup_epochs': 0}
 
 
 class UnusableHistory(D2lsegError):

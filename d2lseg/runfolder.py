@@ -34,6 +34,15 @@ def writable_folder(path, flag):
     return created
 
 
+def writable_file(path, flag):
+    """One-line D2lsegError naming ``flag`` unless ``path`` can be written (checked before any work is done)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise D2lsegError(f"{flag} {path}: a folder; give a file name, e.g. {os.path.join(path, 'eval.json')}")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise D2lsegError(f"{flag} {path}: cannot be written (no such folder, or no permission); choose another {flag}")
+
+
 def existing_run(out):
     """The run files (and checkpoints) ``out`` holds, sorted; empty when it holds no run."""
     try:

@@ -16,7 +16,8 @@ from PIL import Image
 from .errors import D2lsegError
 from .progress import bar
 from .runfolder import writable_folder
-from .voc import IGNORE_INDEX, VOC_SUBDIR, voc_palette
+from .palette import IGNORE_INDEX, voc_palette
+from .voc import VOC_SUBDIR, has_voc, split_lists
 
 # Two sizes hold the chapter's 320x480 crop; the others are nearer the demo's 128x192 crop, so that a
 # crop shows a good part of a scene (and of its objects).
@@ -138,7 +139,7 @@ def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZ
     voc_dir = os.path.join(root, VOC_SUBDIR)
     seg = os.path.join(voc_dir, 'ImageSets', 'Segmentation')
     made_with = {'n_train': n_train, 'n_val': n_val, 'sizes': [list(s) for s in sizes], 'seed': seed}
-    if not overwrite and any(os.path.exists(os.path.join(seg, s + '.txt')) for s in ('train', 'val')):
+    if not overwrite and split_lists(root):
         if has_voc(root) and synthetic_marker(root) == made_with:
             return voc_dir
         raise D2lsegError(f"--root {root}: already holds a VOC tree ({voc_dir}), not the synthetic set these "
@@ -166,9 +167,3 @@ def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZ
         raise D2lsegError(f"--root {root}: writing the data set failed ({e.strerror}); free space or choose "
                           "another --root, then run again with --overwrite") from None
     return voc_dir
-
-
-def has_voc(root):
-    """True when ``root/VOCdevkit/VOC2012`` holds both split lists."""
-    seg = os.path.join(root, VOC_SUBDIR, 'ImageSets', 'Segmentation')
-    return all(os.path.isfile(os.path.join(seg, s + '.txt')) for s in ('train', 'val'))

@@ -9,15 +9,23 @@ rearranged, (4C_in, C, s, s), as the leaf parameter (MXNet 1.9.1's oneDNN Deconv
 crashes when its weight is computed in the graph), and ``FastLayoutParams`` converts it exactly on
 ``save_parameters`` / ``load_parameters``, so parameter files keep the chapter's names and (C_in, C,
 2s, 2s) layout and load into the chapter's network. On CPU contexts the whole layer runs as one
-compiled operator when ``kernels`` builds (``native``); a graph exported from such a layer holds
-that operator, so load it after ``d2lseg.kernels.load()`` (or build with ``native=False``).
+compiled operator when the native kernels load (``native.enabled``, decided at every call); a graph
+exported from such a layer holds that operator, so load it after ``d2lseg.native.load()`` (or
+export within ``native.override(False)``).
+
+``FastLayoutParams`` names parameters as gluon's ``save_parameters`` does (structural names, from
+``_collect_params_with_prefix``: gluon 1.9 has no public API for them) and loads a converted file
+through a temporary copy, so gluon's own checks of names, shapes and contexts apply unchanged.
 """
 import os
 import tempfile
 
 import numpy as np
+import mxnet as mx
 from mxnet import init, nd
-from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon import HybridBlock
+
+from . import native
 
 
 # MXNet 1.9.1's oneDNN Deconvolution backward dies with SIGFPE for kernel == stride 2 or 4 and some
@@ -49,23 +57,21 @@ def to_chapter_layout(weight, stride):
     return w.reshape((g // 4, cout, 2 * s, 2 * s))
 
 
-class FastUpsampling(HybridBlock):
+class FastUpsampling(native.PerContext, HybridBlock):
     """Drop-in for ``nn.Conv2DTranspose(channels, 2*stride, padding=stride//2, strides=stride)``.
 
     x: (N, C_in, h, w) -> (N, channels, stride*h, stride*w), the same values as the chapter's layer
     holding ``chapter_weight()``. Parameters ``weight`` (4*C_in, channels, s, s) and ``bias``
     (channels,). weight_initializer: an initializer of the *chapter-layout* kernel, e.g.
-    ``init.Constant(bilinear_kernel(C, C, 2*s))``. native: run ``kernels``' fused CPU operator
-    (None: whenever it builds; False: MXNet's operators, needed on GPUs). Source: D2L 10.10.3,
-    rearranged.
+    ``init.Constant(bilinear_kernel(C, C, 2*s))``. On CPUs (``native.enabled``) it runs the
+    native kernels' fused operator (strides 8, 16, 24, 32). Source: D2L 10.10.3, rearranged.
     """
 
-    def __init__(self, channels, stride, in_channels=None, weight_initializer=None, native=None, **kwargs):
+    def __init__(self, channels, stride, in_channels=None, weight_initializer=None, **kwargs):
         super().__init__(**kwargs)
         if stride < MIN_STRIDE or stride % 2:
             raise ValueError(f'stride must be even and at least {MIN_STRIDE}, got {stride}')
         self.channels, self.stride = channels, stride
-        self.native = native
         self.in_channels = in_channels or channels
         with self.name_scope():
             self.weight = self.params.get('weight', shape=(4 * self.in_channels, channels, stride, stride),
@@ -73,14 +79,14 @@ class FastUpsampling(HybridBlock):
                                           else None)
             self.bias = self.params.get('bias', shape=(channels,), init='zeros')
 
-    def uses_native(self):
-        """Whether the forward runs ``kernels``' fused operator (CPU; stride 8, 16, 24 or 32)."""
-        from . import kernels
-        return self.stride % 8 == 0 and self.stride <= 32 and kernels.wanted(self.native)
+    def uses_native(self, ctx=None):
+        """Whether a call on ``ctx`` (default: where the weight lives) runs the native fused operator."""
+        ctx = ctx if ctx is not None else self.weight.list_ctx()
+        return self.stride in native.UPSAMPLE_STRIDES and native.enabled(ctx)
 
     def hybrid_forward(self, F, x, weight, bias):
-        if self.uses_native():
-            return F.d2lseg_upsample(x, weight, bias, stride=self.stride)
+        if self.stride in native.UPSAMPLE_STRIDES and self.native_now(x, [self.weight]):
+            return native.upsample(F, x, weight, bias, self.stride)
         xp = F.pad(x, mode='constant', pad_width=(0, 0, 0, 0, 1, 1, 1, 1))
         parts = []
         for dy in (0, 1):
@@ -153,7 +159,7 @@ class FastLayoutParams:
             params = {v: k for k, v in {v: k for k, v in params.items()}.items()}
         arrays = {}
         for name, p in params.items():
-            copies = [d.copyto(_cpu()) for d in p.list_data()]
+            copies = [d.copyto(mx.cpu()) for d in p.list_data()]
             data = copies[0] if len(copies) == 1 else nd.add_n(*copies) / len(copies)
             if id(p) in fast:
                 data = to_chapter_layout(data, fast[id(p)].stride)
@@ -179,33 +185,3 @@ class FastLayoutParams:
             nd.save(path, loaded)
             return super().load_parameters(path, ctx=ctx, allow_missing=allow_missing,
                                            ignore_extra=ignore_extra, **kwargs)
-
-
-def _cpu():
-    import mxnet as mx
-    return mx.cpu()
-
-
-class FastHybridSequential(FastLayoutParams, nn.HybridSequential):
-    """The chapter's ``HybridSequential`` whose parameter files stay in the chapter's layout.
-
-    ``upsample`` is its last layer and ``coarse_scores(x)`` runs every layer before it, as
-    ``model.FCNSkip`` has them: ``inference.predict_batch`` fuses that upsampling with the argmax.
-    """
-
-    @property
-    def upsample(self):
-        return self[len(self) - 1]
-
-    def coarse_scores(self, x):
-        """The input of the final upsampling: (N, 3, H, W) -> (N, C, H/32, W/32)."""
-        for i in range(len(self) - 1):
-            x = self[i](x)
-        return x
-
-
-def native_head(net):
-    """``net``'s final ``FastUpsampling`` when it runs the native kernels and ``net`` has
-    ``coarse_scores`` (``FastHybridSequential``, ``model.FCNSkip``), else None."""
-    up = getattr(net, 'upsample', None)
-    return up if hasattr(net, 'coarse_scores') and isinstance(up, FastUpsampling) and up.uses_native() else None

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
 from mxnet import nd
 
-from .voc import VOC_CLASSES, VOC_COLORMAP
+from .palette import VOC_CLASSES, VOC_COLORMAP
 
 
 def _np_img(img):

@@ -1,12 +1,16 @@
 """Shared fixtures: a tiny synthetic VOC-format data set, made once per test session."""
 import os
+import uuid
 
 import d2lseg  # noqa: F401  (first: it sets OMP_NUM_THREADS, which MXNet reads once, when it loads)
+from d2lseg import native
 import mxnet as mx
 import pytest
 
+from d2lseg.palette import build_colormap2label
 from d2lseg.synthetic import make_synthetic_voc
 from d2lseg.voc import VOC_SUBDIR
+from processes import _kill_tagged
 
 TINY_SIZES = ((160, 224), (128, 192), (96, 128), (320, 480))
 
@@ -24,6 +28,18 @@ def voc_dir(data_root):
     return os.path.join(data_root, VOC_SUBDIR)
 
 
+@pytest.fixture(scope='session')
+def c2l():
+    """The chapter's colour lookup (void colour -> background)."""
+    return build_colormap2label()
+
+
+@pytest.fixture(scope='session')
+def c2l_void():
+    """The lookup with the void colour -> 255."""
+    return build_colormap2label(ignore_boundary=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip, visibly and with the reason, what this machine cannot run."""
     no_gpu = pytest.mark.skip(reason='needs a GPU visible to MXNet; none here')
@@ -36,3 +52,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_gpu)
         if 'voc' in item.keywords and not have_voc:
             item.add_marker(no_voc)
+
+
+@pytest.fixture(autouse=True)
+def _native_parameter(request):
+    """A test parametrised on ``native`` runs with the native kernels on (True: when they build) or off
+    (``d2lseg.native.override``) for its whole body."""
+    callspec = getattr(request.node, 'callspec', None)
+    if callspec is None or 'native' not in callspec.params:
+        yield
+        return
+    with native.override(callspec.params['native']):
+        yield
+
+
+@pytest.fixture
+def tag(monkeypatch):
+    """A unique environment tag inherited by every process a test starts; all killed at the end."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv('D2LSEG_TEST_TAG', value)
+    try:
+        yield value
+    finally:
+        _kill_tagged(value)

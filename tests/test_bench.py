@@ -1,5 +1,5 @@
-"""bench/run.py's bookkeeping of the paired timing (no timing here): alternation order and figures, and
-what its measuring processes run with."""
+"""bench/run.py's bookkeeping of the paired timing (no timing here; bench/protocol.py): alternation order and
+figures, what its measuring processes run with, and that every part it can run exists."""
 import importlib.util
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 from d2lseg import startup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('bench_run', os.path.join(ROOT, 'bench', 'run.py'))
+spec = importlib.util.spec_from_file_location('bench_protocol', os.path.join(ROOT, 'bench', 'protocol.py'))
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
@@ -30,7 +30,7 @@ def test_alternation_reverses_the_order_every_other_repetition(monkeypatch):
     monkeypatch.setattr(bench.time, 'sleep', lambda s: None)
     log = []
     a, b = FakeServer('serve-mxnet', log), FakeServer('serve-torch', log)
-    times = bench._alternate([(a, 'train'), (b, 'train'), (a, 'infer')], reps=3)
+    times = bench.alternate([(a, 'train'), (b, 'train'), (a, 'infer')], reps=3)
     assert log == [('serve-mxnet', 'train'), ('serve-torch', 'train'), ('serve-mxnet', 'infer'),
                    ('serve-mxnet', 'infer'), ('serve-torch', 'train'), ('serve-mxnet', 'train'),
                    ('serve-mxnet', 'train'), ('serve-torch', 'train'), ('serve-mxnet', 'infer')]
@@ -80,3 +80,14 @@ def test_the_measuring_processes_load_d2lseg_before_mxnet():
     res = json.loads(out.strip().splitlines()[-1])
     assert res['mxnet_threads'] == 1
     assert res['amx'] == startup.amx() and res['amx']['reason'] != 'MXNet was imported before d2lseg'
+
+
+def test_every_part_names_a_function_of_its_module():
+    # run.py imports a part's module only in the process that runs it: check the table here, in a
+    # fresh interpreter with bench/ first on the path as when run.py runs as a script
+    code = ('import importlib, sys; sys.path.insert(0, sys.argv[1]); import run; '
+            'print(sorted(part for part, (module, name) in run.PARTS.items()'
+            '             if not callable(getattr(importlib.import_module(module), name))))')
+    out = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'bench')], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert out.strip().splitlines()[-1] == '[]'

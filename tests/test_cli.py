@@ -14,7 +14,7 @@ from PIL import Image
 from d2lseg import checkpoint
 from d2lseg.cli import main
 from d2lseg.model import build_fcn
-from d2lseg.voc import VOC_CLASSES
+from d2lseg.palette import VOC_CLASSES
 
 EPOCH_FIGURES = {'epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'val_mean_acc', 'val_fwiou', 'val_iou',
                  'lr', 'train_time', 'time', 'img_s'}

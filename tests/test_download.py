@@ -13,7 +13,8 @@ import pytest
 
 from d2lseg.errors import D2lsegError
 from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.voc import VOC_SUBDIR, VOCSegDataset, download_voc_pascal
+from d2lseg.download import download_voc_pascal
+from d2lseg.voc import VOCSegDataset, VOC_SUBDIR
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 TIMEOUT = 5  # seconds per request: every fault here must surface well within it
@@ -139,6 +140,9 @@ def test_existing_tree_returns_at_once(tmp_path, server, closed_port_url):
     data_dir = str(tmp_path)
     seg = os.path.join(data_dir, VOC_SUBDIR, 'ImageSets', 'Segmentation')
     os.makedirs(seg)
+    for split in ('train', 'val'):  # a tree is complete with both split lists (voc.has_voc)
+        with open(os.path.join(seg, split + '.txt'), 'w') as f:
+            f.write('2007_000032\n')
     before = len(server.hits)
     assert download_voc_pascal(data_dir, urls=[closed_port_url, server.base + '/good.tar']) == \
         os.path.join(data_dir, VOC_SUBDIR)

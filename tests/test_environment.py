@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from d2lseg import environment, kernels
+from d2lseg import environment, native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREADS = os.path.join(ROOT, 'tests', 'helpers', 'threads.py')
+ISA = os.path.join(ROOT, 'tests', 'helpers', 'environment_isa.py')
 
 
 def threads_in_child(order, **env):
@@ -44,19 +45,17 @@ def test_environment_names_cpu_isa_threads_kernels_and_versions():
     assert env['versions']['mxnet'] == '1.9.1' and env['versions']['d2lseg']
     assert 'AVX' in env['onednn_isa'] or 'SSE' in env['onednn_isa'], env['onednn_isa']
     assert env['git_commit'] is None or len(env['git_commit'].split('-')[0]) == 40
-    native = env['native_kernels']
-    assert native['used'] == kernels.load()
-    if native['used']:
-        assert native['isa'].split()[:2] == ['fma', 'avx2'] and native['library'].endswith('.so')
+    kernels = env['native_kernels']
+    assert kernels['used'] == native.load()
+    if kernels['used']:
+        assert kernels['isa'].split()[:2] == ['fma', 'avx2'] and kernels['library'].endswith('.so')
     json.dumps(env)  # JSON-ready
     assert environment.summary(env).startswith(model)
 
 
 def test_the_isa_record_follows_the_cap_and_the_kernels_switch():
     child = {**os.environ, 'DNNL_MAX_CPU_ISA': 'AVX2', 'D2LSEG_NATIVE': '0'}
-    code = ('import json, d2lseg; from d2lseg.environment import environment; e = environment(); '
-            'print(json.dumps([e["onednn_isa"], e["native_kernels"], e["dnnl_max_cpu_isa"]]))')
-    isa, native, cap = json.loads(subprocess.run([sys.executable, '-c', code], env=child, capture_output=True,
+    isa, native, cap = json.loads(subprocess.run([sys.executable, ISA], env=child, capture_output=True,
                                                  text=True, check=True).stdout)
     assert isa == 'Intel AVX2' and cap == 'AVX2'
     assert native == {'used': False, 'reason': 'D2LSEG_NATIVE=0'}

@@ -10,10 +10,11 @@ from PIL import Image
 
 from d2lseg.cli import main
 from d2lseg.errors import D2lsegError
-from d2lseg.inference import label2image, predict, read_image
+from d2lseg.images import read_image
+from d2lseg.inference import label2image, predict
 from d2lseg.metrics import ConfusionMatrix
 from d2lseg.model import build_fcn
-from d2lseg.training import Recipe, parse_ctx
+from d2lseg.config import Recipe, parse_ctx
 
 pytestmark = pytest.mark.fault
 
@@ -147,7 +148,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, error):
 
 def test_a_port_in_time_wait_is_free_to_the_scheduler():
     import socket
-    from d2lseg.distributed import _check_port
+    from d2lseg.launcher import _check_port
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the last job's scheduler (ZeroMQ) had it
     srv.bind(('127.0.0.1', 0))

@@ -4,18 +4,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
 
 from d2lseg import runfolder
 from d2lseg.cli import main
-from d2lseg.inference import output_stems
+from d2lseg.app import output_stems
 
 pytestmark = pytest.mark.fault
 
 EXE = os.path.join(os.path.dirname(sys.executable), 'd2lseg')
+HOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'helpers', 'runfolder_holder.py')
 
 
 def tiny(data_root, out, *extra, epochs=1):
@@ -39,10 +39,7 @@ def done(data_root, tmp_path_factory):
 
 def test_a_second_writer_gets_one_line_naming_the_holder(data_root, tmp_path):
     out = str(tmp_path / 'busy')
-    holder = subprocess.Popen([sys.executable, '-c', (
-        'import sys, time; from d2lseg.runfolder import RunFolder\n'
-        'with RunFolder(sys.argv[1]):\n    print("held", flush=True); time.sleep(60)'), out],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, HOLDER, out], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'
         p = subprocess.run([EXE] + tiny(data_root, out), capture_output=True, text=True, timeout=120)

@@ -17,7 +17,8 @@ from d2lseg import checkpoint
 from d2lseg.cli import main
 from d2lseg.errors import D2lsegError
 from d2lseg.model import build_fcn, load_params
-from d2lseg.training import Recipe, prepare
+from d2lseg.config import Recipe
+from d2lseg.engine import prepare
 
 pytestmark = pytest.mark.fault
 

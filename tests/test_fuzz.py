@@ -17,7 +17,8 @@ from PIL import Image
 
 from d2lseg.errors import D2lsegError
 from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.voc import VOCSegDataset, iter_split, read_voc_images, voc_palette
+from d2lseg.palette import voc_palette
+from d2lseg.voc import VOCSegDataset, iter_split, read_voc_images
 
 pytestmark = pytest.mark.fault
 FUZZ = settings(max_examples=25, deadline=None, database=None, print_blob=True,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from mxnet import nd
 
-from d2lseg import kernels
-from d2lseg.inference import (label2image, label_graph, predict, predict_batch, predict_full,
-                              predict_logits_full, tile_starts)
+from d2lseg import native
+from d2lseg.inference import label2image, label_graph, predict, predict_batch, predict_full, predict_logits_full, tile_starts
 from d2lseg.model import build_fcn
-from d2lseg.voc import VOC_COLORMAP, normalize_image
+from d2lseg.images import normalize_image
+from d2lseg.palette import VOC_COLORMAP
 
 
 @pytest.fixture(scope='module')
@@ -52,7 +52,7 @@ def test_predict_is_normalise_forward_argmax(net):
 
 @pytest.mark.parametrize('variant', ['fcn32s', 'fcn16s', 'fcn8s'])
 def test_predict_batch_fuses_the_upsampling_and_argmax_with_the_same_labels(variant):
-    if not kernels.load():
+    if not native.load():
         pytest.skip('the native kernels did not build here: predict_batch is argmax_channel(net(X))')
     mx.random.seed(4)
     fast = build_fcn(variant=variant, pretrained=False, fast_upsampling=True)
@@ -75,8 +75,8 @@ def test_predict_batch_without_a_native_upsampling_is_argmax_of_the_scores(net):
     assert label_graph(net) is None   # the chapter's HybridSequential (Conv2DTranspose)
     mx.random.seed(5)
     off = build_fcn(pretrained=False, fast_upsampling=True)
-    off.upsample.native = False
-    assert label_graph(off) is None
+    with native.override(False):
+        assert label_graph(off) is None
     X = nd.random.normal(shape=(1, 3, 64, 96))
     np.testing.assert_array_equal(predict_batch(net, X).asnumpy(), net(X).argmax(axis=1).asnumpy())
 

@@ -1,8 +1,8 @@
-"""The native kernels (d2lseg/csrc/kernels.cc) compute what MXNet's operators compute, and the package
+"""The native kernels (d2lseg/native/csrc/kernels.cc) compute what MXNet's operators compute, and the package
 falls back to MXNet's operators when they cannot be built. Equivalence only; bench/run.py times them.
 
 The upsampling's own equivalence to the chapter's Conv2DTranspose (values and gradients, strides
-8/16/24/32, hybridized or not) is in tests/test_performance.py, for both implementations.
+8/16/24/32, hybridized or not) is in tests/test_upsampling.py, for both implementations.
 """
 import json
 import os
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from mxnet import autograd, nd
 
-from d2lseg import kernels
-from d2lseg.training import SegmentationLoss
+from d2lseg import native
+from d2lseg.loss import SegmentationLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module', autouse=True)
-def native():
-    if not kernels.load():
+def native_built():
+    if not native.load():
         pytest.skip('the native kernels did not build on this machine (see the warning); '
                     'the package runs on MXNet operators')
 
@@ -70,11 +70,11 @@ def test_softmax_ce_equals_the_mxnet_loss_hybridized():
     label[1, 5:9] = 255
     out = []
     for flag in (False, True):
-        loss_fn = SegmentationLoss(native=flag)
+        loss_fn = SegmentationLoss()
         loss_fn.hybridize(static_alloc=True, static_shape=True)
         Z = z.copy()
         Z.attach_grad()
-        with autograd.record():
+        with native.override(flag), autograd.record():
             loss = loss_fn(Z, label)
         loss.backward()
         out.append((loss.asnumpy(), Z.grad.asnumpy()))
@@ -88,7 +88,7 @@ def test_argmax_equals_mxnet_argmax(shape):
     rng = np.random.default_rng(1)
     z = rng.integers(-3, 4, shape).astype(np.float32)  # small integers: many ties
     z[0, :, 0, 0] = -np.inf
-    ours = kernels.argmax_channel(nd.array(z)).asnumpy()
+    ours = native.argmax_channel(nd.array(z)).asnumpy()
     assert ours.shape == (shape[0],) + shape[2:] and ours.dtype == np.float32
     np.testing.assert_array_equal(ours, nd.array(z).argmax(axis=1).asnumpy())
     np.testing.assert_array_equal(ours, z.argmax(axis=1))  # the first maximum wins
@@ -131,36 +131,29 @@ def test_bad_shapes_are_refused_in_one_line():
 
 
 def test_gpu_contexts_keep_mxnet_operators():
-    assert kernels.usable([mx.cpu(0), mx.cpu(1)]) is True
-    assert kernels.usable([mx.cpu(), mx.gpu(0)]) is False
-    assert kernels.usable(mx.gpu(1)) is False
+    assert native.enabled([mx.cpu(0), mx.cpu(1)]) is True
+    assert native.enabled([mx.cpu(), mx.gpu(0)]) is False
+    assert native.enabled(mx.gpu(1)) is False
+    with native.override(False):
+        assert native.enabled(mx.cpu()) is False
 
 
-TRAIN_TWO_STEPS = """
-import json, sys
-import d2lseg
-import mxnet as mx, numpy as np
-from mxnet import nd
-from d2lseg.model import build_fcn
-from d2lseg.training import Recipe, Run, SegmentationLoss, make_trainer, train_step
-flag, out = sys.argv[1] == 'native', sys.argv[2]
-mx.random.seed(5)  # a batch whose BatchNorm statistics are not near-degenerate (batch 2, 2x3 maps at
-x = nd.random.normal(shape=(2, 3, 64, 96))  # stage 4): there any float rounding is amplified
-y = nd.random.randint(0, 21, shape=(2, 64, 96)).astype('float32')
-y[0, :8] = 255
-mx.random.seed(0)
-net = build_fcn(21, pretrained=False, fast_upsampling=True)
-net(x[:1])  # finish the deferred initialisation
-before = {k: v.data().copy() for k, v in net._collect_params_with_prefix().items()}
-net[-1].native = flag
-net.hybridize(static_alloc=True, static_shape=True)
-run = Run(net, make_trainer(net, Recipe(lr=0.1, wd=1e-3, momentum=0.9, ctx='cpu')),
-          SegmentationLoss(native=flag), [mx.cpu()], None, None)
-assert net[-1].uses_native() is flag
-results = [train_step(run, (x, y)) for _ in range(2)]  # the second step sees the first update
-nd.save(out + '.params', {k: v.data() - before[k] for k, v in net._collect_params_with_prefix().items()})
-json.dump(results, open(out + '.json', 'w'))
-"""
+def test_the_decision_is_taken_per_call_not_stored_in_the_built_network():
+    """A hybridised network built where the kernels run rebuilds its graph when the decision changes
+    (as after reset_ctx to a GPU): the same outputs either way, the decision of the call in force."""
+    from d2lseg.model import build_fcn
+    net = build_fcn(5, 'fcn16s', pretrained=False, fast_upsampling=True)
+    net.hybridize(static_alloc=True)
+    x = nd.random.normal(shape=(1, 3, 64, 96))
+    fused = net(x).asnumpy()
+    assert net.upsample._native is True
+    with native.override(False):
+        plain = net(x).asnumpy()
+        assert net.upsample._native is False and net.native_upsample(mx.cpu()) is None
+    again = net(x).asnumpy()
+    assert net.upsample._native is True and net.native_upsample(mx.cpu()) is net.upsample
+    np.testing.assert_allclose(plain, fused, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(again, fused)
 
 
 def test_train_step_native_equals_mxnet_operators(tmp_path):
@@ -172,7 +165,7 @@ def test_train_step_native_equals_mxnet_operators(tmp_path):
     steps, results = [], []
     for mode in ('mxnet', 'native'):
         out = str(tmp_path / mode)
-        proc = _run_python(TRAIN_TWO_STEPS, args=[mode, out])
+        proc = _run_helper('kernels_train_two_steps', args=[mode, out])
         assert proc.returncode == 0, proc.stderr[-2000:]
         steps.append({k: v.asnumpy() for k, v in nd.load(out + '.params').items()})
         results += json.load(open(out + '.json'))
@@ -188,33 +181,15 @@ def test_train_step_native_equals_mxnet_operators(tmp_path):
     assert moved > 40
 
 
-def _run_python(code, args=(), **env):
+def _run_helper(name, args=(), **env):
+    """Run tests/helpers/NAME.py in a fresh process, this checkout first on its path, with ``env`` added."""
     full = dict(os.environ, PYTHONPATH=ROOT, **env)
-    return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, env=full,
-                          timeout=300)
-
-
-FALLBACK = """
-import warnings
-warnings.simplefilter('always')
-import mxnet as mx
-from mxnet import nd
-from d2lseg import kernels
-from d2lseg.model import build_fcn
-net = build_fcn(21, pretrained=False, fast_upsampling=True)
-chapter = build_fcn(21, pretrained=False)
-x = nd.random.normal(shape=(1, 3, 64, 96))
-net(x); chapter(x)
-net[-1].set_chapter_weight(chapter[-1].weight.data()); net[-1].bias.set_data(chapter[-1].bias.data())
-for a, b in zip(net.collect_params().values(), chapter.collect_params().values()):
-    if a.shape == b.shape: a.set_data(b.data())
-diff = (net(x) - chapter(x)).abs().max().asscalar()
-print('native', kernels.load(), net[-1].uses_native(), 'diff', diff)
-"""
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'helpers', name + '.py'), *args],
+                          capture_output=True, text=True, env=full, timeout=300)
 
 
 def test_a_failed_build_falls_back_to_mxnet_with_one_warning(tmp_path):
-    proc = _run_python(FALLBACK, CXX='false', D2LSEG_CACHE=str(tmp_path))
+    proc = _run_helper('kernels_fallback', CXX='false', D2LSEG_CACHE=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'native False False' in proc.stdout
     assert float(proc.stdout.split('diff')[1]) < 1e-4
@@ -224,28 +199,20 @@ def test_a_failed_build_falls_back_to_mxnet_with_one_warning(tmp_path):
 
 
 def test_d2lseg_native_0_turns_the_kernels_off_silently(tmp_path):
-    proc = _run_python(FALLBACK, D2LSEG_NATIVE='0', D2LSEG_CACHE=str(tmp_path))
+    proc = _run_helper('kernels_fallback', D2LSEG_NATIVE='0', D2LSEG_CACHE=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'native False False' in proc.stdout and 'unavailable' not in proc.stderr
     assert os.listdir(tmp_path) == []  # nothing built
 
 
 def test_the_build_is_cached_per_machine():
-    path = kernels.library_path()
-    assert os.path.isfile(path) and path.startswith(kernels.cache_dir())
+    path = native.library_path()
+    assert os.path.isfile(path) and path.startswith(native.cache_dir())
     stamp = os.path.getmtime(path)
-    assert kernels.build(path) == path and os.path.getmtime(path) == stamp  # not rebuilt
+    assert native.build(path) == path and os.path.getmtime(path) == stamp  # not rebuilt
 
 
 # ------------------------------------------------------------------ the cache cannot load foreign code
-LOAD = """
-import warnings
-warnings.simplefilter('always')
-import d2lseg
-from d2lseg import kernels
-print('loaded', kernels.load())
-"""
-
 PLANTED = r"""
 #include <stdio.h>
 __attribute__((constructor)) static void planted(void) { FILE *f = fopen("%s", "w"); if (f) fclose(f); }
@@ -254,7 +221,7 @@ __attribute__((constructor)) static void planted(void) { FILE *f = fopen("%s", "
 
 def _cache_path(monkeypatch, folder):
     monkeypatch.setenv('D2LSEG_CACHE', str(folder))
-    return kernels.library_path()
+    return native.library_path()
 
 
 def _private_cache(tmp_path, monkeypatch):
@@ -272,17 +239,17 @@ def test_a_planted_library_is_rebuilt_never_loaded(tmp_path, monkeypatch):
     src = tmp_path / 'planted.c'
     src.write_text(PLANTED % marker)
     subprocess.run(['gcc', '-shared', '-fPIC', str(src), '-o', path], check=True)
-    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    proc = _run_helper('kernels_load', D2LSEG_CACHE=str(cache))
     assert proc.returncode == 0 and 'loaded True' in proc.stdout, proc.stderr[-2000:]
     assert not marker.exists()                 # the planted constructor never ran
-    assert kernels.verified(path)              # a real build replaced it, with its digest beside it
+    assert native.verified(path)              # a real build replaced it, with its digest beside it
     stamp = os.path.getmtime(path)
     # a zero-length (or otherwise damaged) library is rebuilt, not loaded and not kept
     with open(path, 'wb'):
         pass
-    assert not kernels.verified(path)
-    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
-    assert 'loaded True' in proc.stdout and kernels.verified(path) and os.path.getmtime(path) >= stamp
+    assert not native.verified(path)
+    proc = _run_helper('kernels_load', D2LSEG_CACHE=str(cache))
+    assert 'loaded True' in proc.stdout and native.verified(path) and os.path.getmtime(path) >= stamp
 
 
 @pytest.mark.fault
@@ -291,7 +258,7 @@ def test_a_symlinked_lock_truncates_nothing(tmp_path, monkeypatch):
     victim = tmp_path / 'victim.txt'
     victim.write_text('precious')
     os.symlink(victim, path + '.lock')
-    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    proc = _run_helper('kernels_load', D2LSEG_CACHE=str(cache))
     assert proc.returncode == 0 and 'loaded False' in proc.stdout
     assert victim.read_text() == 'precious'
     warning = [line for line in proc.stderr.splitlines() if 'native kernels unavailable' in line]
@@ -304,16 +271,16 @@ def test_a_cache_others_can_write_is_not_used(tmp_path, monkeypatch):
     path = _cache_path(monkeypatch, cache)
     cache.mkdir()
     os.chmod(cache, 0o777)
-    proc = _run_python(LOAD, D2LSEG_CACHE=str(cache))
+    proc = _run_helper('kernels_load', D2LSEG_CACHE=str(cache))
     assert proc.returncode == 0 and 'loaded False' in proc.stdout
     assert 'writable by other users; chmod 700' in proc.stderr and path in proc.stderr
     assert os.listdir(cache) == []             # nothing built or loaded there
     fresh = tmp_path / 'fresh'
-    kernels._private_dir(str(fresh))
+    native.library._private_dir(str(fresh))
     assert oct(os.stat(fresh).st_mode & 0o777) == '0o700'
     # a cache of the user's own made group-writable by an older version's umask is tightened, not refused
     old = tmp_path / 'old'
     old.mkdir()
     os.chmod(old, 0o775)
-    kernels._private_dir(str(old))
+    native.library._private_dir(str(old))
     assert oct(os.stat(old).st_mode & 0o777) == '0o700'

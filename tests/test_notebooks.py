@@ -5,12 +5,12 @@ installing: a fresh ``pip install -e .[cpu,test]`` venv runs these as they are.
 """
 import glob
 import json
+import math
 import os
-import re
 
 import pytest
 
-from nbrun import execute_notebook
+from nbrun import NotebookReportError, execute_notebook
 
 import d2lseg
 
@@ -25,33 +25,24 @@ def _read(name):
         return nbformat.read(f, as_version=4)
 
 
-def _text(nb):
-    """All text the notebook's code cells produced."""
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get('outputs', []):
-            if out.output_type == 'stream':
-                parts.append(out.text)
-            elif out.output_type in ('execute_result', 'display_data'):
-                parts.append(out.data.get('text/plain', '') + '\n')
-    return ''.join(parts)
-
-
 def _figures(nb):
     return sum(1 for c in nb.cells for o in c.get('outputs', [])
                if any(k in o.get('data', {}) for k in ('image/png', 'image/svg+xml')))
 
 
-def _run(name, monkeypatch, **env):
+def _run(name, monkeypatch, report, **env):
+    """Run notebook ``name`` in quick mode; returns it with outputs and the values of ``report``
+    (variables of the notebook, or attribute paths from one) as the notebook left them."""
     monkeypatch.setenv('D2LSEG_QUICK', '1')
     monkeypatch.delenv('MPLBACKEND', raising=False)  # the kernel's default: inline figures
     monkeypatch.delenv('D2LSEG_HISTORY', raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     before = sorted(os.listdir(NOTEBOOK_DIR))
-    nb = execute_notebook(_read(name), NOTEBOOK_DIR)  # raises CellExecutionError naming the failing cell
+    # raises CellExecutionError naming the failing cell, NotebookReportError naming a missing variable
+    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name)
     assert sorted(os.listdir(NOTEBOOK_DIR)) == before, 'a notebook wrote into notebooks/'
-    return nb
+    return nb, values
 
 
 def test_there_are_six_notebooks():
@@ -71,72 +62,92 @@ def test_stored_without_outputs(name):
 
 
 @pytest.mark.notebook
+def test_report_reads_values_and_names_what_is_missing(tmp_path):
+    """The harness behind the tests below: values come back as JSON types, the report cell never stays
+    in the notebook, and a variable the notebook does not define fails naming notebook and variable."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nb.cells = [nbformat.v4.new_code_cell('import numpy as np\nfrom mxnet import cpu, nd\n'
+                                          'a, ok, s = np.float32(0.5), np.bool_(True), (2, 3)\n'
+                                          'big, d = nd.zeros((3, 200, 200)), {0.1: [np.int64(7)], "c": [cpu()]}')]
+    nb, values = execute_notebook(nb, tmp_path, report=['a', 'ok', 's', 'big.shape', 'd'], name='tiny.ipynb')
+    assert values == {'a': 0.5, 'ok': True, 's': [2, 3], 'big.shape': [3, 200, 200],
+                      'd': {'0.1': [7], 'c': ['cpu(0)']}}
+    assert len(nb.cells) == 1  # the report cell is gone again
+    with pytest.raises(NotebookReportError) as e:
+        execute_notebook(nb, tmp_path, report=['a', 'same', 'big'], name='tiny.ipynb')
+    msg = str(e.value)
+    assert 'tiny.ipynb' in msg and "no variable 'same'" in msg and 'big is an array of shape (3, 200, 200)' in msg
+    assert "'a'" not in msg and len(nb.cells) == 1 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.notebook
 def test_01_transposed_convolution(monkeypatch):
-    nb = _run('01_transposed_convolution.ipynb', monkeypatch)
-    out = _text(nb)
-    assert 'same matrix: True' in out
-    assert '[[348. 393.]' in out and '[528. 573.]]' in out
-    assert 'conv  == W x:   True' in out and 'trans == W.T y: True' in out
-    assert '(1, 3, 64, 64) -> (1, 10, 32, 32) -> (1, 3, 64, 64)' in out
-    assert 'output image shape: (1200, 1024, 3)' in out
-    inside = float(re.search(r'inside: (\S+),', out).group(1))
-    assert inside < 1e-5
-    rows = re.findall(r'^\s*(\d+)\s+([\d,]+)\s+36\s+(\S+)\s+(\S+)$', out, re.M)
-    assert [int(r[0]) for r in rows] == [8, 16, 32, 64]
-    assert [int(r[1].replace(',', '')) for r in rows] == [4 * n ** 4 for n in (8, 16, 32, 64)]
+    nb, r = _run('01_transposed_convolution.ipynb', monkeypatch,
+                 report=['same', 'Y_mat', 'conv_is_Wx', 'trans_is_WTy', 'shapes', 'out_img.shape', 'inside', 'rows'])
+    assert r['same'] is True                                     # d2l.kernel2matrix == the chapter's W
+    assert r['Y_mat'] == [[[[348, 393], [528, 573]]]]            # W x, the chapter's conv output
+    assert r['conv_is_Wx'] is True and r['trans_is_WTy'] is True
+    assert r['shapes'] == [[1, 3, 64, 64], [1, 10, 32, 32], [1, 3, 64, 64]]
+    assert r['out_img.shape'] == [1200, 1024, 3]
+    assert r['inside'] < 1e-5
+    sides = [8, 16, 32, 64]
+    assert [row[0] for row in r['rows']] == sides                               # n
+    assert [row[1] for row in r['rows']] == [4 * n ** 4 for n in sides]         # bytes of W
+    assert [row[2] for row in r['rows']] == [36] * len(sides)                   # bytes of the 3x3 kernel
+    assert all(isinstance(t, float) and t >= 0 for row in r['rows'] for t in row[3:])  # W @ x s, Conv2D s
     assert _figures(nb) >= 2
 
 
 @pytest.mark.notebook
 def test_02_fcn_model(monkeypatch):
-    nb = _run('02_fcn_model.ipynb', monkeypatch)
-    out = _text(nb)
-    assert '(1, 512, 10, 15)' in out and '(1, 21, 320, 480)' in out
-    for variant in ('fcn32s', 'fcn16s', 'fcn8s'):
-        assert f'{variant}: output (1, 21, 320, 480)' in out
+    nb, r = _run('02_fcn_model.ipynb', monkeypatch,
+                 report=['features_shape', 'output_shape', 'variant_shapes', 'histories'])
+    assert r['features_shape'] == [1, 512, 10, 15]
+    assert r['output_shape'] == [1, 21, 320, 480]
+    assert r['variant_shapes'] == {v: [1, 21, 320, 480] for v in ('fcn32s', 'fcn16s', 'fcn8s')}
     losses = []
     for init_name in ('bilinear', 'xavier'):
-        m = re.search(rf'^{init_name}\s+loss (\S+)\s+val pixel acc (\S+)\s+val mIoU (\S+)', out, re.M)
-        assert m, out
-        loss, acc, miou = map(float, m.groups())
-        assert 0 < loss < 20 and 0 <= acc <= 1 and 0 <= miou <= 1
-        losses.append(loss)
+        last = r['histories'][init_name]['epochs'][-1]
+        loss, acc, miou = last['loss'], last['test_acc'], last['val_miou']
+        assert 0 < loss < 20 and 0 <= acc <= 1 and 0 <= miou <= 1, last
+        losses.append(round(loss, 4))  # as the notebook prints it: different in what a reader sees
     assert losses[0] != losses[1], 'the two initialisations trained identically'
     assert _figures(nb) >= 2
 
 
 @pytest.mark.notebook
 def test_03_voc_dataset(monkeypatch):
-    nb = _run('03_voc_dataset.ipynb', monkeypatch)
-    out = _text(nb)
-    assert '8 training images' in out
-    assert '(4, 3, 64, 96)\n(4, 64, 96)\n' in out
-    m = re.search(r'pixels labelled 255: chapter (\d+), ignore_boundary (\d+)', out)
-    assert m and int(m.group(1)) == 0 and int(m.group(2)) > 0
-    assert float(re.search(r'background: (\S+)% of labelled pixels', out).group(1)) > 10
+    nb, r = _run('03_voc_dataset.ipynb', monkeypatch,
+                 report=['n_train', 'X.shape', 'Y.shape', 'void_as_chapter', 'void_ignored', 'freq'])
+    assert r['n_train'] == 8
+    assert r['X.shape'] == [4, 3, 64, 96] and r['Y.shape'] == [4, 64, 96]   # the first batch
+    assert r['void_as_chapter'] == 0 and r['void_ignored'] > 0
+    assert round(100 * r['freq'][0], 1) > 10   # background, % of labelled pixels (as printed, 1 decimal)
     assert _figures(nb) >= 4
 
 
 @pytest.mark.notebook
 def test_04_training(monkeypatch):
-    nb = _run('04_training.ipynb', monkeypatch)
-    out = _text(nb)
-    assert 'training on [cpu(0)]' in out
-    assert re.search(r'^epoch 1, loss \d+\.\d{4}, train acc [01]\.\d{3}, test acc [01]\.\d{3}, time \S+ sec$',
-                     out, re.M), out
-    lrs = re.findall(r'^lr (\S+)\s+loss (\S+)', out, re.M)
-    assert [float(lr) for lr, _ in lrs] == [0.01, 0.1, 1.0]
+    nb, r = _run('04_training.ipynb', monkeypatch, report=['ctx', 'history', 'sweep'])
+    assert r['ctx'] == ['cpu(0)']                # what d2l.train trained on
+    first = r['history'][0]                      # d2l.train's record of its first epoch
+    assert first['epoch'] == 1, r['history']
+    assert math.isfinite(first['loss']) and first['loss'] >= 0, first
+    assert 0 <= first['train_acc'] <= 1 and 0 <= first['test_acc'] <= 1, first
+    assert first['time'] >= 0, first
+    assert [float(lr) for lr in r['sweep']] == [0.01, 0.1, 1.0]   # JSON keys are text
+    assert all(eps and 'loss' in eps[-1] for eps in r['sweep'].values())
     assert _figures(nb) >= 2
 
 
 @pytest.mark.notebook
 def test_05_prediction(monkeypatch):
-    nb = _run('05_prediction.ipynb', monkeypatch)
-    out = _text(nb)
-    rows = dict(re.findall(r'^(crop|full)\s+([01]\.\d{4}\s+.*)$', out, re.M))
-    assert set(rows) == {'crop', 'full'}
-    crop_px = int(re.search(r'crop: ([\d,]+) pixels scored', out).group(1).replace(',', ''))
-    full_px = int(re.search(r'full: ([\d,]+) pixels scored', out).group(1).replace(',', ''))
+    nb, r = _run('05_prediction.ipynb', monkeypatch, report=['results', 'pixels_scored'])
+    assert set(r['results']) == {'crop', 'full'}
+    assert all(0 <= m['pixel_acc'] <= 1 for m in r['results'].values()), r['results']
+    crop_px, full_px = r['pixels_scored']['crop'], r['pixels_scored']['full']
     assert 0 < crop_px < full_px <= 4 * 160 * 224   # full mode scores every non-void pixel
     assert _figures(nb) >= 2
 
@@ -151,8 +162,13 @@ def test_06_reproduce(monkeypatch, tmp_path):
         worse['epochs'][e - 1]['test_acc'] = band['judged']['test_acc']['min'] - 0.2
     path = tmp_path / 'history.json'
     path.write_text(json.dumps(worse))
-    nb = _run('06_reproduce.ipynb', monkeypatch, D2LSEG_HISTORY=str(path))
-    out = _text(nb)
-    assert 'd2l-mxnet-en' in out and '1.2733' in out and 'FCN-8s' in out
-    assert f"{len(band['runs'])} runs on:" in out and 'another recipe, not compared' in out
-    assert 'verdict: REGRESSION' in out and _figures(nb) >= 2
+    nb, r = _run('06_reproduce.ipynb', monkeypatch,
+                 report=['reference.PUBLISHED', 'reference.FCN_PAPER', 'n_runs', 'not_compared', 'comparison.ok'],
+                 D2LSEG_HISTORY=str(path))
+    published = r['reference.PUBLISHED']          # the figures the notebook tabulates
+    assert published['d2l-mxnet-en']['epochs'][0]['loss'] == 1.2733
+    assert 'FCN-8s' in r['reference.FCN_PAPER']['rows']
+    assert r['n_runs'] == len(band['runs'])
+    assert set(r['not_compared']) == {'book', 'd2l-zh-v1'}   # a synthetic run is not judged by VOC figures
+    assert all('another recipe, not compared' in why for why in r['not_compared'].values()), r['not_compared']
+    assert r['comparison.ok'] is False and _figures(nb) >= 2   # verdict: REGRESSION

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from d2lseg.voc import VOC_SUBDIR, VOCSegDataset, read_split
+from d2lseg.voc import VOCSegDataset, VOC_SUBDIR, read_split
 
 ROOT = os.environ.get('D2LSEG_VOC_ROOT', os.path.join(os.path.dirname(__file__), '..', 'data'))
 VOC_DIR = os.path.join(ROOT, VOC_SUBDIR)

@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 
 from d2lseg.cli import main
-from d2lseg.synthetic import DEFAULT_SIZES, has_voc, make_synthetic_voc
-from d2lseg.voc import VOC_SUBDIR, VOCSegDataset, voc_palette
+from d2lseg.synthetic import DEFAULT_SIZES, make_synthetic_voc
+from d2lseg.voc import has_voc
+from d2lseg.palette import voc_palette
+from d2lseg.voc import VOCSegDataset, VOC_SUBDIR
 
 SIZES = ((64, 96), (96, 128), (80, 112))
 

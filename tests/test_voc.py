@@ -1,4 +1,6 @@
-"""Pascal VOC2012 data (D2L 10.10.4): colormap, readers, crops, VOCSegDataset, samplers, loaders, bad input."""
+"""Pascal VOC2012 data (D2L 10.10.4): readers, crops, VOCSegDataset, samplers, loaders, bad input.
+
+Classes and colours: tests/test_palette.py (the ``c2l`` fixtures are in conftest.py)."""
 import io
 import logging
 import os
@@ -12,12 +14,10 @@ import pytest
 from mxnet import image, nd
 from PIL import Image
 
-from d2lseg import voc
 from d2lseg.errors import D2lsegError
 from d2lseg.synthetic import save_label_png
-from d2lseg.voc import (IGNORE_INDEX, VOC_CLASSES, VOC_COLORMAP, VOCSegDataset, build_colormap2label,
-                        iter_split, load_data_voc, read_voc_images, voc_label_indices, voc_palette,
-                        voc_rand_crop)
+from d2lseg.palette import IGNORE_INDEX, voc_label_indices, voc_palette
+from d2lseg.voc import VOCSegDataset, iter_split, load_data_voc, read_voc_images, voc_rand_crop
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -40,49 +40,12 @@ def image_size(voc_dir, name):
         return im.size[1], im.size[0]
 
 
-@pytest.fixture(scope='module')
-def c2l():
-    return build_colormap2label()
-
-
-@pytest.fixture(scope='module')
-def c2l_void():
-    return build_colormap2label(ignore_boundary=True)
-
-
 @pytest.fixture
 def tree(voc_dir, tmp_path):
     """A private copy of the tiny VOC tree that a test may damage."""
     dst = str(tmp_path / 'VOC2012')
     shutil.copytree(voc_dir, dst)
     return dst
-
-
-# ---------------------------------------------------------------- classes and colours
-
-def test_classes_and_colormap_match_the_voc_palette():
-    assert len(VOC_CLASSES) == 21 and len(VOC_COLORMAP) == 21
-    assert VOC_CLASSES[0] == 'background' and VOC_CLASSES[16] == 'potted plant' and VOC_CLASSES[20] == 'tv/monitor'
-    assert VOC_CLASSES[15] == 'person' and len(set(VOC_CLASSES)) == 21
-    pal = voc_palette()
-    assert pal.shape == (256, 3) and pal.dtype == np.uint8
-    assert pal[:21].tolist() == VOC_COLORMAP
-    assert tuple(pal[255]) == (224, 224, 192) == voc.VOID_COLOR
-    assert len({tuple(c) for c in pal}) == 256  # every index has its own colour
-
-
-def test_colormap2label_maps_every_voc_colour(c2l, c2l_void):
-    assert c2l.shape == (256 ** 3,)
-    cm = np.array(VOC_COLORMAP + [[224, 224, 192], [1, 2, 3], [255, 255, 255]], np.uint8)
-    img = np.zeros((4, len(cm), 3), np.uint8)
-    img[:] = cm  # every row holds all the colours
-    want = np.array(list(range(21)) + [0, 0, 0])
-    want_void = np.array(list(range(21)) + [255, 0, 0])
-    for lut, expect in ((c2l, want), (c2l_void, want_void)):
-        got_nd = voc_label_indices(nd.array(img, dtype='uint8'), lut)  # the chapter's NDArray path
-        assert isinstance(got_nd, nd.NDArray) and got_nd.shape == (4, len(cm))
-        np.testing.assert_array_equal(got_nd.asnumpy(), np.tile(want if lut is c2l else want_void, (4, 1)))
-        np.testing.assert_array_equal(voc_label_indices(img, lut), np.tile(expect, (4, 1)))  # numpy path
 
 
 # ---------------------------------------------------------------- readers

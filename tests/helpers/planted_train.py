@@ -12,7 +12,7 @@ import sys
 import d2lseg  # noqa: F401  (first: it sets the thread count before MXNet loads)
 import mxnet as mx
 
-from d2lseg import model, voc
+from d2lseg import model, palette, voc
 from d2lseg.cli import main
 
 
@@ -35,7 +35,7 @@ def plant(fault):
         def shifted(self, idx):
             feature, label = getitem(self, idx)
             if self.planted_shift:
-                label = mx.nd.where(label == voc.IGNORE_INDEX, label, mx.nd.minimum(label + 1, 20))
+                label = mx.nd.where(label == palette.IGNORE_INDEX, label, mx.nd.minimum(label + 1, 20))
             return feature, label
         voc.VOCSegDataset.__init__, voc.VOCSegDataset.__getitem__ = remember_split, shifted
     elif fault == 'lr':

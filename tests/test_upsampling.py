@@ -1,19 +1,22 @@
-"""The speed-ups change nothing: fast upsampling, the NHWC loss, the shared train step, INT8 quantisation.
+"""The fast upsampling (``d2lseg.upsampling.FastUpsampling``) changes nothing: it equals the chapter's
+Conv2DTranspose (values and gradients, strides 8/16/24/32/40, hybridized or not, native kernels or MXNet's
+operators), keeps the chapter's parameter names and layout, and a training step with it is the chapter's.
 
 Equivalence only (no timings; bench/run.py measures speed).
 """
-import json
-
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon, init, nd
+from mxnet import autograd, init, nd
 from mxnet.gluon import nn
 
 from d2lseg.model import build_fcn
 from d2lseg.ops import bilinear_kernel
-from d2lseg.training import Recipe, Run, SegmentationLoss, make_trainer, train_step
+from d2lseg.config import Recipe
+from d2lseg.engine import Run, make_trainer, train_step
+from d2lseg.loss import SegmentationLoss
 from d2lseg.upsampling import FastUpsampling, to_chapter_layout, to_fast_layout
+from recipes import network_pair
 
 
 def _rel(a, b):
@@ -32,8 +35,8 @@ def _fwd_bwd(layer, x):
 
 
 def _native_or_skip(native):
-    from d2lseg import kernels
-    if native and not kernels.load():
+    import d2lseg.native
+    if native and not d2lseg.native.load():
         pytest.skip('the native kernels did not build on this machine (see the warning); MXNet path tested')
 
 
@@ -47,8 +50,8 @@ def test_fast_upsampling_equals_transposed_conv(channels, stride, h, w, hybrid, 
     ref = nn.Conv2DTranspose(channels, 2 * stride, padding=stride // 2, strides=stride, in_channels=channels)
     ref.initialize(init.Normal(0.5))
     ref.bias.set_data(nd.random.normal(shape=(channels,)))
-    fast = FastUpsampling(channels, stride, native=native)
-    assert fast.uses_native() == (native and stride <= 32)  # stride 40: MXNet's operators
+    fast = FastUpsampling(channels, stride)  # tests/conftest.py: native on (when it builds) or off for the test
+    assert fast.uses_native(mx.cpu()) == (native and stride <= 32)  # stride 40: MXNet's operators
     fast.initialize()
     fast.set_chapter_weight(ref.weight.data())
     fast.bias.set_data(ref.bias.data())
@@ -96,19 +99,9 @@ def test_fast_bilinear_init_is_the_chapters():
     assert y.shape == (1, 3, 32, 48) and np.allclose(c, 1, atol=1e-6)
 
 
-def _pair(variant='fcn32s'):
-    """(chapter net, fast net) holding the same parameters, at 64x96."""
-    mx.random.seed(0)
-    plain = build_fcn(21, variant, pretrained=False)
-    fast = build_fcn(21, variant, pretrained=False, fast_upsampling=True)
-    for net in (plain, fast):
-        net(nd.zeros((1, 3, 64, 96)))  # finish the backbone's deferred initialisation
-    return plain, fast
-
-
 @pytest.mark.parametrize('variant', ['fcn32s', 'fcn16s'])
 def test_saved_parameters_keep_the_chapters_names_and_layout(tmp_path, variant):
-    plain, fast = _pair(variant)
+    plain, fast = network_pair(variant)
     a, b = str(tmp_path / 'plain.params'), str(tmp_path / 'fast.params')
     plain.save_parameters(a)
     fast.load_parameters(a)                      # chapter file -> fast net
@@ -126,48 +119,15 @@ def test_saved_parameters_keep_the_chapters_names_and_layout(tmp_path, variant):
 
 
 def test_fast_net_keeps_the_chapter_structure():
-    plain, fast = _pair()
+    plain, fast = network_pair()
     assert isinstance(fast, nn.HybridSequential) and len(fast) == len(plain) == 13
     assert isinstance(fast[-1], FastUpsampling) and isinstance(plain[-1], nn.Conv2DTranspose)
     assert [type(a) for a in plain][:-1] == [type(b) for b in fast][:-1]
     assert fast[-1].chapter_weight().shape == plain[-1].weight.shape
 
 
-@pytest.mark.parametrize('native', [False, True])
-def test_segmentation_loss_equals_gluons_softmax_cross_entropy(native):
-    _native_or_skip(native)
-    mx.random.seed(2)
-    pred = nd.random.normal(shape=(2, 21, 6, 5)) * 3
-    label = nd.random.randint(0, 21, shape=(2, 6, 5)).astype('float32')
-    grads = []
-    for loss_fn in (SegmentationLoss(native=native), gluon.loss.SoftmaxCrossEntropyLoss(axis=1)):
-        loss_fn.hybridize()
-        p = pred.copy()
-        p.attach_grad()
-        with autograd.record():
-            loss = loss_fn(p, label)
-        loss.backward()
-        grads.append((loss, p.grad))
-    (l1, g1), (l2, g2) = grads
-    assert l1.shape == l2.shape == (2,)
-    assert _rel(l1, l2) < 1e-6 and _rel(g1, g2) < 1e-5
-    # ignored pixels contribute nothing and no gradient; the mean stays over all H*W pixels
-    ignored = label.copy()
-    ignored[0, :3] = 255
-    p = pred.copy()
-    p.attach_grad()
-    with autograd.record():
-        l3 = SegmentationLoss(native=native)(p, ignored)
-    l3.backward()
-    assert np.abs(p.grad[0, :, :3].asnumpy()).max() == 0
-    logp = nd.log_softmax(pred[0], axis=0).asnumpy()
-    lab = label[0].asnumpy().astype(int)
-    expect = -sum(logp[lab[i, j], i, j] for i in range(3, 6) for j in range(5)) / 30
-    assert abs(l3[0].asscalar() - expect) < 1e-5 and abs(l3[1].asscalar() - l1[1].asscalar()) < 1e-6
-
-
 def test_train_step_is_the_same_with_fast_upsampling(tmp_path):
-    plain, fast = _pair()
+    plain, fast = network_pair()
     path = str(tmp_path / 'p.params')
     plain.save_parameters(path)
     fast.load_parameters(path)
@@ -192,36 +152,3 @@ def test_train_step_is_the_same_with_fast_upsampling(tmp_path):
             worst[name] = (nd.norm(step_fast - step_plain) / nd.norm(step_plain)).asscalar()
     assert worst['12.weight'] < 1e-5 and worst['12.bias'] < 1e-5  # the upsampling itself
     assert max(worst.values()) < 1e-4, max(worst.items(), key=lambda kv: kv[1])  # through 18 layers
-
-
-def test_int8_quantisation_runs_and_tracks_fp32(tmp_path):
-    from d2lseg.inference import label_graph, predict_batch, predict_files
-    from d2lseg.quantization import calibration_batch, quantize
-    from PIL import Image
-    plain, fast = _pair()
-    fast.hybridize(static_alloc=True, static_shape=True)
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (70, 100, 3), dtype=np.uint8) for _ in range(4)]
-    calib = calibration_batch(images, (64, 96))
-    assert calib.shape == (4, 3, 64, 96)
-    qnet = quantize(fast, calib, batch_size=2)
-    graph = json.loads(qnet(mx.sym.var('data')).tojson())
-    ops = {n['op'] for n in graph['nodes']}
-    upsampling = 'd2lseg_upsample' if fast[-1].uses_native() else 'Deconvolution'  # stays float32
-    assert '_sg_mkldnn_conv' in ops and '_contrib_quantize_v2' in ops and upsampling in ops
-    y32, y8 = fast(calib), qnet(calib)
-    assert y8.shape == y32.shape == (4, 21, 64, 96)
-    # with the kernels the upsampling stays the float net's layer, fused with the argmax at prediction
-    assert (label_graph(qnet) is not None) == fast[-1].uses_native()
-    np.testing.assert_array_equal(predict_batch(qnet, calib).asnumpy(), y8.argmax(axis=1).asnumpy())
-    corr = np.corrcoef(y32.asnumpy().ravel(), y8.asnumpy().ravel())[0, 1]
-    assert corr > 0.95, corr
-    paths = []
-    for i, img in enumerate(images[:2]):
-        paths.append(str(tmp_path / f'img{i}.png'))
-        Image.fromarray(img).save(paths[-1])
-    failed = predict_files(fast, paths, str(tmp_path / 'out'), full=True, tile=(64, 96), int8=True,
-                           log=lambda *_: None)
-    assert failed == 0
-    label = np.asarray(Image.open(tmp_path / 'out' / 'img0_label.png'))
-    assert label.shape == (70, 100, 3)

@@ -1,21 +1,8 @@
-"""Native CPU kernels for the FCN's head, built with the machine's C++ compiler on first use.
+"""Compiling, caching and loading the native kernels (``csrc/kernels.cc``): the machine's C++ compiler, once.
 
-``csrc/kernels.cc`` registers four MXNet operators through MXNet's extension library API
-(``mx.library.load``, MXNet >= 1.7):
-
-- ``d2lseg_upsample``: ``FastUpsampling``'s transposed convolution in one pass (no padding,
-  slicing, concatenation or intermediate arrays), forward and backward;
-- ``d2lseg_upsample_argmax``: the argmax over classes of that upsampling's output, without writing
-  the output (``inference.predict_batch``, so ``evaluate`` and ``predict``);
-- ``d2lseg_softmax_ce``: ``training.SegmentationLoss`` (per-sample mean softmax cross-entropy
-  over axis 1, label 255 skipped), whose backward recomputes the softmax instead of storing it;
-- ``d2lseg_argmax``: argmax over axis 1 (the first maximum wins, as ``nd.argmax``).
-
-tests/test_kernels.py checks every output and gradient against MXNet's own operators. The library
-is compiled once per machine (about 10 s; ``g++ -O3 -march=native -fopenmp``) into
-``$D2LSEG_CACHE`` (default ``~/.cache/d2lseg``), keyed by the source, MXNet's version and the
-CPU's features. Without a compiler, AVX2/FMA or a CPU context the package keeps MXNet's operators
-(one warning, naming the file, says why); ``D2LSEG_NATIVE=0`` turns the kernels off.
+The library is compiled once per machine (about 10 s; ``g++ -O3 -march=native -fopenmp``) into
+``$D2LSEG_CACHE`` (default ``~/.cache/d2lseg``), keyed by the source, MXNet's version and the CPU's
+features, and loaded through MXNet's extension library API (``mx.library.load``, MXNet >= 1.7).
 
 Loading a shared library runs its code, so the cache is guarded. Against other users: the folder is
 created 0700, tightened to 0700 when it is the user's own and group-writable (older versions made it
@@ -35,9 +22,9 @@ import tempfile
 import warnings
 
 import mxnet as mx
-from mxnet import nd
 
-from .errors import first_line
+from .. import startup
+from ..errors import first_line
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'kernels.cc')
 _state = {}
@@ -58,18 +45,10 @@ def _compile_command(out):
             '-I', os.path.join(root, 'include'), SOURCE, os.path.join(root, 'src', 'lib_api.cc'), '-o', out]
 
 
-def _cpu_features():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line for line in f if line.startswith('flags')), '')
-    except OSError:
-        return ''
-
-
 def library_path():
     """Where this machine's build of the kernels lives (the name changes with anything that matters)."""
     h = hashlib.sha1()
-    for part in (open(SOURCE, 'rb').read(), mx.__version__.encode(), _cpu_features().encode(),
+    for part in (open(SOURCE, 'rb').read(), mx.__version__.encode(), startup.cpuinfo().get('flags', '').encode(),
                  ' '.join(_compile_command('')[:8]).encode()):
         h.update(part)
     return os.path.join(cache_dir(), f'kernels-{h.hexdigest()[:16]}.so')
@@ -178,29 +157,3 @@ def compiled_isa():
     fn = ctypes.CDLL(library_path()).d2lseg_isa  # the library mx.library.load opened: dlopen shares it
     fn.restype = ctypes.c_char_p
     return fn().decode()
-
-
-def wanted(native):
-    """Whether a layer whose ``native`` is None (when the kernels load), True or False uses them."""
-    return load() if native is None else bool(native and load())
-
-
-def _all_cpu(ctx):
-    return all(c.device_type == 'cpu' for c in (ctx if isinstance(ctx, (list, tuple)) else [ctx]))
-
-
-def native_default(ctx):
-    """The ``native`` setting for layers on ``ctx`` (a list of Contexts): None on CPUs, False otherwise."""
-    return None if _all_cpu(ctx) else False
-
-
-def usable(ctx=None):
-    """True when the kernels are loaded and every context of ``ctx`` (a Context or list) is a CPU."""
-    return (ctx is None or _all_cpu(ctx)) and load()
-
-
-def argmax_channel(scores):
-    """Class index per pixel: (N, C, H, W) scores -> (N, H, W) float32, as ``scores.argmax(axis=1)``."""
-    if usable(scores.context):
-        return nd.d2lseg_argmax(scores)
-    return scores.argmax(axis=1)

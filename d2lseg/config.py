@@ -1,0 +1,232 @@
+"""A training run's configuration, written once: the ``Recipe`` fields, their help text and CLI metadata.
+
+Everything else derives from the fields: ``d2lseg train``'s flags (``cli``), the chapter's recipe
+and the keys compared between histories (``reference``), the README's flag table (tested). Also the
+one home of the device rule: ``resolve_ctx``.
+"""
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import mxnet as mx
+
+from .errors import D2lsegError
+from .model import OUTPUT_STRIDE, VARIANTS
+
+MAX_WORKERS = 64
+KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync')
+LR_SCHEDULES = ('constant', 'poly')
+
+
+def _f(default, help, result=False, flag=True, choices=None, added=None, positive=False):
+    """A Recipe field. help: the CLI's text (``%(default)s``: the default); result: changes the trained
+    network (compared between histories); flag: a ``d2lseg train`` flag; added: the value histories
+    stored before the field existed ran with; positive: the flag takes whole numbers from 1."""
+    return field(default=default, metadata=dict(help=help, result=result, flag=flag, choices=choices,
+                                                added=added, positive=positive))
+
+
+@dataclass
+class Recipe:
+    """Every default of a training run; the chapter's values (D2L 10.10.5) unless noted."""
+    data_dir: str = _f('../data', 'folder holding VOCdevkit/VOC2012 (default %(default)s)')
+    synthetic: bool = _f(False, 'use (making it when missing) the synthetic set under --data-dir', result=True)
+    crop: Tuple[int, int] = _f((320, 480), 'HEIGHTxWIDTH, multiples of 32 (default 320x480)', result=True)
+    batch_size: int = _f(32, 'images per step, over all contexts (default %(default)s)', result=True, positive=True)
+    epochs: int = _f(5, 'passes over the training split (default %(default)s); with --resume, only a larger value '
+                     'extends the stored run', result=True, positive=True)
+    lr: float = _f(0.1, 'SGD learning rate (default %(default)s)', result=True)
+    wd: float = _f(1e-3, 'weight decay (default %(default)s)', result=True)
+    momentum: float = _f(0.0, 'SGD momentum (default %(default)s: none, as in the chapter)', result=True)
+    variant: str = _f('fcn32s', 'fcn32s (the chapter, the default), fcn16s or fcn8s', result=True, choices=VARIANTS)
+    pretrained: bool = _f(True, "ImageNet backbone from MXNet's model zoo (downloads; the default)", result=True)
+    backbone_params: Optional[str] = _f(None, 'backbone weights from a local resnet18_v2 .params file')
+    num_classes: int = _f(21, 'classes, background included', result=True, flag=False)
+    ctx: str = _f('auto', "cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu: the chapter's "
+                  "try_all_gpus())")
+    seed: int = _f(0, 'seed of initialisation, crops and order (default %(default)s)')
+    lr_schedule: str = _f('constant', 'constant (the chapter, the default) or poly (power 0.9, per iteration)',
+                          result=True, choices=LR_SCHEDULES)
+    warmup_epochs: float = _f(0, 'linear learning-rate warm-up over this many epochs (default %(default)s: none)',
+                              result=True, added=0)
+    ignore_boundary: bool = _f(False, 'label the void border 255 and skip it (the chapter maps it to background)',
+                               result=True)
+    workers: int = _f(2, 'data-loading threads (default %(default)s)')
+    max_images: Optional[int] = _f(None, 'use only the first N images per split (quick runs; default: all)',
+                                   result=True, positive=True)
+    kvstore: str = _f('device', "device (one machine, the default), or dist_sync / dist_device_sync under "
+                      "'d2lseg launch'", choices=KVSTORES)
+    fast_upsampling: bool = _f(True, 'upsampling.FastUpsampling: same results, faster (not in the chapter)',
+                               flag=False)
+
+    def validate(self):
+        """Raise D2lsegError naming the flag for any value the run cannot use."""
+        h, w = self.crop
+        if h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE:
+            raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE} "
+                              f"(the network's output stride), e.g. 320x480")
+        for name in ('batch_size', 'epochs', 'workers'):
+            v = getattr(self, name)
+            if v < (0 if name == 'workers' else 1):
+                raise D2lsegError(f"--{name.replace('_', '-')} {v}: must be "
+                                  f"{'non-negative' if name == 'workers' else 'positive'}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise D2lsegError(f"--lr {self.lr}: must be a positive number")
+        if not (self.wd >= 0 and math.isfinite(self.wd)):
+            raise D2lsegError(f"--wd {self.wd}: must be a non-negative number")
+        if not (0 <= self.momentum < 1):
+            raise D2lsegError(f"--momentum {self.momentum}: must be at least 0 and below 1")
+        for f in dataclasses.fields(self):
+            if f.metadata['choices'] and getattr(self, f.name) not in f.metadata['choices']:
+                raise D2lsegError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)}: unknown; choose one of "
+                                  f"{', '.join(f.metadata['choices'])}")
+        if not (0 <= self.warmup_epochs <= self.epochs):
+            raise D2lsegError(f"--warmup-epochs {self.warmup_epochs}: must be between 0 and --epochs {self.epochs}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise D2lsegError(f"--seed {self.seed}: must be between 0 and 2**32 - 1")
+        if self.num_classes < 1:
+            raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
+        if self.workers > MAX_WORKERS:
+            raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
+        return self
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d['crop'] = list(self.crop)
+        return d
+
+    @classmethod
+    def from_dict(cls, d, source='recipe'):
+        """A Recipe from ``to_dict``'s output (e.g. a checkpoint's or a history's); keys of other versions
+        are ignored, a value of the wrong type is a one-line D2lsegError naming ``source`` and the field."""
+        if not isinstance(d, dict):
+            raise D2lsegError(f"{source}: a recipe must be a JSON object, not {type(d).__name__}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                value = d[f.name]
+                if not _is_a(value, hints[f.name]):
+                    raise D2lsegError(f"{source}: recipe field {f.name!r} is {value!r}, not {_type_name(hints[f.name])}")
+                kwargs[f.name] = tuple(value) if f.name == 'crop' else value
+        return cls(**kwargs)
+
+
+def recipe_fields(**metadata):
+    """The Recipe's fields whose metadata has every given value, e.g. ``recipe_fields(flag=True)``."""
+    return [f for f in dataclasses.fields(Recipe) if all(f.metadata[k] == v for k, v in metadata.items())]
+
+
+def help_text(f):
+    """A Recipe field's help text with its default filled in (argparse would show the flag's default)."""
+    shown = 'x'.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    return f.metadata['help'].replace('%(default)s', str(shown))
+
+
+def recipe_field(name):
+    """The Recipe field called ``name``."""
+    return next(f for f in dataclasses.fields(Recipe) if f.name == name)
+
+
+FLAG_TABLE_MARKERS = ('<!-- flag table: `make flags` writes it from d2lseg.config.Recipe -->', '<!-- end of flag table -->')
+
+
+def flag_table():
+    """The Markdown table of ``d2lseg train``'s recipe flags, from the Recipe fields (as ``cli``'s parser is)."""
+    rows = ['| flag | Recipe field | default | what it does |', '|---|---|---|---|']
+    for f in recipe_fields(flag=True):
+        flag = {'pretrained': '--pretrained / --no-pretrained', 'backbone_params': '--backbone-params FILE'}.get(
+            f.name, '--' + f.name.replace('_', '-'))
+        default = {True: 'on', False: 'off', None: 'none'}.get(f.default, f.default) \
+            if isinstance(f.default, (bool, type(None))) else f.default
+        shown = 'x'.join(map(str, default)) if isinstance(default, tuple) else default
+        rows.append(f"| `{flag}` | {f.name} | `{shown}` | {help_text(f)} |")
+    rows.append('| `--out DIR`, `--resume DIR`, `--overwrite`, `--no-progress` | | `runs/VARIANT` | '
+                'where the run goes; see `d2lseg train --help` |')
+    return '\n'.join(rows)
+
+
+def write_flag_table(path):
+    """Replace the table between ``FLAG_TABLE_MARKERS`` in ``path`` by ``flag_table()``."""
+    with open(path) as f:
+        text = f.read()
+    start, end = (text.index(m) for m in FLAG_TABLE_MARKERS)
+    text = text[:start + len(FLAG_TABLE_MARKERS[0])] + '\n' + flag_table() + '\n' + text[end:]
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+# Fields that change the trained network: what two histories must share to be compared.
+RESULT_KEYS = tuple(f.name for f in recipe_fields(result=True))
+# The values histories stored before a field existed ran with.
+ADDED_FIELDS = {f.name: f.metadata['added'] for f in dataclasses.fields(Recipe) if f.metadata['added'] is not None}
+
+
+def _is_a(value, hint):
+    """Whether a JSON value fits a Recipe field's type (bool is not a number here)."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        return any(_is_a(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_is_a, value, args))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+_TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false', type(None): 'null'}
+
+
+def _type_name(hint):
+    if typing.get_origin(hint) is typing.Union:
+        return ' or '.join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f'a list of {len(typing.get_args(hint))} integers'
+    return _TYPE_NAMES.get(hint, hint.__name__)
+
+
+def parse_ctx(spec):
+    """'cpu' -> [cpu(0)], 'cpu:2' -> [cpu(0), cpu(1)], 'gpu:0,1' -> [gpu(0), gpu(1)], 'gpu' -> all GPUs.
+
+    One-line D2lsegError for anything else, and for more CPU contexts than this process has CPUs
+    (each context holds a copy of the network and its batch shard)."""
+    spec = (spec or 'cpu').strip().lower()
+    kind, _, rest = spec.partition(':')
+    try:
+        numbers = [int(i) for i in rest.split(',')] if rest else []
+    except ValueError:
+        raise D2lsegError(f"--ctx {spec}: expected cpu, cpu:N, gpu or gpu:0,1 (N, 0, 1: whole numbers)") from None
+    if kind == 'cpu':
+        if len(numbers) > 1:
+            raise D2lsegError(f"--ctx {spec}: expected cpu or cpu:N (N contexts)")
+        n = numbers[0] if numbers else 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+        if not 1 <= n <= cpus:
+            raise D2lsegError(f"--ctx {spec}: the CPU context count must be between 1 and the {cpus} CPUs this "
+                              "process may use")
+        return [mx.cpu(i) for i in range(n)]
+    if kind == 'gpu':
+        have = mx.context.num_gpus()
+        ids = numbers or list(range(have))
+        if not ids or max(ids) >= have or min(ids) < 0:
+            raise D2lsegError(f"--ctx {spec}: this machine has {have} GPU(s) visible to MXNet; "
+                              f"use --ctx cpu, or install the GPU build (pip install .[cu112])")
+        return [mx.gpu(i) for i in ids]
+    raise D2lsegError(f"--ctx {spec}: expected cpu, cpu:N or gpu:0,1")
+
+
+def resolve_ctx(spec):
+    """The contexts of a ``--ctx`` value -> (spec as resolved, contexts, note or None). 'auto' (the
+    default) is every GPU, else the CPU, with a note saying so; a requested GPU that is missing is an error."""
+    if (spec or 'auto') == 'auto':
+        spec = 'gpu' if mx.context.num_gpus() else 'cpu'
+        note = None if spec == 'gpu' else 'no GPU visible to MXNet: training on cpu'
+        return spec, parse_ctx(spec), note
+    return spec, parse_ctx(spec), None

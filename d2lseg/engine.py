@@ -1,0 +1,280 @@
+"""The reference trainer: ``prepare`` a ``config.Recipe`` into a ``Run``, ``train_step``, ``evaluate``, ``fit``.
+
+``fit`` is seeded (data order and crops), validates every epoch (confusion-matrix metrics), stops on
+divergence, resumes from a checkpoint exactly, and leaves printing, checkpoints and plots to
+callbacks (``callbacks``, ``viz.CurvesCallback``). The chapter's own ``train`` is in ``chapter``.
+"""
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from . import checkpoint, kvstore
+from .chapter import forward_backward, split_batch, step_figures
+from .config import Recipe, resolve_ctx
+from .environment import environment
+from .errors import D2lsegError
+from .inference import predict_batch
+from .loss import SegmentationLoss
+from .metrics import ConfusionMatrix
+from .model import build_fcn
+from .progress import bar
+from .synthetic import make_synthetic_voc
+from .voc import VOC_SUBDIR, VOCSegDataset, has_voc, split_lists
+
+
+class TrainingDiverged(D2lsegError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 1
+
+
+@dataclass
+class TrainState:
+    """What callbacks see at the end of every epoch."""
+    recipe: Recipe
+    epoch: int                     # finished epochs, 1-based
+    record: dict
+    history: dict
+    net: gluon.Block
+    trainer: gluon.Trainer
+    is_chief: bool = True
+    stop: bool = False             # a callback may set this to end training early
+
+
+@dataclass
+class Run:
+    """The pieces ``fit`` trains: built by ``prepare``, so tools (benchmarks, tests) can use the same ones."""
+    net: gluon.Block
+    trainer: gluon.Trainer
+    loss: gluon.loss.Loss
+    ctx: list
+    train_data: object
+    val_data: object
+    train_iter: object = None
+    val_iter: object = None
+    kv: object = None
+    rank: int = 0
+    num_workers: int = 1
+    synced: bool = False           # distributed: the trainer's first broadcast has finished
+
+
+class StepResult(NamedTuple):
+    """What one ``train_step`` measured, as Python numbers."""
+    loss_sum: float                # summed per-image losses of the batch
+    right: float                   # pixels predicted right
+    count: float                   # pixels counted (label 255 is not)
+    batch_size: int                # images of this worker's batch
+
+
+def resolve_data_dir(recipe):
+    """The VOC2012 folder a recipe trains on; makes the synthetic set when asked and missing."""
+    if recipe.synthetic:
+        if not has_voc(recipe.data_dir):
+            if split_lists(recipe.data_dir):
+                raise D2lsegError(f"--data-dir {recipe.data_dir}: an incomplete VOC tree (one split list of "
+                                  f"two); remove it, or remake it: d2lseg synth --root {recipe.data_dir} --overwrite")
+            make_synthetic_voc(recipe.data_dir, seed=recipe.seed)
+        return os.path.join(recipe.data_dir, VOC_SUBDIR)
+    if not has_voc(recipe.data_dir):
+        raise D2lsegError(f"--data-dir {recipe.data_dir}: no VOCdevkit/VOC2012 there; download it "
+                          f"(d2lseg reproduce downloads) or use --synthetic")
+    return os.path.join(recipe.data_dir, VOC_SUBDIR)
+
+
+def make_trainer(net, recipe, kv=None):
+    """SGD with the recipe's rate, weight decay and momentum (none: the chapter's), on ``kv``."""
+    opt = {'learning_rate': recipe.lr, 'wd': recipe.wd}
+    if recipe.momentum:
+        opt['momentum'] = recipe.momentum
+    if kvstore.is_distributed(kv):
+        # Servers only sum gradients; every worker applies the same SGD step. With update_on_kvstore
+        # the servers would run a pickled copy of the optimizer: set_learning_rate (poly) would not
+        # reach them and trainer.save_states (checkpoints) fails for distributed kvstores.
+        return gluon.Trainer(net.collect_params(), 'sgd', opt, kvstore=kv, update_on_kvstore=False)
+    return gluon.Trainer(net.collect_params(), 'sgd', opt, kvstore=kv if kv is not None else recipe.kvstore)
+
+
+def _load_data(run, recipe, voc_dir):
+    """The recipe's datasets and loaders, sharded over the run's workers."""
+    parts = run.num_workers
+    kw = dict(crop_size=recipe.crop, voc_dir=voc_dir, ignore_boundary=recipe.ignore_boundary, seed=recipe.seed,
+              max_images=recipe.max_images, verbose=False)
+    run.train_data, run.val_data = VOCSegDataset(True, **kw), VOCSegDataset(False, **kw)
+    if len(run.train_data) < recipe.batch_size * parts:
+        raise D2lsegError(f"--batch-size {recipe.batch_size}: larger than the {len(run.train_data)} "
+                          f"training images that fit the crop (per worker); lower it")
+    kw = dict(num_workers=recipe.workers, thread_pool=True)
+    run.train_iter = gluon.data.DataLoader(run.train_data, recipe.batch_size, last_batch='discard',
+                                           sampler=run.train_data.sampler(run.rank, parts), **kw)
+    run.val_iter = gluon.data.DataLoader(run.val_data, recipe.batch_size, last_batch='keep',
+                                         sampler=run.val_data.shard_sampler(run.rank, parts), **kw)
+
+
+def prepare(recipe, ctx=None, kv=None, data=True):
+    """Seed, build the network, trainer, loss and (optionally) the data of a recipe -> a ``Run``."""
+    recipe.validate()
+    ctx = ctx or resolve_ctx(recipe.ctx)[1]
+    voc_dir = resolve_data_dir(recipe) if data else None  # data and context checked before any download
+    mx.random.seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    pretrained = recipe.backbone_params or recipe.pretrained
+    net = build_fcn(recipe.num_classes, recipe.variant, pretrained=pretrained, ctx=ctx,
+                    fast_upsampling=recipe.fast_upsampling)
+    rank, parts = (kv.rank, kv.num_workers) if kvstore.is_distributed(kv) else (0, 1)
+    if parts > 1:
+        # MXNet 1.9: under a distributed kvstore a static_alloc graph's BatchNorm updates never reach
+        # the Parameter arrays (running statistics stay at the first-step broadcast; saved models and
+        # validation would use them), so distributed workers use the plain cached graph.
+        net.hybridize()
+    else:
+        net.hybridize(static_alloc=True, static_shape=True)
+    run = Run(net, make_trainer(net, recipe, kv), SegmentationLoss(), ctx, None, None, kv=kv, rank=rank,
+              num_workers=parts)
+    if data:
+        _load_data(run, recipe, voc_dir)
+    return run
+
+
+def evaluate(data_iter, net, ctx, num_classes=21, progress=False, desc='val'):
+    """Confusion matrix of ``net`` over ``data_iter`` (batches split over ``ctx``); arguments in the order of
+    the chapter's ``evaluate_accuracy``."""
+    cm = ConfusionMatrix(num_classes)
+    for batch in bar(data_iter, progress, desc=desc, leave=False):
+        Xs, ys, _ = split_batch(batch, ctx)
+        for X, y in zip(Xs, ys):
+            cm.update(predict_batch(net, X), y)
+    return cm
+
+
+def _validate(run, num_classes):
+    """The validation confusion matrix, summed over distributed workers (rank-sharded validation)."""
+    cm = evaluate(run.val_iter, run.net, run.ctx, num_classes)
+    if run.num_workers > 1:
+        cm.mat = kvstore.allreduce_counts(run.kv, cm.mat)
+    return cm
+
+
+def resume_recipe(resume_dir, requested, epochs=None, data_dir=None, meta=None):
+    """The recipe stored in ``resume_dir``'s checkpoint, run where ``requested`` says (ctx, workers,
+    kvstore), nothing that changes the result; ``epochs``: extend to this many (None: as stored);
+    ``data_dir``: where the run's data is now (when it moved); ``meta``: the pointer when already read.
+    Resume reads data, never makes any."""
+    pointer = os.path.join(resume_dir, checkpoint.POINTER)
+    saved = (meta or checkpoint.load_meta(resume_dir))['recipe']
+    stored = Recipe.from_dict(saved, source=pointer)
+    stored.fast_upsampling = saved.get('fast_upsampling', False)  # optimizer states keep the layout
+    stored.epochs = max(stored.epochs, epochs or 0)
+    stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
+    if data_dir is not None:
+        stored.data_dir = data_dir
+    if not has_voc(stored.data_dir):
+        where = 'the data folder given' if data_dir is not None else f"the run's data folder (stored in {pointer})"
+        raise D2lsegError(f"--data-dir {stored.data_dir}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
+                          "no data; pass --data-dir with the folder that holds the run's data now"
+                          + (f" (or make it again: d2lseg synth --root {stored.data_dir} --seed {stored.seed})"
+                             if stored.synthetic else ''))
+    return stored
+
+
+def train_step(run, batch):
+    """One step of ``fit``: forward and backward per context shard, then the SGD update.
+
+    batch: (features (N, 3, H, W), labels (N, H, W)) -> a ``StepResult`` of Python numbers, so the
+    step has finished when it returns (benchmarks time exactly this).
+    """
+    Xs, ys, batch_size = split_batch(batch, run.ctx)
+    ls, y_hats = forward_backward(run.net, run.loss, Xs, ys)
+    if run.num_workers > 1 and not run.synced:
+        kvstore.broadcast_parameters(run.trainer)
+        run.synced = True
+    run.trainer.step(batch_size * run.num_workers)
+    return StepResult(*step_figures(ls, y_hats, ys), batch_size)
+
+
+def learning_rate(recipe, step, total_steps, steps_per_epoch):
+    """The rate of 0-based ``step``: poly decay (power 0.9) or constant, times a linear warm-up."""
+    lr = recipe.lr * (1 - step / total_steps) ** 0.9 if recipe.lr_schedule == 'poly' else recipe.lr
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    return lr * (step + 1) / warmup if step + 1 < warmup else lr
+
+
+def _first_nonfinite(net):
+    """Name of the first parameter holding NaN or infinity (first context), or None."""
+    for name, p in net.collect_params().items():
+        if not np.isfinite(p.list_data()[0].asnumpy()).all():
+            return name
+    return None
+
+
+def _train_epoch(run, recipe, epoch, progress):
+    """One epoch of steps -> (summed loss, pixels right, pixels counted, images, seconds)."""
+    run.train_data.set_epoch(epoch)
+    steps_per_epoch = len(run.train_iter)
+    total = steps_per_epoch * recipe.epochs
+    l_sum, right, count, n_img, tic = 0.0, 0.0, 0.0, 0, time.time()
+    epoch_bar = bar(run.train_iter, progress, desc=f'epoch {epoch + 1}/{recipe.epochs}', unit='batch', leave=False)
+    for i, batch in enumerate(epoch_bar):
+        if recipe.lr_schedule == 'poly' or recipe.warmup_epochs:
+            run.trainer.set_learning_rate(learning_rate(recipe, epoch * steps_per_epoch + i, total, steps_per_epoch))
+        step = train_step(run, batch)
+        if not math.isfinite(step.loss_sum):
+            raise TrainingDiverged(f"loss became {step.loss_sum} in epoch {epoch + 1}, batch {i + 1}; training "
+                                   f"stopped (lower --lr; the checkpoints of finished epochs are kept)")
+        l_sum, right, count, n_img = l_sum + step.loss_sum, right + step.right, count + step.count, n_img + step.batch_size
+        epoch_bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
+    train_time = time.time() - tic
+    bad = _first_nonfinite(run.net)  # the last step's update is not seen by any loss: keep it out of checkpoints
+    if bad:
+        raise TrainingDiverged(f"parameter {bad} became NaN or infinite in epoch {epoch + 1} (by batch "
+                               f"{steps_per_epoch}); training stopped (lower --lr; the checkpoints of finished "
+                               f"epochs are kept)")
+    return l_sum, right, count, n_img, train_time
+
+
+def _epoch_record(run, recipe, epoch, figures, tic):
+    """Validate and assemble an epoch's history record."""
+    l_sum, right, count, n_img, train_time = figures
+    val = _validate(run, recipe.num_classes).compute()
+    return dict(epoch=epoch + 1, loss=l_sum / max(n_img, 1), train_acc=right / max(count, 1),
+                test_acc=val['pixel_acc'], val_miou=val['miou'], val_mean_acc=val['mean_acc'],
+                val_fwiou=val['fwiou'], val_iou=val['iou'], lr=run.trainer.learning_rate,
+                train_time=train_time, time=time.time() - tic, img_s=n_img * run.num_workers / train_time)
+
+
+def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
+    """Train a recipe; returns the history dict (recipe, environment, per-epoch records).
+
+    callbacks: callables ``cb(state: TrainState)`` run after every epoch (printing, checkpoints,
+    plots). resume: a folder holding ``checkpoint.json``; training continues after its epoch with
+    the same data order, so the final parameters equal an uninterrupted run's (CPU, same seed).
+    run: the ``prepare``d run to train (with ``resume``, of the recipe ``resume_recipe`` returned).
+    """
+    meta = checkpoint.load_meta(resume) if resume else None
+    if run is None:
+        recipe = resume_recipe(resume, recipe, epochs=recipe.epochs, meta=meta) if resume else recipe
+        run = prepare(recipe, kv=kv)
+    history = {'recipe': recipe.to_dict(), 'environment': environment(run.ctx), 'ctx': [str(c) for c in run.ctx],
+               'num_workers': run.num_workers, 'epochs': []}
+    start_epoch = 0
+    if meta is not None:
+        checkpoint.restore(resume, meta, run.net, run.trainer, run.ctx)
+        history = dict(meta.get('history', history), recipe=recipe.to_dict())  # epochs may have been extended
+        start_epoch = meta['epoch']
+    elif recipe.epochs > 0:
+        history['untrained'] = {k: v for k, v in _validate(run, recipe.num_classes).compute().items() if k != 'iou'}
+    for epoch in range(start_epoch, recipe.epochs):
+        tic = time.time()
+        record = _epoch_record(run, recipe, epoch, _train_epoch(run, recipe, epoch, progress), tic)
+        history['epochs'].append(record)
+        state = TrainState(recipe, epoch + 1, record, history, run.net, run.trainer, is_chief=run.rank == 0)
+        for cb in callbacks:
+            cb(state)
+        if state.stop:
+            break
+    return history

@@ -1,0 +1,146 @@
+"""Reading images and label PNGs strictly (truncated, 16-bit or float files refused), and normalising images.
+
+Every file the package reads goes through here: data-set images and labels (``voc``) and photos to
+predict (``read_photo``). Errors are one line naming the file and what to do.
+"""
+import os
+import threading
+
+import numpy as np
+from mxnet import nd
+from PIL import Image, ImageFile, ImageOps
+
+from .errors import D2lsegError
+from .palette import IGNORE_INDEX, known_packed, label_lut, voc_label_indices, voc_palette
+
+RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+def normalize_image(img):
+    """ImageNet normalisation of an (H, W, 3) uint8 image -> float32 of the same kind (NDArray in, NDArray out)."""
+    if isinstance(img, nd.NDArray):
+        return (img.astype('float32') / 255 - nd.array(RGB_MEAN, ctx=img.context)) / nd.array(RGB_STD, ctx=img.context)
+    return (np.asarray(img, dtype=np.float32) / 255 - RGB_MEAN) / RGB_STD
+
+
+# Pixel modes accepted. Images: any 8-bit mode, converted to RGB. Labels: palette ('P', the VOC
+# format) and 8-bit grey ('L', SegmentationClassAug's format) hold class indices; 'RGB'/'RGBA' hold
+# VOC colours (alpha ignored). Others (1-bit, 16-bit, float) would be silently mangled: refused.
+IMAGE_MODES = ('RGB', 'L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'PA', 'RGBX')
+INDEX_LABEL_MODES = ('P', 'L')
+COLOUR_LABEL_MODES = ('RGB', 'RGBA')
+
+
+_PIL_LOCK = threading.Lock()
+
+
+def load_strict(im):
+    """``im.load()`` refusing truncated files even when some import (gluoncv does) set PIL's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES``, which would silently pad them with grey."""
+    with _PIL_LOCK:
+        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            im.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _has_jpeg_end(path, window=1024):
+    """True when a JPEG's end-of-image marker (FF D9) is among its last ``window`` bytes.
+
+    A cut file lacks it; libjpeg decodes some cut and corrupted files without an error (grey or
+    garbage pixels), so this catches what ``load()`` lets through.
+    """
+    with open(path, 'rb') as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - window))
+        return b'\xff\xd9' in f.read()
+
+
+def open_image(path, mode):
+    """Read ``path`` -> (H, W, 3) uint8 (``mode='rgb'``) or the PIL image of a label (``mode='label'``)."""
+    if not os.path.isfile(path):
+        raise D2lsegError(f"{path}: file missing (named in the split's list file); restore it or remove "
+                          f"its name from the list file")
+    try:
+        with Image.open(path) as im:
+            load_strict(im)
+            if mode == 'label':
+                if im.mode not in INDEX_LABEL_MODES + COLOUR_LABEL_MODES:
+                    raise D2lsegError(f"{path}: label PNG of mode {im.mode!r} is not supported; save it as a "
+                                      f"palette ('P') PNG with the VOC palette")
+                return im.copy()
+            if im.format == 'JPEG' and not _has_jpeg_end(path):
+                raise D2lsegError(f"{path}: JPEG is truncated (no end-of-image marker); replace the file or "
+                                  f"remove its name from the list file")
+            if im.mode not in IMAGE_MODES:
+                raise D2lsegError(f"{path}: image of mode {im.mode!r} is not supported; save it as an 8-bit "
+                                  f"RGB JPEG")
+            return np.asarray(im.convert('RGB'))
+    except D2lsegError:
+        raise
+    except Exception as e:  # PIL raises many kinds for broken files
+        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__}: {e}); replace the file or "
+                          f"remove its name from the list file") from None
+
+
+def label_rgb(path):
+    """A label PNG as the book reads it: (H, W, 3) uint8 VOC colours."""
+    im = open_image(path, 'label')
+    if im.mode == 'L':
+        return voc_palette()[np.asarray(im)]
+    return np.asarray(im.convert('RGB'))
+
+
+def check_same_size(img_path, img_shape, lab_path, lab_shape):
+    if tuple(img_shape[:2]) != tuple(lab_shape[:2]):
+        raise D2lsegError(f"{img_path} is {img_shape[1]}x{img_shape[0]} but {lab_path} is "
+                          f"{lab_shape[1]}x{lab_shape[0]}: image and label must have the same size")
+
+
+def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=None):
+    """Class indices (H, W) uint8 of a VOC label PNG.
+
+    Palette PNGs (the real format) and grey 'L' PNGs are read by index; RGB(A) PNGs through
+    ``colormap2label``; other modes are refused (D2lsegError).
+    Void (255) becomes background unless ``ignore_boundary``; unknown colours become background
+    and are counted in ``stats['unknown_pixels']``.
+    """
+    im = open_image(path, 'label')
+    if im.mode in INDEX_LABEL_MODES and colormap2label is None:
+        idx = np.asarray(im).astype(np.uint8)
+        unknown = (idx > 20) & (idx != IGNORE_INDEX)
+        void = idx == IGNORE_INDEX
+        idx = idx.copy()
+        idx[unknown] = 0
+        idx[void] = IGNORE_INDEX if ignore_boundary else 0
+    else:
+        rgb = voc_palette()[np.asarray(im)] if im.mode == 'L' else np.asarray(im.convert('RGB'))
+        lut = label_lut(ignore_boundary) if colormap2label is None else colormap2label
+        idx = np.asarray(voc_label_indices(rgb, lut)).astype(np.uint8)
+        packed = (rgb[..., 0].astype(np.int64) * 256 + rgb[..., 1]) * 256 + rgb[..., 2]
+        unknown = ~np.isin(packed, known_packed())
+    if stats is not None:
+        stats['unknown_pixels'] = stats.get('unknown_pixels', 0) + int(unknown.sum())
+    return idx
+
+
+def read_image(path):
+    """A photo to predict as (H, W, 3) uint8, the way it is displayed (EXIF orientation applied), read as
+    strictly as training images (``open_image``: truncated files and 16-bit or float modes refused); a
+    one-line D2lsegError naming the file otherwise."""
+    if os.path.isdir(path):
+        raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
+    try:
+        with Image.open(path) as im:
+            load_strict(im)  # (no end-marker check: phones append video after a photo's JPEG end)
+            if im.mode not in IMAGE_MODES + ('1',):
+                raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
+                                  "an 8-bit RGB image")
+            return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+    except FileNotFoundError:
+        raise D2lsegError(f"{path}: no such file") from None
+    except D2lsegError:
+        raise
+    except Exception as e:
+        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None

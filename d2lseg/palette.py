@@ -1,0 +1,74 @@
+"""The VOC classes and colours (D2L 10.10.4): names, the colour map, the palette, colour-to-index lookups."""
+import numpy as np
+from mxnet import nd
+
+VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat',
+               'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
+               'diningtable', 'dog', 'horse', 'motorbike', 'person',
+               'potted plant', 'sheep', 'sofa', 'train', 'tv/monitor']
+
+VOC_COLORMAP = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0],
+                [0, 0, 128], [128, 0, 128], [0, 128, 128], [128, 128, 128],
+                [64, 0, 0], [192, 0, 0], [64, 128, 0], [192, 128, 0],
+                [64, 0, 128], [192, 0, 128], [64, 128, 128], [192, 128, 128],
+                [0, 64, 0], [128, 64, 0], [0, 192, 0], [128, 192, 0],
+                [0, 64, 128]]
+
+IGNORE_INDEX = 255
+VOID_COLOR = (224, 224, 192)
+def voc_palette(n=256):
+    """The standard VOC bit-interleaved palette: (n, 3) uint8, entry 255 is the void colour."""
+    pal = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def build_colormap2label(ignore_boundary=False):
+    """The chapter's 256**3 lookup from packed RGB to class index (float32 NDArray, 64 MiB).
+
+    Colours not in ``VOC_COLORMAP`` map to 0 (background), as in the chapter; with
+    ``ignore_boundary`` the void colour (224, 224, 192) maps to 255.
+    """
+    return nd.array(label_lut(ignore_boundary), dtype='float32')
+
+
+def voc_label_indices(colormap, colormap2label):
+    """Map an RGB label image to class indices through the chapter's lookup.
+
+    colormap: (H, W, 3) NDArray or ndarray -> (H, W) of the lookup's type. Source: D2L 10.10.4.
+    """
+    if isinstance(colormap, nd.NDArray) and isinstance(colormap2label, nd.NDArray):
+        colormap = colormap.astype('int32')
+        idx = ((colormap[:, :, 0] * 256 + colormap[:, :, 1]) * 256 + colormap[:, :, 2])
+        return colormap2label[idx]
+    cm = np.asarray(colormap.asnumpy() if isinstance(colormap, nd.NDArray) else colormap, dtype=np.int64)
+    lut = colormap2label.asnumpy() if isinstance(colormap2label, nd.NDArray) else np.asarray(colormap2label)
+    return lut[(cm[..., 0] * 256 + cm[..., 1]) * 256 + cm[..., 2]]
+
+
+_LUT_CACHE = {}
+
+
+def label_lut(ignore_boundary):
+    """The colour lookup as a (256**3,) uint8 numpy array, made once per setting."""
+    if ignore_boundary not in _LUT_CACHE:
+        lut = np.zeros(256 ** 3, dtype=np.uint8)
+        for i, cm in enumerate(VOC_COLORMAP):
+            lut[(cm[0] * 256 + cm[1]) * 256 + cm[2]] = i
+        if ignore_boundary:
+            r, g, b = VOID_COLOR
+            lut[(r * 256 + g) * 256 + b] = IGNORE_INDEX
+        _LUT_CACHE[ignore_boundary] = lut
+    return _LUT_CACHE[ignore_boundary]
+
+
+def known_packed():
+    """Packed RGB values of every VOC colour and the void colour."""
+    return np.array([(r * 256 + g) * 256 + b for r, g, b in VOC_COLORMAP + [list(VOID_COLOR)]])
