@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(MXNET_EXTRA)
 # The demo's recipe: d2lseg.reference.PRESETS['demo'] (tests/test_regression.py keeps the two equal).
 DEMO_RECIPE := --no-pretrained --ctx cpu --crop 128x192 --batch-size 8 --epochs 9 --lr 0.05 --warmup-epochs 1 --momentum 0.9 --lr-schedule poly
 
-.PHONY: demo test venv kernels flags clean
+.PHONY: demo test venv kernels flags figure lab clean
 
 venv: $(STAMP)
 
@@ -32,7 +32,17 @@ $(STAMP): setup.py
 # Train and evaluate the chapter's FCN on the synthetic VOC-format set, offline, on CPU.
 demo: kernels
 	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic $(DEMO_RECIPE) --seed 0 --out runs/demo --overwrite
-	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --full
+	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --plot runs/demo/confusion.png
+
+# The README's picture from the demo model (after make demo).
+figure: $(STAMP)
+	$(BIN)/python docs/make_figure.py
+
+# JupyterLab on the notebooks (installed into .venv on first use). --allow-root: containers run as root,
+# where Jupyter otherwise refuses to start.
+lab: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[$(MXNET_EXTRA),test,lab]"
+	cd notebooks && ../$(BIN)/jupyter lab --allow-root --no-browser
 
 test: kernels
 	$(BIN)/python -m pytest

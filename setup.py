@@ -5,17 +5,18 @@ from setuptools import find_packages, setup
 
 VERSION = re.search(r"__version__ = '([^']+)'", open('d2lseg/version.py').read()).group(1)
 
-STACK = [  # what really imports together with MXNet 1.9.1 on Python 3.8-3.11
+# What the package imports, pinned to what works with MXNet 1.9.1 (numpy 1.23.5) on Python 3.8-3.11.
+STACK = [
     'numpy==1.23.5',
-    'gluoncv==0.10.5.post0',
-    'opencv-python<4.9',
-    'matplotlib<3.9',
-    'scipy<1.12',
-    'pandas<2.1',
+    'opencv-python<4.9',    # synthetic: the shapes of the offline data set
+    'matplotlib<3.9',       # viz
     'Pillow',
     'tqdm',
-    'requests',
 ]
+# gluoncv only in the tests (its VOC reader and metrics are the references the tests compare with); its
+# own dependencies pinned to versions that import with numpy 1.23.5.
+TEST = ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipykernel',
+        'gluoncv==0.10.5.post0', 'scipy<1.12', 'pandas<2.1']
 
 setup(
     name='d2lseg',
@@ -30,12 +31,13 @@ setup(
     extras_require={
         'cpu': ['mxnet==1.9.1'],
         'cu112': ['mxnet-cu112==1.9.1'],
-        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipykernel'],
+        'test': TEST,
+        'lab': ['jupyterlab'],
     },
     entry_points={'console_scripts': ['d2lseg=d2lseg.cli:main']},
+    license='Apache-2.0',  # SPDX; no license classifier (deprecated, a warning on every install)
     classifiers=[
         'Programming Language :: Python :: 3',
-        'License :: OSI Approved :: Apache Software License',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
 )

@@ -1,4 +1,4 @@
-"""What the ``d2lseg`` commands do, as functions: train a run folder, evaluate, predict files, reproduce.
+"""What the ``d2lseg`` commands do, as functions: train a run folder, evaluate, reproduce (predict: ``photos``).
 
 ``cli`` parses arguments and calls these; notebooks and scripts may call them too. Each checks what
 it is given before any long work, and writes its files atomically or not at all.
@@ -7,26 +7,22 @@ import contextlib
 import os
 import sys
 
-import mxnet as mx
-from PIL import Image
-
 from . import checkpoint
-from .callbacks import Checkpointer, print_epoch, save_final
+from .callbacks import BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final
 from .config import resolve_ctx
 from .download import download_voc_pascal
 from .engine import fit, prepare, resume_recipe
 from .environment import environment, summary
 from .errors import D2lsegError
-from .images import read_image
-from .inference import eval_images, label2image, predict, predict_full
+from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
 from .model import OUTPUT_STRIDE, build_fcn, load_params
+from .palette import VOC_CLASSES
 from .progress import bar
-from .quantization import calibration_batch, quantize, to_bfloat16
-from .reference import compare_published, fcn_paper_table
-from .runfolder import RunFolder, clear_run, existing_run, writable_file, writable_folder
-from .viz import CurvesCallback, overlay
+from .reference import PUBLISHED_NAMES, compare_baseline, compare_published, fcn_paper_table
+from .runfolder import RunFolder, clear_run, existing_run, writable_file
+from .viz import CurvesCallback, confusion_figure
 from .voc import VOC_SUBDIR, iter_split, read_split
 
 
@@ -41,18 +37,26 @@ def _announce(run, recipe, ctx):
 def _final_line(history, out):
     first, last = history.get('untrained'), history['epochs'][-1] if history['epochs'] else None
     if last:
+        best = history.get('best')
         print(f"final val mIoU {last['val_miou']:.3f}" +
               (f" (untrained network: {first['miou']:.3f})" if first else '') +
-              f", val pixel acc {last['test_acc']:.3f}; wrote {out}/model.params, history.json, curves.png")
+              f", val pixel acc {last['test_acc']:.3f}" +
+              (f"; best val mIoU {best['val_miou']:.3f} at epoch {best['epoch']} (best.params)" if best else '') +
+              f"; wrote {out}/model.params, best.params, history.json, curves.png, train.log")
 
 
-def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_dir=None, epochs=None):
-    """Validate, train with the standard callbacks, write model.params, history.json, curves.png.
+def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_dir=None, epochs=None,
+                 log_interval=0, notes=()):
+    """Validate, train with the standard callbacks; write model.params, best.params, history.json,
+    curves.png and train.log (everything printed during the run) in ``out``.
 
     The chief holds ``out`` for the whole run (``runfolder.RunFolder``: a second writer gets one line);
     a fresh run refuses a folder holding another run unless ``overwrite``. With ``resume`` (a run
     folder): ``epochs`` extends it (None: as stored), ``data_dir`` is where its data is now.
-    -> the history (None when a resumed run had nothing left to do)."""
+    log_interval: also a line every N batches; notes: lines for stderr (and the log).
+    -> the history (None when a resumed run had nothing to do)."""
+    for note in notes:
+        print(note, file=sys.stderr)
     if resume:
         meta = checkpoint.load_meta(resume)
         recipe, out = resume_recipe(resume, recipe, epochs=epochs, data_dir=data_dir, meta=meta), resume
@@ -74,13 +78,20 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
         run = prepare(recipe, ctx=ctx, kv=kv)
         if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
             clear_run(out)
-        if chief:
-            _announce(run, recipe, ctx)
-        callbacks = [print_epoch, Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
-        history = fit(recipe, callbacks, resume=resume, progress=progress and chief, run=run)
-        if chief:
-            save_final(out, run.net, history)
-            _final_line(history, out)
+        with run_log(os.path.join(out, 'train.log'), preamble=notes) if chief else contextlib.nullcontext():
+            history = _train(run, recipe, ctx, out, resume, progress and chief, log_interval)
+    return history
+
+
+def _train(run, recipe, ctx, out, resume, progress, log_interval):
+    if run.rank == 0:
+        _announce(run, recipe, ctx)
+    callbacks = [print_epoch, BestParams(out), Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
+    history = fit(recipe, callbacks, resume=resume, progress=progress, run=run,
+                  batch_callbacks=[BatchLogger(log_interval)] if log_interval else [])
+    if run.rank == 0:
+        save_final(out, run.net, history)
+        _final_line(history, out)
     return history
 
 
@@ -92,114 +103,57 @@ def load_net(params, variant, num_classes, ctx):
     return net
 
 
-def check_evaluate(out, full, crop):
+PROTOCOLS = {
+    'published': 'whole images (tiled {tile}); the void border ignored: how published VOC figures are measured',
+    'chapter': "top-left {crop} crops (smaller images skipped); the void border counted as background: the "
+               "chapter's evaluation",
+}
+
+
+def check_evaluate(out, protocol, crop, plot=None):
     """What ``evaluate_split`` refuses, checked before the network is loaded."""
     h, w = crop
-    if not full and (h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE):
+    if protocol == 'chapter' and (h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE):
         raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE}, e.g. 320x480")
     writable_file(out, '--json')
+    if plot:
+        writable_file(plot, '--plot')
 
 
-def evaluate_split(net, data_dir, ctx, out, num_classes=21, full=False, crop=(320, 480), ignore_boundary=False,
-                   max_images=None, progress=True, extra=None):
-    """Metrics of ``net`` on the validation split of ``data_dir``: printed as a table and written to
-    ``out`` (JSON, with ``extra``). Crop mode skips images smaller than ``crop``. -> the record."""
-    check_evaluate(out, full, crop)
-    h, w = crop
+def evaluate_split(net, data_dir, ctx, out, num_classes=21, protocol='published', crop=(320, 480), max_images=None,
+                   progress=True, extra=None, plot=None, tile=(320, 480)):
+    """Metrics of ``net`` on the validation split of ``data_dir`` under ``protocol`` (``PROTOCOLS``):
+    printed as a table and written to ``out`` (JSON: the protocol, the metrics, per-class IoU, the
+    confusion matrix, and ``extra``); ``plot``: the confusion matrix figure. -> the record."""
+    check_evaluate(out, protocol, crop, plot)
+    full = protocol == 'published'
+    text = PROTOCOLS[protocol].format(tile='x'.join(map(str, tile)), crop='x'.join(map(str, crop)))
+    print(f'protocol: {protocol}: {text}')
     voc_dir = os.path.join(data_dir, VOC_SUBDIR)
     cm = ConfusionMatrix(num_classes)
     total = len(read_split(voc_dir, is_train=False)[:max_images])
-    items = iter_split(voc_dir, is_train=False, ignore_boundary=ignore_boundary, limit=max_images)
+    items = iter_split(voc_dir, is_train=False, ignore_boundary=full, limit=max_images)
     skipped = eval_images(net, bar(items, progress, total=total, desc='evaluate'), cm, ctx,
-                          full=full, crop=tuple(crop))  # one image in memory at a time
+                          full=full, crop=tuple(crop), tile=tile)  # one image in memory at a time
     if skipped == total:
-        raise D2lsegError(f"--crop {h}x{w}: every one of the {total} validation images is smaller, nothing was "
-                          f"evaluated (and {out} was left as it was); use --full or a smaller --crop")
-    print(cm.table())
+        raise D2lsegError(f"--crop {crop[0]}x{crop[1]}: every one of the {total} validation images is smaller, nothing "
+                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller --crop")
+    classes = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
+    print(cm.table(classes))
     if skipped:
-        print(f'{skipped} images smaller than the {h}x{w} crop were skipped (use --full)')
-    record = dict(cm.compute(), mode='full' if full else 'crop', images=total - skipped,
-                  ignore_boundary=ignore_boundary, **(extra or {}))
+        print(f'{skipped} images smaller than the {crop[0]}x{crop[1]} crop were skipped (the published protocol '
+              'evaluates every image whole)')
+    record = dict(cm.compute(), protocol=protocol, protocol_text=text, classes=list(classes),
+                  confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, **(extra or {}))
     try:
         checkpoint.atomic_write_json(out, record)
     except OSError as e:
         raise D2lsegError(f"--json {out}: writing the metrics failed ({e.strerror}); they are printed above") from None
     print(f'wrote {out}')
+    if plot:
+        confusion_figure(cm.mat, classes, f'{protocol} protocol, {total - skipped} images', plot)
+        print(f'wrote {plot}')
     return record
-
-
-def low_precision(net, paths, ctx, tile=(320, 480), int8=False, dtype='float32', calib=None):
-    """``net`` for prediction: INT8 (calibrated on ``calib`` images, else the first 8 readable of
-    ``paths``), bfloat16, or as it is."""
-    if int8 and dtype != 'float32':
-        raise D2lsegError(f'--int8 and --dtype {dtype} exclude each other: choose one')
-    if dtype == 'bfloat16':
-        return to_bfloat16(net, ctx)
-    if not int8:
-        return net
-    if calib is None:
-        calib = []
-        for path in paths:
-            with contextlib.suppress(D2lsegError):
-                calib.append(read_image(path))
-            if len(calib) == 8:
-                break
-    return quantize(net, calibration_batch(calib, tile), ctx=ctx) if len(calib) else net
-
-
-def _predict_image(net, path, ctx, full, tile):
-    """-> (image as predicted, class indices (H, W))."""
-    img = read_image(path)
-    if full:
-        return img, predict_full(net, img, tile, ctx)
-    h, w = (img.shape[0] // OUTPUT_STRIDE) * OUTPUT_STRIDE, (img.shape[1] // OUTPUT_STRIDE) * OUTPUT_STRIDE
-    if not h or not w:
-        raise D2lsegError(f"{path}: smaller than 32x32, too small for --crop (use --full)")
-    img = img[:h, :w]
-    return img, predict(net, img, ctx).asnumpy()
-
-
-def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None,
-                  dtype='float32'):
-    """Write ``<stem>_label.png`` and ``<stem>_overlay.png`` per image; returns the number that failed.
-
-    A file that cannot be read is reported on its own line and the rest are still processed.
-    int8 / dtype / calib: ``low_precision``. Nothing is written when the network cannot be converted
-    (a one-line D2lsegError).
-    """
-    ctx = ctx or mx.cpu()
-    net = low_precision(net, paths, ctx, tile, int8, dtype, calib)
-    writable_folder(out_dir, '--out')
-    failed = 0
-    for path, stem in zip(paths, output_stems(paths)):
-        try:
-            img, pred = _predict_image(net, path, ctx, full, tile)
-        except D2lsegError as e:
-            log(f'error: {e}')
-            failed += 1
-            continue
-        try:
-            Image.fromarray(label2image(pred).asnumpy()).save(os.path.join(out_dir, f'{stem}_label.png'))
-            Image.fromarray(overlay(img, pred)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
-        except OSError as e:  # e.g. disk full: say so, go on with the next image
-            log(f'error: {path}: writing its output to {out_dir} failed ({e.strerror})')
-            failed += 1
-            continue
-        log(f'{path}: wrote {out_dir}/{stem}_label.png, {stem}_overlay.png')
-    return failed
-
-
-def output_stems(paths):
-    """Output name stems, one per input path, all distinct: the file's stem, or for inputs sharing one
-    (``a.jpg a.png``) the name with its extension (``a_jpg``, ``a_png``), numbered if still shared."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    shared = {s for s in stems if stems.count(s) > 1}
-    names = [os.path.basename(p).replace('.', '_') if s in shared else s for p, s in zip(paths, stems)]
-    seen, out = {}, []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f'{name}-{seen[name]}')
-    return out
 
 
 def reproduce(recipe, out, progress=True, overwrite=False):
@@ -215,3 +169,22 @@ def reproduce(recipe, out, progress=True, overwrite=False):
         print(cmp.table())
     print(fcn_paper_table())
     return comparisons[0].ok
+
+
+def compare(history_path, against='book'):
+    """Print the comparison of a history.json with a published run ('book', 'd2l-zh-v1', 'all') or a
+    baseline file -> True when no figure regressed."""
+    history = load_history(history_path)
+    targets = ['book', 'd2l-zh-v1'] if against == 'all' else [against]
+    ok = True
+    for target in targets:
+        if target in PUBLISHED_NAMES:
+            cmp = compare_published(history, target, path=history_path)
+        elif os.path.isfile(target):
+            cmp = compare_baseline(history, load_history(target), path=history_path, baseline_path=target)
+        else:
+            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED_NAMES)}, all) "
+                              "nor a baseline file")
+        print(cmp.table())
+        ok &= cmp.ok
+    return ok

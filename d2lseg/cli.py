@@ -8,16 +8,15 @@ import os
 import sys
 import typing
 
-from . import app
-from .callbacks import load_history
-from .config import Recipe, help_text, parse_ctx, recipe_field, recipe_fields
+from . import app, photos
+from .config import Recipe, help_text, recipe_field, recipe_fields, resolve_ctx
 from .errors import D2lsegError
 from .launcher import launch
 from .quantization import DTYPES, to_bfloat16
-from .reference import PUBLISHED_NAMES, compare_baseline, compare_published
 from .synthetic import make_synthetic_voc
+from .runfolder import writable_file
 from .version import __version__
-from .voc import VOC_SUBDIR, iter_split
+from .voc import DATA_DIR, SYNTHETIC_DIR
 
 
 def _crop(text):
@@ -64,7 +63,7 @@ def _add_recipe_flags(p):
             kw['type'] = hint
         if f.name == 'epochs':
             kw['default'] = None  # with --resume, absent means "as stored"
-        p.add_argument(name, **kw)
+        p.add_argument(name, *meta['aliases'], **kw)
     _add_backbone_flags(p)
 
 
@@ -77,29 +76,30 @@ def _recipe_from(args):
 
 
 # What --resume takes from the command line; every other recipe flag (and --out) is the stored run's.
-RESUME_FLAGS = {'--epochs', '--ctx', '--workers', '--kvstore', '--data-dir', '--no-progress', '--resume'}
+RESUME_FLAGS = {'--epochs', '--ctx', '--workers', '--kvstore', '--data-dir', '--no-progress', '--resume',
+                '--log-interval'}
 
 
-def _full_option(token, options):
-    """The option an argparse abbreviation stands for (``--epoch`` -> ``--epochs``), else ``token``."""
-    if token in options:
-        return token
-    matches = [o for o in options if o.startswith(token)]
-    return matches[0] if len(matches) == 1 else token
+def _canonical(token, options):
+    """The flag a command-line token names (``--epoch`` -> ``--epochs``, ``-j`` -> ``--workers``), else None.
+    options: {option string: the flag's first name}."""
+    name = token.split('=')[0]
+    matches = [o for o in options if o == name] or [o for o in options if o.startswith(name) and name.startswith('--')]
+    return options[matches[0]] if len(matches) == 1 else None
 
 
 def cmd_train(args):
     recipe = _recipe_from(args)
-    data_dir = None
+    data_dir, notes = None, []
     if args.resume:
-        given = [_full_option(a.split('=')[0], args.options) for a in args.argv if a.startswith('--')]
+        given = [f for f in (_canonical(a, args.options) for a in args.argv if a.startswith('-')) if f]
         ignored = sorted({f for f in given if f not in RESUME_FLAGS})
         if ignored:
-            print(f"d2lseg train: --resume continues the stored run as it was: ignoring {', '.join(ignored)}",
-                  file=sys.stderr)
+            notes.append(f"d2lseg train: --resume continues the stored run as it was: ignoring {', '.join(ignored)}")
         data_dir = args.data_dir if '--data-dir' in given else None
     app.run_training(recipe, args.out or os.path.join('runs', recipe.variant), resume=args.resume,
-                     progress=not args.no_progress, overwrite=args.overwrite, data_dir=data_dir, epochs=args.epochs)
+                     progress=not args.no_progress, overwrite=args.overwrite, data_dir=data_dir, epochs=args.epochs,
+                     log_interval=args.log_interval, notes=notes)
     return 0
 
 
@@ -111,48 +111,33 @@ def cmd_synth(args):
 
 
 def cmd_evaluate(args):
-    out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)),
-                                    f"eval-{'full' if args.full else 'crop'}.json")
-    app.check_evaluate(out, args.full, args.crop)
-    ctx = parse_ctx(args.ctx)
+    protocol = 'chapter' if args.chapter_protocol else 'published'
+    out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)), f'eval-{protocol}.json')
+    app.check_evaluate(out, protocol, args.crop, args.plot)
+    ctx = resolve_ctx(args.ctx)[1]
     net = app.load_net(args.params, args.variant, args.num_classes, ctx)
     if args.dtype == 'bfloat16':
         net = to_bfloat16(net, ctx[0])
-    app.evaluate_split(net, args.data_dir, ctx[0], out, args.num_classes, full=args.full, crop=tuple(args.crop),
-                       ignore_boundary=args.ignore_boundary, max_images=args.max_images,
-                       progress=not args.no_progress, extra=dict(params=args.params, dtype=args.dtype))
+    app.evaluate_split(net, args.data_dir, ctx[0], out, args.num_classes, protocol=protocol, crop=tuple(args.crop),
+                       max_images=args.max_images, progress=not args.no_progress, plot=args.plot,
+                       extra=dict(params=args.params, dtype=args.dtype))
     return 0
 
 
 def cmd_predict(args):
-    ctx = parse_ctx(args.ctx)
+    ctx = resolve_ctx(args.ctx)[1]
     net = app.load_net(args.params, args.variant, args.num_classes, ctx)
-    calib = None
-    if args.int8 and args.calib_data_dir:
-        voc_dir = os.path.join(args.calib_data_dir, VOC_SUBDIR)
-        if not os.path.isdir(voc_dir):
-            raise D2lsegError(f"--calib-data-dir {args.calib_data_dir}: no VOCdevkit/VOC2012 there")
-        calib = [img for _, img, _ in iter_split(voc_dir, is_train=True, limit=8)]
-    failed = app.predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8, calib=calib,
-                               dtype=args.dtype)
+    calib = photos.calibration_images(args.calib_data_dir) if args.int8 and args.calib_data_dir else None
+    if args.json:
+        writable_file(args.json, '--json')
+    failed = photos.predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8,
+                                  calib=calib, dtype=args.dtype, json_path=args.json,
+                                  warn=photos.training_caveat(args.params))
     return 1 if failed else 0
 
 
 def cmd_compare(args):
-    history = load_history(args.history)
-    targets = ['book', 'd2l-zh-v1'] if args.against == 'all' else [args.against]
-    ok = True
-    for target in targets:
-        if target in PUBLISHED_NAMES:
-            cmp = compare_published(history, target, path=args.history)
-        elif os.path.isfile(target):
-            cmp = compare_baseline(history, load_history(target), path=args.history, baseline_path=target)
-        else:
-            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED_NAMES)}, all) "
-                              "nor a baseline file")
-        print(cmp.table())
-        ok &= cmp.ok
-    return 0 if ok else 1
+    return 0 if app.compare(args.history, args.against) else 1
 
 
 def cmd_reproduce(args):
@@ -188,9 +173,15 @@ def build_parser():
     return parser
 
 
+def _command(sub, name, text):
+    """A subcommand whose --help opens with ``text`` (also its line in ``d2lseg --help``)."""
+    return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + '.')
+
+
 def _synth_parser(sub):
-    p = sub.add_parser('synth', help='write the synthetic VOC-format data set')
-    p.add_argument('--root', default='data', help='data folder; the tree goes to ROOT/VOCdevkit/VOC2012')
+    p = _command(sub, 'synth', 'write the synthetic VOC-format data set')
+    p.add_argument('--root', default=SYNTHETIC_DIR, help='where it goes: ROOT/VOCdevkit/VOC2012, with a marker '
+                   'that keeps it from being taken for the real VOC2012 (default %(default)s)')
     p.add_argument('--n-train', type=_positive_int, default=600, help='training scenes (default %(default)s)')
     p.add_argument('--n-val', type=_positive_int, default=150, help='validation scenes (default %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='random seed of the scenes (default %(default)s)')
@@ -199,41 +190,50 @@ def _synth_parser(sub):
 
 
 def _train_parser(sub):
-    p = sub.add_parser('train', help='train an FCN (the Recipe; flags override its fields)')
+    p = _command(sub, 'train', 'train an FCN (the Recipe; flags override its fields)')
     _add_recipe_flags(p)
-    p.add_argument('--out', help='output folder (default runs/VARIANT)')
+    p.add_argument('--out', '--output-dir', help='run folder (default runs/VARIANT)')
+    p.add_argument('--log-interval', type=_positive_int, default=0, metavar='N',
+                   help='also a line every N batches (default: only per epoch); useful in log files')
     p.add_argument('--resume', metavar='DIR', help='continue the run whose checkpoints are in DIR (its stored '
-                   'recipe; only --epochs, --ctx, --workers, --kvstore and a moved --data-dir are taken)')
+                   'recipe; only --epochs, --ctx, --workers, --kvstore and a moved --data-dir are taken; default: a new run)')
     p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.set_defaults(func=cmd_train, options=sorted(p._option_string_actions))  # resume names what it ignores
+    p.set_defaults(func=cmd_train, options={o: a.option_strings[0] for o, a in p._option_string_actions.items()
+                                            if o not in ('-h', '--help')})  # resume names what it ignores
 
 
 
 def _evaluate_parser(sub):
-    p = sub.add_parser('evaluate', help='metrics of trained parameters on the validation set')
-    p.add_argument('--data-dir', required=True, help='folder holding VOCdevkit/VOC2012')
-    p.add_argument('--full', action='store_true', help='whole images by tiled prediction')
-    p.add_argument('--crop', type=_crop, default=(320, 480), help="crop size in crop mode (the chapter's 320x480)")
-    p.add_argument('--ignore-boundary', action='store_true', help='skip the void border (label 255) instead '
-                   'of counting it as background (the chapter counts it)')
-    p.add_argument('--max-images', type=_positive_int, help='only the first N validation images')
-    p.add_argument('--json', help='where to write the metrics (default: beside --params)')
+    p = _command(sub, 'evaluate', 'metrics of trained parameters on the validation set')
+    p.add_argument('--data-dir', default=DATA_DIR, help='folder holding VOCdevkit/VOC2012 (default %(default)s)')
+    p.add_argument('--chapter-protocol', action='store_true',
+                   help="the chapter's evaluation: top-left --crop crops, smaller images skipped, the void border "
+                        "as background (default: the published protocol, whole images with the void ignored)")
+    p.add_argument('--crop', type=_crop, default=(320, 480),
+                   help="with --chapter-protocol: the crop, HEIGHTxWIDTH (default 320x480, the chapter's)")
+    p.add_argument('--max-images', type=_positive_int, help='only the first N validation images (default: all)')
+    p.add_argument('--json', help='where to write the metrics (default: eval-PROTOCOL.json beside --params)')
+    p.add_argument('--plot', metavar='FILE', help='also draw the confusion matrix into FILE (PNG; default: none)')
     _add_network_flags(p, cmd_evaluate)
 
 
 def _predict_parser(sub):
-    p = sub.add_parser('predict', help='colour label and overlay PNGs for images')
-    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files (JPEG, PNG, ...)')
-    p.add_argument('--out', default='predictions', help='output folder (default %(default)s)')
+    p = _command(sub, 'predict', 'label PNGs (VOC palette), overlays and a legend for images')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files, or folders (searched recursively for '
+                   '.jpg, .png, ...)')
+    p.add_argument('--out', '--output-dir', default='predictions', help='output folder (default %(default)s)')
+    p.add_argument('--json', metavar='FILE', help='also write what was found per image as JSON (default: none)')
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument('--crop', action='store_true', help='predict the top-left crop of sides multiple of 32')
-    mode.add_argument('--full', action='store_true', help='whole image by tiled prediction (the default)')
+    mode.add_argument('--crop', action='store_true', help="predict only the top-left crop with sides multiples of "
+                      "32, as the chapter does (a switch here: the size follows from the image; each crop is named)")
+    mode.add_argument('--full', action='store_true', help='the whole image by tiled prediction (the default)')
     p.add_argument('--int8', action='store_true',
                    help='INT8-quantised network (oneDNN, CPU), calibrated on the first 8 images given '
                         'or on --calib-data-dir')
     p.add_argument('--calib-data-dir', metavar='DIR',
-                   help='with --int8: calibrate on 8 training images of DIR/VOCdevkit/VOC2012')
+                   help='with --int8: calibrate on 8 training images of DIR/VOCdevkit/VOC2012 (default: on the first '
+                        '8 images given)')
     _add_network_flags(p, cmd_predict)
 
 
@@ -243,7 +243,7 @@ def _add_network_flags(p, func):
     p.add_argument('--variant', default='fcn32s', help='the network the parameters belong to: fcn32s (the '
                    'default), fcn16s or fcn8s')
     p.add_argument('--num-classes', type=_positive_int, default=21, help='classes of the network (default %(default)s)')
-    p.add_argument('--ctx', default='cpu', help='cpu (the default), cpu:N, gpu or gpu:0,1')
+    p.add_argument('--ctx', default='auto', help=help_text(recipe_field('ctx')))
     p.add_argument('--dtype', choices=DTYPES, default='float32',
                    help='bfloat16: convert the network (oneDNN, CPU; fastest on CPUs with AMX, which d2lseg '
                         'enables; slower than float32 without AMX) (default %(default)s)')
@@ -252,11 +252,12 @@ def _add_network_flags(p, func):
 
 
 def _reproduce_parser(sub):
-    p = sub.add_parser('reproduce', help="the chapter's recipe on real VOC2012, then the comparison")
-    p.add_argument('--data-dir', default='../data', help='where VOC2012 is downloaded to (default %(default)s)')
+    p = _command(sub, 'reproduce', "the chapter's recipe on real VOC2012, then the comparison")
+    p.add_argument('--data-dir', default=DATA_DIR, help='where VOC2012 is downloaded to (default %(default)s)')
     p.add_argument('--ctx', default='auto', help=help_text(recipe_field('ctx')))
-    p.add_argument('--workers', type=int, default=4, help='data-loading threads (default %(default)s)')
-    p.add_argument('--out', default=os.path.join('runs', 'reproduce'), help='run folder (default %(default)s)')
+    p.add_argument('--workers', '-j', type=int, default=4, help="data-loading threads (default %(default)s, train's "
+                   "is 2: on GPUs, JPEG decoding of full-size VOC images needs more)")
+    p.add_argument('--out', '--output-dir', default=os.path.join('runs', 'reproduce'), help='run folder (default %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     _add_backbone_flags(p)
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -264,7 +265,7 @@ def _reproduce_parser(sub):
 
 
 def _compare_parser(sub):
-    p = sub.add_parser('compare', help="judge a history.json by the published spread or a stored baseline band")
+    p = _command(sub, 'compare', "judge a history.json by the published spread or a stored baseline band")
     p.add_argument('history', help='history.json written by d2lseg train')
     p.add_argument('--against', default='book',
                    help="book (the chapter's run, judged by the published run-to-run spread at epoch 5; the "
@@ -274,14 +275,15 @@ def _compare_parser(sub):
 
 
 def _launch_parser(sub):
-    p = sub.add_parser('launch', help="start MXNet's parameter-server job (scheduler, servers, workers)")
+    p = _command(sub, 'launch', "start MXNet's parameter-server job (scheduler, servers, workers)")
     p.add_argument('-n', '--num-workers', type=_positive_int, required=True, help='worker processes')
     p.add_argument('-s', '--num-servers', type=_positive_int, default=1, help='server processes (default %(default)s)')
-    p.add_argument('--hostfile', help='one host per line; workers and servers are started there over ssh')
+    p.add_argument('--hostfile', help='one host per line; workers and servers are started there over ssh (default: '
+                   'none, all on this machine)')
     p.add_argument('--port', type=int, default=9091, help='scheduler port (default %(default)s; 0 picks a free one)')
     p.add_argument('--scheduler-host', help="this machine's address the hosts reach (default: found from the route "
                                             "to the first host; 127.0.0.1 without --hostfile)")
-    p.add_argument('--timeout', type=float, default=None, help='stop the job after this many seconds')
+    p.add_argument('--timeout', type=float, default=None, help='stop the job after this many seconds (default: none)')
     p.add_argument('worker_command', nargs=argparse.REMAINDER, metavar='-- COMMAND', help='-- then the worker command')
     p.set_defaults(func=cmd_launch)
 

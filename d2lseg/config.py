@@ -15,35 +15,40 @@ import mxnet as mx
 
 from .errors import D2lsegError
 from .model import OUTPUT_STRIDE, VARIANTS
+from .voc import DATA_DIR, SYNTHETIC_DIR
 
 MAX_WORKERS = 64
 KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync')
 LR_SCHEDULES = ('constant', 'poly')
 
 
-def _f(default, help, result=False, flag=True, choices=None, added=None, positive=False):
+def _f(default, help, result=False, flag=True, choices=None, added=None, positive=False, aliases=()):
     """A Recipe field. help: the CLI's text (``%(default)s``: the default); result: changes the trained
     network (compared between histories); flag: a ``d2lseg train`` flag; added: the value histories
-    stored before the field existed ran with; positive: the flag takes whole numbers from 1."""
+    stored before the field existed ran with; positive: the flag takes whole numbers from 1; aliases:
+    other names of the flag (those of torchvision's and gluoncv's training scripts)."""
     return field(default=default, metadata=dict(help=help, result=result, flag=flag, choices=choices,
-                                                added=added, positive=positive))
+                                                added=added, positive=positive, aliases=tuple(aliases)))
 
 
 @dataclass
 class Recipe:
     """Every default of a training run; the chapter's values (D2L 10.10.5) unless noted."""
-    data_dir: str = _f('../data', 'folder holding VOCdevkit/VOC2012 (default %(default)s)')
+    data_dir: Optional[str] = _f(None, f'folder holding VOCdevkit/VOC2012 (default {DATA_DIR}, or {SYNTHETIC_DIR} with '
+                                 '--synthetic)')
     synthetic: bool = _f(False, 'use (making it when missing) the synthetic set under --data-dir', result=True)
     crop: Tuple[int, int] = _f((320, 480), 'HEIGHTxWIDTH, multiples of 32 (default 320x480)', result=True)
-    batch_size: int = _f(32, 'images per step, over all contexts (default %(default)s)', result=True, positive=True)
+    batch_size: int = _f(32, 'images per step, over all contexts (default %(default)s)', result=True, positive=True,
+                         aliases=('-b',))
     epochs: int = _f(5, 'passes over the training split (default %(default)s); with --resume, only a larger value '
                      'extends the stored run', result=True, positive=True)
     lr: float = _f(0.1, 'SGD learning rate (default %(default)s)', result=True)
-    wd: float = _f(1e-3, 'weight decay (default %(default)s)', result=True)
+    wd: float = _f(1e-3, 'weight decay (default %(default)s)', result=True, aliases=('--weight-decay',))
     momentum: float = _f(0.0, 'SGD momentum (default %(default)s: none, as in the chapter)', result=True)
     variant: str = _f('fcn32s', 'fcn32s (the chapter, the default), fcn16s or fcn8s', result=True, choices=VARIANTS)
     pretrained: bool = _f(True, "ImageNet backbone from MXNet's model zoo (downloads; the default)", result=True)
-    backbone_params: Optional[str] = _f(None, 'backbone weights from a local resnet18_v2 .params file')
+    backbone_params: Optional[str] = _f(None, 'backbone weights from a local resnet18_v2 .params file (default: '
+                                        'none; see --pretrained)')
     num_classes: int = _f(21, 'classes, background included', result=True, flag=False)
     ctx: str = _f('auto', "cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu: the chapter's "
                   "try_all_gpus())")
@@ -54,13 +59,17 @@ class Recipe:
                               result=True, added=0)
     ignore_boundary: bool = _f(False, 'label the void border 255 and skip it (the chapter maps it to background)',
                                result=True)
-    workers: int = _f(2, 'data-loading threads (default %(default)s)')
+    workers: int = _f(2, 'data-loading threads (default %(default)s)', aliases=('-j',))
     max_images: Optional[int] = _f(None, 'use only the first N images per split (quick runs; default: all)',
                                    result=True, positive=True)
     kvstore: str = _f('device', "device (one machine, the default), or dist_sync / dist_device_sync under "
                       "'d2lseg launch'", choices=KVSTORES)
     fast_upsampling: bool = _f(True, 'upsampling.FastUpsampling: same results, faster (not in the chapter)',
                                flag=False)
+
+    def __post_init__(self):
+        if self.data_dir is None:  # the one convention: real VOC2012 under data/, the synthetic set beside it
+            self.data_dir = SYNTHETIC_DIR if self.synthetic else DATA_DIR
 
     def validate(self):
         """Raise D2lsegError naming the flag for any value the run cannot use."""
@@ -139,7 +148,7 @@ def flag_table():
     rows = ['| flag | Recipe field | default | what it does |', '|---|---|---|---|']
     for f in recipe_fields(flag=True):
         flag = {'pretrained': '--pretrained / --no-pretrained', 'backbone_params': '--backbone-params FILE'}.get(
-            f.name, '--' + f.name.replace('_', '-'))
+            f.name, ' / '.join(('--' + f.name.replace('_', '-'),) + f.metadata['aliases']))
         default = {True: 'on', False: 'off', None: 'none'}.get(f.default, f.default) \
             if isinstance(f.default, (bool, type(None))) else f.default
         shown = 'x'.join(map(str, default)) if isinstance(default, tuple) else default

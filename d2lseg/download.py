@@ -10,7 +10,7 @@ import urllib.request
 from .errors import D2lsegError, first_line
 from .progress import bar
 from .runfolder import writable_folder
-from .voc import VOC_SUBDIR, has_voc
+from .voc import SYNTHETIC_DIR, VOC_SUBDIR, has_voc, require_real_voc
 
 VOC_URLS = (  # the official host first, then a long-standing mirror of the same file
     'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar',
@@ -67,6 +67,7 @@ def download_voc_pascal(data_dir='../data', urls=VOC_URLS, sha1=VOC_SHA1, timeou
     The tar is streamed to a temporary file, its sha1 checked, then extracted safely into a
     temporary folder that is renamed into place only when complete. Source: D2L 10.10.4.
     """
+    require_real_voc(data_dir)
     voc_dir = os.path.join(data_dir, VOC_SUBDIR)
     if has_voc(data_dir):
         return voc_dir
@@ -100,5 +101,5 @@ def download_voc_pascal(data_dir='../data', urls=VOC_URLS, sha1=VOC_SHA1, timeou
             if os.path.exists(tmp_tar):
                 os.remove(tmp_tar)
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise D2lsegError("could not download Pascal VOC2012 (" + "; ".join(errors) + "); offline, use "
-                      f"`d2lseg synth --root {data_dir}` for the synthetic VOC-format set")
+    raise D2lsegError("could not download Pascal VOC2012 (" + "; ".join(errors) + "); offline, train on the "
+                      f"synthetic VOC-format set: d2lseg synth (writes {SYNTHETIC_DIR}), then d2lseg train --synthetic")

@@ -25,7 +25,7 @@ from .metrics import ConfusionMatrix
 from .model import build_fcn
 from .progress import bar
 from .synthetic import make_synthetic_voc
-from .voc import VOC_SUBDIR, VOCSegDataset, has_voc, split_lists
+from .voc import SYNTHETIC_DIR, VOC_SUBDIR, VOCSegDataset, has_voc, require_real_voc, split_lists, synthetic_marker
 
 
 class TrainingDiverged(D2lsegError):
@@ -64,6 +64,16 @@ class Run:
     synced: bool = False           # distributed: the trainer's first broadcast has finished
 
 
+class BatchState(NamedTuple):
+    """What batch callbacks see after every step."""
+    epoch: int                     # 1-based
+    batch: int                     # 1-based, within the epoch
+    batches: int                   # steps per epoch
+    loss: float                    # mean loss per image so far this epoch
+    img_s: float                   # images per second so far this epoch (this worker)
+    is_chief: bool
+
+
 class StepResult(NamedTuple):
     """What one ``train_step`` measured, as Python numbers."""
     loss_sum: float                # summed per-image losses of the batch
@@ -73,17 +83,23 @@ class StepResult(NamedTuple):
 
 
 def resolve_data_dir(recipe):
-    """The VOC2012 folder a recipe trains on; makes the synthetic set when asked and missing."""
+    """The VOC2012 folder a recipe trains on; makes the synthetic set when asked and missing. The synthetic
+    set is never taken for the real data, nor the real data for the synthetic set."""
     if recipe.synthetic:
+        if has_voc(recipe.data_dir) and synthetic_marker(recipe.data_dir) is None:
+            raise D2lsegError(f"--data-dir {recipe.data_dir}: holds a VOC tree that is not the synthetic set; "
+                              f"--synthetic trains on the synthetic set only (default {SYNTHETIC_DIR}): drop "
+                              "--synthetic to train on it, or choose another --data-dir")
         if not has_voc(recipe.data_dir):
             if split_lists(recipe.data_dir):
                 raise D2lsegError(f"--data-dir {recipe.data_dir}: an incomplete VOC tree (one split list of "
                                   f"two); remove it, or remake it: d2lseg synth --root {recipe.data_dir} --overwrite")
             make_synthetic_voc(recipe.data_dir, seed=recipe.seed)
         return os.path.join(recipe.data_dir, VOC_SUBDIR)
+    require_real_voc(recipe.data_dir)
     if not has_voc(recipe.data_dir):
         raise D2lsegError(f"--data-dir {recipe.data_dir}: no VOCdevkit/VOC2012 there; download it "
-                          f"(d2lseg reproduce downloads) or use --synthetic")
+                          f"(d2lseg reproduce downloads) or train on the synthetic set with --synthetic")
     return os.path.join(recipe.data_dir, VOC_SUBDIR)
 
 
@@ -212,7 +228,7 @@ def _first_nonfinite(net):
     return None
 
 
-def _train_epoch(run, recipe, epoch, progress):
+def _train_epoch(run, recipe, epoch, progress, batch_callbacks=()):
     """One epoch of steps -> (summed loss, pixels right, pixels counted, images, seconds)."""
     run.train_data.set_epoch(epoch)
     steps_per_epoch = len(run.train_iter)
@@ -228,6 +244,8 @@ def _train_epoch(run, recipe, epoch, progress):
                                    f"stopped (lower --lr; the checkpoints of finished epochs are kept)")
         l_sum, right, count, n_img = l_sum + step.loss_sum, right + step.right, count + step.count, n_img + step.batch_size
         epoch_bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
+        for cb in batch_callbacks:
+            cb(BatchState(epoch + 1, i + 1, steps_per_epoch, l_sum / n_img, n_img / (time.time() - tic), run.rank == 0))
     train_time = time.time() - tic
     bad = _first_nonfinite(run.net)  # the last step's update is not seen by any loss: keep it out of checkpoints
     if bad:
@@ -247,13 +265,14 @@ def _epoch_record(run, recipe, epoch, figures, tic):
                 train_time=train_time, time=time.time() - tic, img_s=n_img * run.num_workers / train_time)
 
 
-def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
+def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, batch_callbacks=()):
     """Train a recipe; returns the history dict (recipe, environment, per-epoch records).
 
     callbacks: callables ``cb(state: TrainState)`` run after every epoch (printing, checkpoints,
     plots). resume: a folder holding ``checkpoint.json``; training continues after its epoch with
     the same data order, so the final parameters equal an uninterrupted run's (CPU, same seed).
     run: the ``prepare``d run to train (with ``resume``, of the recipe ``resume_recipe`` returned).
+    batch_callbacks: callables ``cb(state: BatchState)`` run after every step (``callbacks.BatchLogger``).
     """
     meta = checkpoint.load_meta(resume) if resume else None
     if run is None:
@@ -270,7 +289,7 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None):
         history['untrained'] = {k: v for k, v in _validate(run, recipe.num_classes).compute().items() if k != 'iou'}
     for epoch in range(start_epoch, recipe.epochs):
         tic = time.time()
-        record = _epoch_record(run, recipe, epoch, _train_epoch(run, recipe, epoch, progress), tic)
+        record = _epoch_record(run, recipe, epoch, _train_epoch(run, recipe, epoch, progress, batch_callbacks), tic)
         history['epochs'].append(record)
         state = TrainState(recipe, epoch + 1, record, history, run.net, run.trainer, is_chief=run.rank == 0)
         for cb in callbacks:

@@ -144,3 +144,10 @@ def read_image(path):
         raise
     except Exception as e:
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
+
+
+def save_label_png(label, path):
+    """Write class indices (H, W) as a palette PNG with the VOC palette (the VOC label format)."""
+    im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode='P')
+    im.putpalette(voc_palette().reshape(-1).tolist())
+    im.save(path)

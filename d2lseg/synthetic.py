@@ -8,6 +8,7 @@ and void (255) outlines, exactly as the real data set stores them.
 """
 import json
 import os
+import tempfile
 
 import cv2
 import numpy as np
@@ -16,8 +17,9 @@ from PIL import Image
 from .errors import D2lsegError
 from .progress import bar
 from .runfolder import writable_folder
-from .palette import IGNORE_INDEX, voc_palette
-from .voc import VOC_SUBDIR, has_voc, split_lists
+from .images import save_label_png
+from .palette import IGNORE_INDEX
+from .voc import DATA_DIR, MARKER, SYNTHETIC_DIR, VOC_SUBDIR, has_real_voc, has_voc, split_lists, synthetic_marker
 
 # Two sizes hold the chapter's 320x480 crop; the others are nearer the demo's 128x192 crop, so that a
 # crop shows a good part of a scene (and of its objects).
@@ -105,28 +107,7 @@ def make_scene(rng, h, w):
     return img, label
 
 
-def save_label_png(label, path):
-    """Write class indices (H, W) uint8 as a palette PNG with the VOC palette."""
-    im = Image.fromarray(label, mode='P')
-    im.putpalette(voc_palette().reshape(-1).tolist())
-    im.save(path)
-
-
-MARKER = os.path.join('VOCdevkit', 'd2lseg-synthetic.json')  # beside VOC2012 (kept exact): what made it
-
-
-def synthetic_marker(root):
-    """The arguments the synthetic tree under ``root`` was made with (``make_synthetic_voc``), or None for
-    any other tree."""
-    try:
-        with open(os.path.join(root, MARKER)) as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
-def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True,
+def make_synthetic_voc(root=os.path.join('..', SYNTHETIC_DIR), n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True,
                        overwrite=False):
     """Write a VOC2012-format tree under ``root/VOCdevkit/VOC2012`` and return its path.
 
@@ -167,3 +148,23 @@ def make_synthetic_voc(root='../data', n_train=600, n_val=150, sizes=DEFAULT_SIZ
         raise D2lsegError(f"--root {root}: writing the data set failed ({e.strerror}); free space or choose "
                           "another --root, then run again with --overwrite") from None
     return voc_dir
+
+
+def choose_data(root=os.path.join('..', DATA_DIR), quick=False):
+    """The data a notebook uses -> the folder holding VOCdevkit/VOC2012, saying which in one line: the
+    real Pascal VOC2012 under ``root`` when it is there, else the synthetic set under ``root/synthetic``
+    (made once; ``quick``: a tiny one in a temporary folder)."""
+    if quick:
+        data_dir = tempfile.mkdtemp(prefix='d2lseg-nb-')
+        make_synthetic_voc(data_dir, n_train=8, n_val=4, sizes=((128, 192), (160, 224)), progress=False)
+        print(f'data: a tiny synthetic set (quick mode), {data_dir}')
+        return data_dir
+    if has_real_voc(root):
+        print(f'data: the real Pascal VOC2012 under {root}')
+        return root
+    data_dir = os.path.join(root, 'synthetic')
+    if not has_voc(data_dir):
+        make_synthetic_voc(data_dir)
+    print(f'data: the synthetic VOC-format set under {data_dir} (no real VOC2012 under {root}; '
+          f'd2l.download_voc_pascal({root!r}) downloads it, 2 GB)')
+    return data_dir

@@ -4,6 +4,7 @@ The only module of the package that imports matplotlib.
 """
 import numpy as np
 from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
+from matplotlib.patches import Patch
 from mxnet import nd
 
 from .palette import VOC_CLASSES, VOC_COLORMAP
@@ -51,14 +52,58 @@ def overlay(img, pred, alpha=0.5):
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _handles(classes=None):
+    """Legend patches of the VOC classes (all, or the indices in ``classes``)."""
+    idx = range(len(VOC_CLASSES)) if classes is None else sorted(set(int(c) for c in classes))
+    return [Patch(color=np.asarray(VOC_COLORMAP[i]) / 255, label=VOC_CLASSES[i]) for i in idx]
+
+
 def legend(ax=None, classes=None):
     """A colour legend of the VOC classes (all, or the indices in ``classes``)."""
-    from matplotlib.patches import Patch
     ax = ax or plt.gca()
-    idx = range(len(VOC_CLASSES)) if classes is None else sorted(set(int(c) for c in classes))
-    handles = [Patch(color=np.asarray(VOC_COLORMAP[i]) / 255, label=VOC_CLASSES[i]) for i in idx]
-    ax.legend(handles=handles, loc='center left', bbox_to_anchor=(1, 0.5), fontsize='small', frameon=False)
+    ax.legend(handles=_handles(classes), loc='center left', bbox_to_anchor=(1, 0.5), fontsize='small', frameon=False)
     return ax
+
+
+def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, scale=2.2):
+    """Columns of (image, label indices, predicted indices) with row titles and a legend of the classes
+    shown -> the figure, saved to ``path``. rows: a list of (H, W, 3) uint8 and two (H, W) index arrays."""
+    h, w = _np_img(rows[0][0]).shape[:2]
+    fig, axes = plt.subplots(3, len(rows), figsize=(scale * len(rows) + 2.2, 3 * scale * h / w + 0.4), squeeze=False)
+    shown = set()
+    for j, (img, label, pred) in enumerate(rows):
+        for i, part in enumerate((img, label, pred)):
+            part = _np_img(part)
+            if part.ndim == 2:
+                valid = part[part != 255].astype(int)
+                shown |= set(np.unique(valid).tolist())
+                palette = np.vstack([VOC_COLORMAP, np.zeros((256 - len(VOC_COLORMAP), 3))]).astype(np.uint8)
+                palette[255] = (224, 224, 192)
+                part = palette[part.astype(int)]
+            axes[i][j].imshow(part)
+            axes[i][j].set_xticks([])
+            axes[i][j].set_yticks([])
+            if j == 0:
+                axes[i][j].set_ylabel(titles[i])
+    fig.legend(handles=_handles(sorted(shown)), loc='center right', fontsize='small', frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
+    if path:
+        fig.savefig(path, dpi=100, bbox_inches='tight')
+        plt.close(fig)
+    return fig
+
+
+def legend_figure(classes, path=None):
+    """A stand-alone colour legend of the VOC classes with indices ``classes`` -> the figure, saved to ``path``."""
+    fig, ax = plt.subplots(figsize=(2.6, 0.3 + 0.26 * max(len(classes), 1)))
+    ax.axis('off')
+    legend(ax, classes)
+    ax.get_legend().set_bbox_to_anchor((0, 0.5))
+    ax.get_legend().set_title('class colours')
+    if path:
+        fig.savefig(path, dpi=100, bbox_inches='tight')
+        plt.close(fig)
+    return fig
 
 
 def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
@@ -78,6 +123,16 @@ def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
     ax.set_ylabel('true')
     plt.colorbar(im, ax=ax, fraction=0.046)
     return ax
+
+
+def confusion_figure(mat, classes, title, path):
+    """The row-normalised confusion matrix with its title, saved to ``path``."""
+    _, ax = plt.subplots(figsize=(7.5, 6.5))
+    plot_confusion(mat, classes, ax)
+    ax.set_title(f'confusion matrix (share of each true class): {title}', fontsize=9)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=100)
+    plt.close(ax.figure)
 
 
 def plot_history(history, path=None):

@@ -5,6 +5,7 @@ with its behaviour, plus what the chapter glosses over: palette PNG labels, the 
 255), uint8 storage, seeded crops and shardable samplers. Colours and classes are in ``palette``,
 strict file readers in ``images``, the download in ``download``.
 """
+import json
 import logging
 import os
 import random
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 VOC_SUBDIR = os.path.join('VOCdevkit', 'VOC2012')
 SPLITS = ('train', 'val')
+DATA_DIR = 'data'                                # every command's default: the real VOC2012 goes here
+SYNTHETIC_DIR = os.path.join(DATA_DIR, 'synthetic')  # and the synthetic set here, never in its place
 
 
 def split_lists(data_dir):
@@ -33,10 +36,37 @@ def has_voc(data_dir):
     return split_lists(data_dir) == SPLITS
 
 
+MARKER = os.path.join('VOCdevkit', 'd2lseg-synthetic.json')  # beside VOC2012 (kept exact): what made it
+
+
+def synthetic_marker(root):
+    """The arguments the synthetic tree under ``root`` was made with (``make_synthetic_voc``), or None for
+    any other tree."""
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def has_real_voc(data_dir):
+    """True when ``data_dir`` holds a complete VOC tree that is not the synthetic set."""
+    return has_voc(data_dir) and synthetic_marker(data_dir) is None
+
+
+def require_real_voc(data_dir, flag='--data-dir'):
+    """One-line D2lsegError when ``data_dir`` holds the synthetic set where the real VOC2012 is expected."""
+    if synthetic_marker(data_dir) is not None:
+        raise D2lsegError(f"{flag} {data_dir}: holds the synthetic set (made by d2lseg synth; {MARKER}), not "
+                          f"Pascal VOC2012; give the folder of the real data (default {DATA_DIR}), or train on the "
+                          "synthetic set with --synthetic")
+
+
 def _check_voc_root(root):
     if not os.path.isdir(root):
-        raise D2lsegError(f"{root}: no VOC2012 tree here; run `d2lseg synth --root DATA_DIR` for the synthetic set "
-                          f"or download_voc_pascal(DATA_DIR) for the real one")
+        raise D2lsegError(f"{root}: no VOC2012 tree here; run `d2lseg synth` for the synthetic set (it goes to "
+                          f"{SYNTHETIC_DIR}) or download_voc_pascal for the real one")
 
 
 def read_split(root, is_train=True):

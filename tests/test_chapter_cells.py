@@ -195,12 +195,16 @@ def run_chapter(root):
     import nbformat
     import matplotlib.cbook
     from d2lseg.synthetic import make_synthetic_voc
+    from d2lseg.voc import MARKER
     work, img_dir = root / 'work', root / 'img'
     work.mkdir()
     img_dir.mkdir()
     shutil.copy(matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False), img_dir / 'catdog.jpg')
     make_synthetic_voc(str(root / 'data'), n_train=8, n_val=4, sizes=((320, 480), (352, 512)),
                        seed=3, progress=False)
+    # the chapter downloads VOC2012 into ../data: this tree stands in for it, so it goes without the
+    # marker that keeps the synthetic set from being taken for the real one (download_voc_pascal)
+    (root / 'data' / MARKER).unlink()
     nb = nbformat.v4.new_notebook()
     nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
     nb.cells = [nbformat.v4.new_code_cell(src) for src in _chapter_cells()]

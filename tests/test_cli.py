@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from d2lseg import checkpoint
 from d2lseg.cli import main
 from d2lseg.model import build_fcn
 from d2lseg.palette import VOC_CLASSES
+from d2lseg.voc import VOC_SUBDIR, read_split
 
 EPOCH_FIGURES = {'epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'val_mean_acc', 'val_fwiou', 'val_iou',
                  'lr', 'train_time', 'time', 'img_s'}
@@ -71,6 +73,47 @@ def test_train_writes_history_curves_checkpoints_and_params(trained):
     net = build_fcn(21, 'fcn32s', pretrained=False)
     net.load_parameters(os.path.join(out, 'model.params'))
     assert net(mx.nd.zeros((1, 3, 64, 96))).shape == (1, 21, 64, 96)
+    # the best epoch by val mIoU: named in the history, its parameters in best.params (= that checkpoint)
+    mious = [r['val_miou'] for r in history['epochs']]
+    best = history['best']
+    assert best['epoch'] == 1 + mious.index(max(mious)) and best['val_miou'] == max(mious)
+    kept = mx.nd.load(os.path.join(out, f"ckpt-epoch{best['epoch']:04d}.params"))
+    for k, v in mx.nd.load(os.path.join(out, 'best.params')).items():
+        assert (v == kept[k]).min().asscalar() == 1, k
+    # train.log: what was printed, epoch lines and the final line included
+    with open(os.path.join(out, 'train.log')) as f:
+        log = f.read()
+    assert log.count('\nepoch ') == 2 and 'final val mIoU' in log and 'machine: ' in log
+
+
+def test_log_interval_and_the_log_file_keep_batch_lines_and_errors(data_root, tmp_path):
+    out = str(tmp_path / 'run')
+    code, stdout, stderr = run_main(tiny_flags(data_root, out, epochs=1) + ['--log-interval', '1'])
+    assert code == 0, stderr
+    batch_lines = [line for line in stdout.splitlines() if ', batch ' in line]
+    assert [line.split(',')[1].strip() for line in batch_lines] == ['batch 1/2', 'batch 2/2']
+    with open(os.path.join(out, 'train.log')) as f:
+        log = f.read().splitlines()
+    assert [line for line in log if ', batch ' in line] == batch_lines
+    code, _, stderr = run_main(['train', '--resume', out, '--epochs', '2', '--lr', '1e9', '--no-progress'])
+    with open(os.path.join(out, 'train.log')) as f:
+        log = f.read()
+    assert 'ignoring --lr' in log and log.count('training on [cpu(0)]') == 2   # appended, warnings kept
+
+
+def test_the_synthetic_set_is_never_taken_for_voc_nor_voc_for_it(data_root, voc_dir, tmp_path):
+    out = str(tmp_path / 'run')
+    flags = tiny_flags(data_root, out)
+    flags.remove('--synthetic')
+    code, _, stderr = run_main(flags)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and 'holds the synthetic set' in lines[0] and '--synthetic' in lines[0]
+    real = tmp_path / 'real'
+    shutil.copytree(voc_dir, real / VOC_SUBDIR)                 # the same tree without the synthetic marker
+    code, _, stderr = run_main(tiny_flags(str(real), out))
+    assert code == 2 and 'not the synthetic set' in stderr and not os.path.exists(out)
+    code, _, stderr = run_main(['reproduce', '--data-dir', data_root, '--out', out, '--no-pretrained'])
+    assert code == 2 and 'holds the synthetic set' in stderr and not os.path.exists(out)
 
 
 def test_resume_continues_to_the_same_parameters(trained, data_root, tmp_path):
@@ -91,48 +134,104 @@ def test_resume_continues_to_the_same_parameters(trained, data_root, tmp_path):
     assert max(float(np.abs(a[k].asnumpy() - b[k].asnumpy()).max()) for k in a) <= 1e-6
 
 
-@pytest.mark.parametrize('mode', ['crop', 'full'])
-def test_evaluate_prints_metrics_table_and_writes_json(trained, data_root, tmp_path, mode):
+@pytest.mark.parametrize('protocol', ['chapter', 'published'])
+def test_evaluate_prints_metrics_table_and_writes_json(trained, data_root, tmp_path, protocol):
     out, _ = trained
-    path = str(tmp_path / f'{mode}.json')
+    path, plot = str(tmp_path / f'{protocol}.json'), str(tmp_path / 'confusion.png')
     argv = ['evaluate', '--params', os.path.join(out, 'model.params'), '--data-dir', data_root, '--crop', '64x96',
-            '--json', path, '--no-progress'] + (['--full'] if mode == 'full' else [])
+            '--json', path, '--plot', plot, '--no-progress'] + (['--chapter-protocol'] if protocol == 'chapter' else [])
     code, stdout, stderr = run_main(argv)
     assert code == 0, stderr
-    first = stdout.splitlines()[0]
+    header, first = stdout.splitlines()[:2]
+    assert header.startswith(f'protocol: {protocol}: ') and (
+        'void border ignored' if protocol == 'published' else 'void border counted as background') in header
     for name in ('pixel acc', 'mean acc', 'mIoU', 'f.w. IoU'):
         assert name in first
     for cls in VOC_CLASSES:
-        assert any(line.split()[0] == cls.split()[0] for line in stdout.splitlines()[1:]), cls
+        assert any(line.split()[0] == cls.split()[0] for line in stdout.splitlines()[2:]), cls
     with open(path) as f:
         result = json.load(f)
-    assert result['mode'] == mode and result['images'] == 8
+    assert result['protocol'] == protocol and result['images'] == 8 and result['classes'] == VOC_CLASSES
+    assert result['ignore_boundary'] == (protocol == 'published')
     for key in ('pixel_acc', 'mean_acc', 'miou', 'fwiou'):
         assert 0 <= result[key] <= 1
         assert f'{result[key]:.4f}' in first
     assert len(result['iou']) == 21
+    mat = np.array(result['confusion'])
+    assert mat.shape == (21, 21) and result['pixel_acc'] == pytest.approx(np.trace(mat) / mat.sum())
+    voc_dir = os.path.join(data_root, VOC_SUBDIR)
+    pixels = sum(np.prod(Image.open(os.path.join(voc_dir, 'SegmentationClass', n + '.png')).size)
+                 for n in read_split(voc_dir, is_train=False))
+    if protocol == 'chapter':
+        assert mat.sum() == 8 * 64 * 96                   # the top-left crops, void pixels counted
+    else:
+        assert 0.8 * pixels < mat.sum() < pixels          # whole images, the void border left out
+    assert Image.open(plot).size[0] > 300                 # the confusion matrix figure
 
 
-def test_predict_writes_pngs_and_reports_unreadable_files(trained, voc_dir, tmp_path):
+def test_predict_writes_palette_pngs_overlays_a_legend_and_what_it_found(trained, voc_dir, tmp_path):
     out, _ = trained
     names = sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages')))[:2]
     images = [os.path.join(voc_dir, 'JPEGImages', n) for n in names]
     bad = tmp_path / 'broken.jpg'
     bad.write_bytes(b'not an image at all')
-    pred_dir = str(tmp_path / 'pred')
+    pred_dir, report = str(tmp_path / 'pred'), str(tmp_path / 'found.json')
     code, stdout, stderr = run_main(['predict', images[0], str(bad), images[1], '--params',
-                                     os.path.join(out, 'model.params'), '--out', pred_dir, '--no-progress'])
+                                     os.path.join(out, 'model.params'), '--out', pred_dir, '--json', report,
+                                     '--no-progress'])
     assert code == 1
     errors = [line for line in (stdout + stderr).splitlines() if 'error' in line]
     assert len(errors) == 1 and str(bad) in errors[0]
-    for path in images:
+    warnings = [line for line in stderr.splitlines() if 'warning' in line]  # the model trained on synthetic shapes
+    assert len(warnings) == 1 and 'synthetic' in warnings[0] and 'history.json' in warnings[0]
+    with open(report) as f:
+        found = json.load(f)['images']
+    assert [r['image'] for r in found] == [images[0], str(bad), images[1]] and 'error' in found[1]
+    for path, record in zip(images, (found[0], found[2])):
         stem = os.path.splitext(os.path.basename(path))[0]
         h, w = np.asarray(Image.open(path)).shape[:2]
-        for kind in ('label', 'overlay'):
-            im = Image.open(os.path.join(pred_dir, f'{stem}_{kind}.png'))
-            assert im.size == (w, h)
-    assert sorted(os.listdir(pred_dir)) == sorted(f'{os.path.splitext(n)[0]}_{k}.png' for n in names
-                                                  for k in ('label', 'overlay'))
+        label = Image.open(os.path.join(pred_dir, f'{stem}.png'))
+        assert label.mode == 'P' and label.size == (w, h)               # class indices, VOC's palette
+        assert label.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+        assert Image.open(os.path.join(pred_dir, f'{stem}_overlay.png')).size == (w, h)
+        idx = np.asarray(label)
+        shares = {VOC_CLASSES[c]: np.mean(idx == c) for c in np.unique(idx)}
+        assert record['classes'] == pytest.approx(shares) and record['size'] == [h, w]
+        line = next(line for line in stdout.splitlines() if line.startswith(path + ':'))
+        top = max(shares, key=shares.get)
+        assert f'{top} {shares[top]:.1%}' in line
+    assert sorted(os.listdir(pred_dir)) == sorted([f'{os.path.splitext(n)[0]}{k}.png' for n in names
+                                                   for k in ('', '_overlay')] + ['legend.png'])
+
+
+def test_predict_takes_folders_and_names_any_crop(trained, voc_dir, tmp_path):
+    out, _ = trained
+    photos = tmp_path / 'photos'
+    (photos / 'more').mkdir(parents=True)
+    names = sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages')))[:2]
+    shutil.copy(os.path.join(voc_dir, 'JPEGImages', names[0]), photos / 'a.jpg')
+    shutil.copy(os.path.join(voc_dir, 'JPEGImages', names[1]), photos / 'more' / 'b.jpg')
+    img = np.random.default_rng(0).integers(0, 256, (100, 70, 3), dtype=np.uint8)
+    Image.fromarray(img).save(photos / 'more' / 'c.png')          # 70x100: sides not multiples of 32
+    (photos / 'notes.txt').write_text('not an image')
+    pred = tmp_path / 'pred'
+    code, stdout, stderr = run_main(['predict', str(photos), '--params', os.path.join(out, 'model.params'),
+                                     '--out', str(pred), '--crop', '--no-progress'])
+    assert code == 0, stderr
+    assert sorted(os.listdir(pred)) == ['a.png', 'a_overlay.png', 'b.png', 'b_overlay.png', 'c.png',
+                                        'c_overlay.png', 'legend.png']
+    notice = [line for line in stdout.splitlines() if 'cropped' in line]
+    assert len(notice) == 1 and '70x100 cropped to its top-left 64x96' in notice[0]
+    assert Image.open(pred / 'c.png').size == (64, 96)
+    code, _, stderr = run_main(['predict', str(photos / 'more'), '--params', os.path.join(out, 'model.params'),
+                                '--out', str(photos / 'more'), '--no-progress'])       # outputs beside the inputs
+    assert code == 2 and 'holds images being predicted' in stderr
+    assert sorted(os.listdir(photos / 'more')) == ['b.jpg', 'c.png']
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    code, _, stderr = run_main(['predict', str(empty), '--params', os.path.join(out, 'model.params'),
+                                '--out', str(pred), '--no-progress'])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and 'no image files' in stderr
 
 
 BAD_FLAGS = [
@@ -195,8 +294,8 @@ def test_bfloat16_evaluate_and_predict_agree_with_float32(trained, data_root, vo
     results = {}
     for dtype in ('float32', 'bfloat16'):
         path = str(tmp_path / f'{dtype}.json')
-        code, _, stderr = run_main(['evaluate', '--params', params, '--data-dir', data_root, '--crop', '64x96',
-                                    '--full', '--json', path, '--dtype', dtype, '--no-progress'])
+        code, _, stderr = run_main(['evaluate', '--params', params, '--data-dir', data_root, '--json', path,
+                                    '--dtype', dtype, '--no-progress'])
         assert code == 0, stderr
         with open(path) as f:
             results[dtype] = json.load(f)
@@ -211,9 +310,9 @@ def test_bfloat16_evaluate_and_predict_agree_with_float32(trained, data_root, vo
         code, _, stderr = run_main(['predict', *images, '--params', params, '--out', str(tmp_path / dtype),
                                     '--dtype', dtype, '--no-progress'])
         assert code == 0, stderr
-        labels[dtype] = np.concatenate([np.asarray(Image.open(tmp_path / dtype / f'{os.path.splitext(n)[0]}_label.png'))
-                                        .reshape(-1, 3) for n in names])
-    agree = (labels['float32'] == labels['bfloat16']).all(axis=1).mean()
+        labels[dtype] = np.concatenate([np.asarray(Image.open(tmp_path / dtype / f'{os.path.splitext(n)[0]}.png'))
+                                        .reshape(-1) for n in names])
+    agree = (labels['float32'] == labels['bfloat16']).mean()
     assert agree >= 0.98, agree  # stated threshold: 98 % of pixels get the float32 class
 
 
@@ -242,6 +341,11 @@ def test_every_flag_has_help_and_there_is_a_version(capsys):
     blank = [f'{name} {a.option_strings or a.dest}' for name, sub in subparsers.choices.items()
              for a in sub._actions if not a.help and not isinstance(a, argparse._HelpAction)]
     assert blank == []
+    switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
+    no_default = [f'{name} {a.option_strings}' for name, sub in subparsers.choices.items() for a in sub._actions
+                  if a.option_strings and not a.required and not isinstance(a, switches) and 'default' not in a.help]
+    assert no_default == []                          # every flag's help names its default
+    assert all(sub.description for sub in subparsers.choices.values())
     with pytest.raises(SystemExit) as exit_info:
         main(['--version'])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f'd2lseg {__version__}'

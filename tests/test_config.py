@@ -45,11 +45,15 @@ def _train_options():
 def test_train_flags_are_generated_from_the_recipe_fields():
     train = _train_options()
     defaults = Recipe()
+    assert cli._recipe_from(train.parse_args([])) == defaults       # no flag: the Recipe's defaults
     for f in config.recipe_fields(flag=True):
         args = train.parse_args([])
         assert hasattr(args, f.name), f.name                      # every flag field is a flag
         if f.name != 'epochs':                                    # absent --epochs: "as stored" under --resume
-            assert getattr(args, f.name) == getattr(defaults, f.name), f.name
+            assert getattr(args, f.name) == f.default, f.name
+    assert cli._recipe_from(train.parse_args(['--synthetic'])).data_dir == os.path.join('data', 'synthetic')
+    aliased = train.parse_args(['-b', '4', '-j', '1', '--weight-decay', '0.5'])
+    assert (aliased.batch_size, aliased.workers, aliased.wd) == (4, 1, 0.5)
     args = train.parse_args(['--lr', '0.02', '--crop', '64x96', '--max-images', '3', '--ignore-boundary',
                              '--no-pretrained', '--ctx', 'cpu'])
     recipe = cli._recipe_from(args)

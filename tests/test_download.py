@@ -123,7 +123,7 @@ def assert_fault(data_dir, match, **kw):
     with pytest.raises(D2lsegError, match=match) as e:
         download_voc_pascal(data_dir, timeout=TIMEOUT, **kw)
     msg = str(e.value)
-    assert '\n' not in msg and 'd2lseg synth --root' in msg
+    assert '\n' not in msg and 'd2lseg synth (writes data/synthetic), then d2lseg train --synthetic' in msg
     assert leftovers(data_dir) == []  # no partial tree, no .tar.part, no extraction folder
     return msg
 
@@ -164,7 +164,8 @@ def test_connection_refused_then_success(tmp_path, server, good_tar, closed_port
     data_dir = str(tmp_path)
     msg = assert_fault(data_dir, r'could not download Pascal VOC2012 \(http://127\.0\.0\.1:\d+/VOCtrainval.*refused',
                        urls=[closed_port_url], sha1=sha1(good_tar))
-    assert f'`d2lseg synth --root {data_dir}`' in msg
+    assert msg.endswith('offline, train on the synthetic VOC-format set: d2lseg synth (writes data/synthetic), '
+                        'then d2lseg train --synthetic')
     # the mirror is tried after the refused host
     voc_dir = download_voc_pascal(data_dir, urls=[closed_port_url, server.base + '/good.tar'],
                                   sha1=sha1(good_tar), timeout=TIMEOUT)
@@ -218,3 +219,10 @@ def test_incomplete_tree_is_not_mistaken_for_a_complete_one(tmp_path, server, go
     os.rmdir(os.path.join(data_dir, VOC_SUBDIR, 'JPEGImages'))
     os.rmdir(os.path.join(data_dir, VOC_SUBDIR))
     assert_good_call_works(data_dir, server, good_tar)
+
+
+def test_the_synthetic_set_is_not_taken_for_voc(tmp_path, server, good_tar, data_root):
+    before = len(server.hits)
+    with pytest.raises(D2lsegError, match='holds the synthetic set .* not Pascal VOC2012') as e:
+        download_voc_pascal(data_root, urls=[server.base + '/good.tar'], sha1=sha1(good_tar), timeout=TIMEOUT)
+    assert '\n' not in str(e.value) and len(server.hits) == before   # nothing downloaded

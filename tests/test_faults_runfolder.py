@@ -10,7 +10,7 @@ from PIL import Image
 
 from d2lseg import runfolder
 from d2lseg.cli import main
-from d2lseg.app import output_stems
+from d2lseg.photos import output_stems
 
 pytestmark = pytest.mark.fault
 
@@ -155,7 +155,7 @@ def test_predict_gives_inputs_sharing_a_stem_distinct_outputs(done, tmp_path, ca
     out = tmp_path / 'pred'
     code, _, _ = run(['predict', *paths, '--params', os.path.join(done, 'model.params'), '--out', str(out)], capsys)
     assert code == 0
-    assert sorted(os.listdir(out)) == ['a_jpg_label.png', 'a_jpg_overlay.png', 'a_png_label.png', 'a_png_overlay.png']
+    assert sorted(os.listdir(out)) == ['a_jpg.png', 'a_jpg_overlay.png', 'a_png.png', 'a_png_overlay.png', 'legend.png']
     code, _, err = run(['predict', paths[0], '--params', os.path.join(done, 'model.params'), '--out', paths[1]], capsys)
     assert code == 2 and len(err) == 1 and 'a file, not a folder' in err[0]
 
@@ -164,11 +164,11 @@ def test_evaluate_keeps_good_results_and_checks_its_output_first(done, data_root
     params = os.path.join(done, 'model.params')
     good = tmp_path / 'eval.json'
     good.write_text('{"miou": 0.5}')
-    code, _, err = run(['evaluate', '--params', params, '--data-dir', data_root, '--crop', '3200x3200',
-                        '--json', str(good), '--no-progress'], capsys)
-    assert code == 2 and len(err) == 1 and 'nothing was evaluated' in err[0] and '--full' in err[0]
+    code, _, err = run(['evaluate', '--params', params, '--data-dir', data_root, '--chapter-protocol', '--crop',
+                        '3200x3200', '--json', str(good), '--no-progress'], capsys)
+    assert code == 2 and len(err) == 1 and 'nothing was evaluated' in err[0] and 'published protocol' in err[0]
     assert good.read_text() == '{"miou": 0.5}'
-    for argv, says in ((['--crop', '50x50'], '--crop 50x50: both sides must be positive multiples of 32'),
+    for argv, says in ((['--chapter-protocol', '--crop', '50x50'], '--crop 50x50: both sides must be positive multiples of 32'),
                        (['--json', str(tmp_path)], 'a folder; give a file name'),
                        (['--json', str(tmp_path / 'no' / 'x.json')], 'cannot be written')):
         code, _, err = run(['evaluate', '--params', params, '--data-dir', data_root, '--no-progress', *argv], capsys)

@@ -55,7 +55,6 @@ def test_package_imports_are_at_module_top():
     """Inside functions only what a measured cost or an optional dependency needs (named here, with why)."""
     allowed = {
         ('viz.py', 'matplotlib_inline'),      # Jupyter's inline backend, only in a notebook
-        ('viz.py', 'matplotlib.patches'),     # only when a legend is drawn
         ('viz.py', 'matplotlib.ticker'),
         ('__init__.py', ''),                  # PEP 562: matplotlib (viz) loads on first use, ~0.4 s
         ('startup.py', 'mxnet'),              # startup runs before MXNet loads; settle() runs after
@@ -81,3 +80,24 @@ def test_readme_layout_names_every_module():
     listed = set(re.findall(r'(?<![\w/])((?:native/)?\w+\.py)', layout))
     assert listed == modules, (f'README layout lacks {sorted(modules - listed)}, '
                                f'names missing {sorted(listed - modules)}')
+
+
+def test_install_requires_is_what_the_package_imports():
+    """Every third-party module the package imports is installed by setup.py, and nothing else is."""
+    import sys
+    setup = _tree(os.path.join(ROOT, 'setup.py'))
+    stack = next(ast.literal_eval(n.value) for n in setup.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], 'id', '') == 'STACK')
+    names = {req.split('=')[0].split('<')[0].split('>')[0] for req in stack}
+    imported = set()
+    for path in PACKAGE:
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split('.')[0])
+    third_party = imported - set(sys.stdlib_module_names) - {'d2lseg'}
+    # mxnet comes from the cpu / cu112 extra; matplotlib_inline with Jupyter (viz uses it only there)
+    distribution = {'cv2': 'opencv-python', 'PIL': 'Pillow', 'mxnet': None, 'matplotlib_inline': None}
+    needed = {distribution.get(m, m) for m in third_party} - {None}
+    assert needed == names, (sorted(needed), sorted(names))

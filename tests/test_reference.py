@@ -6,11 +6,13 @@ import io
 import contextlib
 import json
 import os
+import shutil
 
 import pytest
 
 import d2lseg
 from d2lseg.cli import main
+from d2lseg.voc import VOC_SUBDIR
 from d2lseg.reference import (CHAPTER_RECIPE, FIGURES, PRESETS, PUBLISHED, SPREAD, UnusableHistory, band_of,
                               compare_baseline, compare_published, judge, judged_stats)
 
@@ -198,8 +200,9 @@ def test_reproduce_offline_fails_clearly_without_the_backbone(monkeypatch, tmp_p
     from d2lseg.cli import main
     _offline(monkeypatch)
     monkeypatch.setenv('MXNET_HOME', str(tmp_path / 'mxnet-home'))  # no cached weights
-    out = tmp_path / 'out'
-    assert main(['reproduce', '--data-dir', data_root, '--out', str(out), '--no-progress', '--ctx', 'cpu']) == 2
+    out, real = tmp_path / 'out', tmp_path / 'real'
+    shutil.copytree(os.path.join(data_root, VOC_SUBDIR), real / VOC_SUBDIR)   # a VOC tree, not marked synthetic
+    assert main(['reproduce', '--data-dir', str(real), '--out', str(out), '--no-progress', '--ctx', 'cpu']) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
     assert len(err) == 1 and 'resnet18_v2' in err[0] and '--backbone-params' in err[0]
     assert not out.exists()

@@ -1,6 +1,7 @@
 """The synthetic VOC-format data set: layout, palette PNG labels, void outlines, sizes, determinism, CLI."""
 import hashlib
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -8,8 +9,8 @@ import pytest
 from PIL import Image
 
 from d2lseg.cli import main
-from d2lseg.synthetic import DEFAULT_SIZES, make_synthetic_voc
-from d2lseg.voc import has_voc
+from d2lseg.synthetic import DEFAULT_SIZES, choose_data, make_synthetic_voc
+from d2lseg.voc import has_real_voc, has_voc
 from d2lseg.palette import voc_palette
 from d2lseg.voc import VOCSegDataset, VOC_SUBDIR
 
@@ -126,3 +127,17 @@ def test_cli_synth(tmp_path, capsys):
     assert len(listing(voc_dir, 'train')) == 3 and len(listing(voc_dir, 'val')) == 2
     assert len(os.listdir(os.path.join(voc_dir, 'JPEGImages'))) == 5
     assert has_voc(root)
+
+
+def test_synth_defaults_to_its_own_folder_and_choose_data_says_what_it_found(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(['synth', '--n-train', '3', '--n-val', '2']) == 0
+    assert has_voc(os.path.join('data', 'synthetic')) and not has_voc('data')   # never where VOC belongs
+    capsys.readouterr()
+    assert choose_data('data') == os.path.join('data', 'synthetic')            # no real VOC: the synthetic set
+    line = capsys.readouterr().out.strip()
+    assert line.startswith('data: the synthetic VOC-format set under data/synthetic (no real VOC2012 under data')
+    shutil.copytree(os.path.join('data', 'synthetic', 'VOCdevkit', 'VOC2012'), os.path.join('data', VOC_SUBDIR))
+    assert has_real_voc('data') and not has_real_voc(os.path.join('data', 'synthetic'))
+    assert choose_data('data') == 'data'                                       # a VOC tree without the marker
+    assert capsys.readouterr().out.strip() == 'data: the real Pascal VOC2012 under data'

@@ -15,7 +15,7 @@ from mxnet import image, nd
 from PIL import Image
 
 from d2lseg.errors import D2lsegError
-from d2lseg.synthetic import save_label_png
+from d2lseg.images import save_label_png
 from d2lseg.palette import IGNORE_INDEX, voc_label_indices, voc_palette
 from d2lseg.voc import VOCSegDataset, iter_split, load_data_voc, read_voc_images, voc_rand_crop
 

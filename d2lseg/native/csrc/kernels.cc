@@ -5,6 +5,7 @@
 //   d2lseg_upsample_argmax(data, weight, bias, stride)  argmax over classes of d2lseg_upsample's
 //                                                  output, computed without writing that output
 //   d2lseg_softmax_ce(logits, label, ignore)      per-sample mean softmax cross-entropy over axis 1
+//   d2lseg_softmax_ce_weighted(logits, label, weight, ignore)   the same, each pixel weighted by its class
 //   d2lseg_argmax(logits)                         argmax over axis 1, first maximum wins
 //
 // Built and loaded by d2lseg/kernels.py; tests/test_kernels.py checks every value and gradient
@@ -363,7 +364,7 @@ void dA_panel(const float* Gp, long P, int s, const float* WT, int Kpad, int kv0
 // The backward sums the input gradient over panels in kGroups fixed groups (then the groups in
 // order), so its result does not depend on how many threads run it: MXNet runs the contexts of
 // one process concurrently, each with a share of the cores, and a distributed worker must get
-// the same bits as the single-process run it is compared with (tests/test_distributed.py).
+// the same bits as the single-process run it is compared with (tests/test_kvstore.py).
 constexpr int kGroups = 16;
 
 // Backward, one panel (c, i) at a time: Gp[p][j] = dout at block p's row/column j (zero where cropped);
@@ -538,8 +539,25 @@ MXReturnValue ce_shape(const std::unordered_map<std::string, std::string>&, std:
   return MX_SUCCESS;
 }
 
-MXReturnValue ce_fwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
-                     std::vector<MXTensor>* out, const OpResource&) {
+MXReturnValue wce_parse(const std::unordered_map<std::string, std::string>&, int* num_in, int* num_out) {
+  *num_in = 3;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue wce_shape(const std::unordered_map<std::string, std::string>& attrs,
+                        std::vector<std::vector<unsigned int>>* in, std::vector<std::vector<unsigned int>>* out) {
+  const auto& w = in->at(2);
+  if (w.size() != 1 || in->at(0).size() != 4 || w[0] != in->at(0)[1]) {
+    MX_ERROR_MSG << "d2lseg_softmax_ce_weighted: expected class weights (C,) for logits (N, C, H, W)";
+    return MX_FAIL;
+  }
+  return ce_shape(attrs, in, out);
+}
+
+// Per-sample mean over all H*W pixels of weight[label] * (-log softmax(z)[label]); weight nullptr: 1.
+MXReturnValue ce_fwd_impl(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out, const float* weight) {
   const auto& sh = in->at(0).shape;
   const int N = sh[0], C = sh[1], H = sh[2], W = sh[3];
   const float ignore = static_cast<float>(attr_int(attrs, "ignore_index", 255));
@@ -559,7 +577,11 @@ MXReturnValue ce_fwd(const std::unordered_map<std::string, std::string>& attrs, 
         const float* lr = lab + (static_cast<long>(n) * H + y) * W + x0;
         softmax_stats(zr, plane, C, nb, mx, se);
         for (int x = 0; x < nb; ++x)
-          if (lr[x] != ignore) total += mx[x] + std::log(se[x]) - zr[clip_label(lr[x], C) * plane + x];
+          if (lr[x] != ignore) {
+            const int k = clip_label(lr[x], C);
+            const double nll = mx[x] + std::log(se[x]) - zr[k * plane + x];
+            total += weight ? weight[k] * nll : nll;
+          }
       }
       rows[static_cast<size_t>(n) * H + y] = total;
     }
@@ -571,9 +593,19 @@ MXReturnValue ce_fwd(const std::unordered_map<std::string, std::string>& attrs, 
   return MX_SUCCESS;
 }
 
-MXReturnValue ce_bwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+MXReturnValue ce_fwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
                      std::vector<MXTensor>* out, const OpResource&) {
-  // in: dloss, logits, label, loss;  out: dlogits, dlabel
+  return ce_fwd_impl(attrs, in, out, nullptr);
+}
+
+MXReturnValue wce_fwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                      std::vector<MXTensor>* out, const OpResource&) {
+  return ce_fwd_impl(attrs, in, out, in->at(2).data<float>());
+}
+
+// in: dloss, logits, label[, weight], loss;  out: dlogits, dlabel[, dweight] (the label and weight get none)
+MXReturnValue ce_bwd_impl(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                          std::vector<MXTensor>* out, const float* weight) {
   const auto& sh = in->at(1).shape;
   const int N = sh[0], C = sh[1], H = sh[2], W = sh[3];
   const float ignore = static_cast<float>(attr_int(attrs, "ignore_index", 255));
@@ -595,7 +627,8 @@ MXReturnValue ce_bwd(const std::unordered_map<std::string, std::string>& attrs, 
         float* dr = dz + off;
         const float* lr = lab + (static_cast<long>(n) * H + y) * W + x0;
         softmax_stats(zr, plane, C, nb, mx, se);
-        for (int x = 0; x < nv * 8; ++x) coef[x] = (x < nb && lr[x] != ignore) ? scale / se[x] : 0.f;
+        for (int x = 0; x < nv * 8; ++x)
+          coef[x] = (x < nb && lr[x] != ignore) ? scale * (weight ? weight[clip_label(lr[x], C)] : 1.f) / se[x] : 0.f;
         for (int c = 0; c < C; ++c) {
           for (int x = 0; x < nv * 8; ++x) buf[x] = x < nb ? zr[c * plane + x] : 0.f;
           for (int v = 0; v < nv; ++v) {
@@ -605,10 +638,25 @@ MXReturnValue ce_bwd(const std::unordered_map<std::string, std::string>& attrs, 
           std::memcpy(dr + c * plane, buf, nb * sizeof(float));
         }
         for (int x = 0; x < nb; ++x)
-          if (lr[x] != ignore) dr[clip_label(lr[x], C) * plane + x] -= scale;
+          if (lr[x] != ignore) {
+            const int k = clip_label(lr[x], C);
+            dr[k * plane + x] -= weight ? scale * weight[k] : scale;
+          }
       }
     }
   return MX_SUCCESS;
+}
+
+MXReturnValue ce_bwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                     std::vector<MXTensor>* out, const OpResource&) {
+  return ce_bwd_impl(attrs, in, out, nullptr);
+}
+
+MXReturnValue wce_bwd(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* in,
+                      std::vector<MXTensor>* out, const OpResource&) {
+  MXTensor& w = in->at(3);
+  std::memset(out->at(2).data<float>(), 0, sizeof(float) * w.shape[0]);
+  return ce_bwd_impl(attrs, in, out, w.data<float>());
 }
 
 // ---------------------------------------------------------------------------------------- argmax
@@ -681,6 +729,13 @@ REGISTER_OP(d2lseg_softmax_ce)
     .setInferShape(ce_shape)
     .setForward(ce_fwd, "cpu")
     .setBackward(ce_bwd, "cpu");
+
+REGISTER_OP(d2lseg_softmax_ce_weighted)
+    .setParseAttrs(wce_parse)
+    .setInferType(float_types)
+    .setInferShape(wce_shape)
+    .setForward(wce_fwd, "cpu")
+    .setBackward(wce_bwd, "cpu");
 
 REGISTER_OP(d2lseg_argmax)
     .setParseAttrs(argmax_parse)
