@@ -18,12 +18,12 @@ from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
 from .model import OUTPUT_STRIDE, build_fcn, load_params
-from .palette import VOC_CLASSES
+from .classes import ClassList, model_classes
 from .progress import bar
 from .reference import PUBLISHED_NAMES, compare_baseline, compare_published, fcn_paper_table
 from .runfolder import RunFolder, clear_run, existing_run, writable_file
 from .viz import CurvesCallback, confusion_figure
-from .voc import VOC_SUBDIR, iter_split, read_split
+from .voc import iter_split, read_split, voc_root
 
 
 def _announce(run, recipe, ctx):
@@ -95,12 +95,14 @@ def _train(run, recipe, ctx, out, resume, progress, log_interval):
     return history
 
 
-def load_net(params, variant, num_classes, ctx):
-    """A hybridised FCN of ``variant`` holding ``params`` (a model.params or checkpoint), for inference."""
-    net = build_fcn(num_classes, variant, pretrained=False, ctx=ctx, fast_upsampling=True)
+def load_net(params, variant=None, num_classes=None, ctx=None):
+    """A hybridised FCN holding ``params`` (a model.params or checkpoint), for inference -> (net, ClassList);
+    the variant and classes from model.json beside it (``classes.model_classes``)."""
+    variant, classes = model_classes(params, variant, num_classes)
+    net = build_fcn(len(classes), variant, pretrained=False, ctx=ctx, fast_upsampling=True)
     load_params(net, params, ctx)
     net.hybridize(static_alloc=True)
-    return net
+    return net, classes
 
 
 PROTOCOLS = {
@@ -110,9 +112,13 @@ PROTOCOLS = {
 }
 
 
-def check_evaluate(out, protocol, crop, plot=None):
+def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False):
     """What ``evaluate_split`` refuses, checked before the network is loaded."""
     h, w = crop
+    if protocol == 'chapter' and (tuple(scales) != (1.0,) or flip):
+        raise D2lsegError("--scales/--flip: whole-image evaluation only; drop --chapter-protocol")
+    if not scales or not all(0.1 <= s <= 4 for s in scales):
+        raise D2lsegError(f"--scales {','.join(map(str, scales))}: scale factors between 0.1 and 4, e.g. 0.75,1,1.25")
     if protocol == 'chapter' and (h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE):
         raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE}, e.g. 320x480")
     writable_file(out, '--json')
@@ -120,38 +126,44 @@ def check_evaluate(out, protocol, crop, plot=None):
         writable_file(plot, '--plot')
 
 
-def evaluate_split(net, data_dir, ctx, out, num_classes=21, protocol='published', crop=(320, 480), max_images=None,
-                   progress=True, extra=None, plot=None, tile=(320, 480)):
+def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', crop=(320, 480), max_images=None,
+                   progress=True, extra=None, plot=None, tile=(320, 480), scales=(1.0,), flip=False, split='val',
+                   label_dir='SegmentationClass', unknown='error'):
     """Metrics of ``net`` on the validation split of ``data_dir`` under ``protocol`` (``PROTOCOLS``):
     printed as a table and written to ``out`` (JSON: the protocol, the metrics, per-class IoU, the
-    confusion matrix, and ``extra``); ``plot``: the confusion matrix figure. -> the record."""
-    check_evaluate(out, protocol, crop, plot)
+    confusion matrix, and ``extra``); ``plot``: the confusion matrix figure. scales / flip: average
+    the class scores over resized and mirrored images (published protocol only). -> the record."""
+    check_evaluate(out, protocol, crop, plot, scales, flip)
     full = protocol == 'published'
     text = PROTOCOLS[protocol].format(tile='x'.join(map(str, tile)), crop='x'.join(map(str, crop)))
+    if tuple(scales) != (1.0,) or flip:
+        text += f"; scores averaged over scales {', '.join(f'{s:g}' for s in scales)}" + (' and flips' if flip else '')
     print(f'protocol: {protocol}: {text}')
-    voc_dir = os.path.join(data_dir, VOC_SUBDIR)
-    cm = ConfusionMatrix(num_classes)
-    total = len(read_split(voc_dir, is_train=False)[:max_images])
-    items = iter_split(voc_dir, is_train=False, ignore_boundary=full, limit=max_images)
-    skipped = eval_images(net, bar(items, progress, total=total, desc='evaluate'), cm, ctx,
-                          full=full, crop=tuple(crop), tile=tile)  # one image in memory at a time
+    classes = classes or ClassList.voc()
+    voc_dir = voc_root(data_dir)
+    cm = ConfusionMatrix(len(classes))
+    total = len(read_split(voc_dir, split=split)[:max_images])
+    items = iter_split(voc_dir, ignore_boundary=full, limit=max_images, split=split, label_dir=label_dir,
+                       colors=classes.colors, unknown=unknown)
+    skipped = eval_images(net, bar(items, progress, total=total, desc='evaluate'), cm, ctx, full=full,
+                          crop=tuple(crop), tile=tile, scales=scales, flip=flip)  # one image in memory at a time
     if skipped == total:
         raise D2lsegError(f"--crop {crop[0]}x{crop[1]}: every one of the {total} validation images is smaller, nothing "
                           f"was evaluated (and {out} was left as it was); use the published protocol or a smaller --crop")
-    classes = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
-    print(cm.table(classes))
+    print(cm.table(list(classes.names)))
     if skipped:
         print(f'{skipped} images smaller than the {crop[0]}x{crop[1]} crop were skipped (the published protocol '
               'evaluates every image whole)')
-    record = dict(cm.compute(), protocol=protocol, protocol_text=text, classes=list(classes),
-                  confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, **(extra or {}))
+    record = dict(cm.compute(), protocol=protocol, protocol_text=text, classes=list(classes.names),
+                  confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, scales=list(scales),
+                  flip=flip, **(extra or {}))
     try:
         checkpoint.atomic_write_json(out, record)
     except OSError as e:
         raise D2lsegError(f"--json {out}: writing the metrics failed ({e.strerror}); they are printed above") from None
     print(f'wrote {out}')
     if plot:
-        confusion_figure(cm.mat, classes, f'{protocol} protocol, {total - skipped} images', plot)
+        confusion_figure(cm.mat, list(classes.names), f'{protocol} protocol, {total - skipped} images', plot)
         print(f'wrote {plot}')
     return record
 

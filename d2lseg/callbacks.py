@@ -101,10 +101,18 @@ def run_log(path, preamble=()):
             sys.stdout, sys.stderr = saved
 
 
+MODEL_INFO = 'model.json'  # beside model.params: what evaluate and predict need to rebuild the network
+
+
 def save_final(out_dir, net, history):
-    """Write ``model.params`` (parameters alone) and the final ``history.json``."""
+    """Write ``model.params`` (parameters alone), ``model.json`` (variant and classes) and the final
+    ``history.json``."""
     os.makedirs(out_dir, exist_ok=True)
     checkpoint.atomic_write(os.path.join(out_dir, 'model.params'), net.save_parameters)
+    recipe = history['recipe']
+    checkpoint.atomic_write_json(os.path.join(out_dir, MODEL_INFO), {
+        'variant': recipe['variant'], 'num_classes': recipe['num_classes'],
+        'classes': history.get('classes'), 'synthetic': recipe.get('synthetic'), 'pretrained': recipe.get('pretrained')})
     checkpoint.atomic_write_json(os.path.join(out_dir, 'history.json'), history)
 
 

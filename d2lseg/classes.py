@@ -1,15 +1,20 @@
-"""A data set's classes, names and colours: VOC's 21 (the chapter's), or a classes file of your own.
+"""A data set's classes, names and colours (VOC's 21, the chapter's, or a classes file of your own), and
+per-class loss weights (median-frequency balancing or a file).
 
 A classes file has one class per line, background first: ``name`` or ``name R G B`` (0-255; a name may
 hold spaces, the last three whole numbers of a line are its colour). Blank
 lines and ``#`` comments are skipped. A class without a colour gets VOC's (the standard bit-interleaved
 palette, so the first 21 are ``VOC_COLORMAP``). Index 255 is "ignore" in labels, so at most 255 classes.
 """
+import contextlib
+import json
+import os
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
+from . import checkpoint
 from .errors import D2lsegError
 from .palette import VOC_CLASSES, VOC_COLORMAP, VOID_COLOR, voc_palette
 
@@ -52,6 +57,34 @@ class ClassList:
             raise D2lsegError(f"{source}: the classes must be {{'names': [...], 'colors': [[R, G, B], ...]}} of "
                               "equal length") from None
         return result
+
+
+def numbered(num_classes):
+    """A ClassList for a class count without names: '0', '1', ... in VOC's palette colours."""
+    pal = voc_palette()
+    return ClassList(tuple(str(i) for i in range(num_classes)), tuple(tuple(int(v) for v in pal[i]) for i in
+                                                                       range(num_classes)))
+
+
+def model_classes(params, variant=None, num_classes=None):
+    """What a trained model is -> (variant, ClassList): from ``model.json`` beside ``params`` (written by
+    d2lseg train), ``variant`` / ``num_classes`` when given (they must agree with it), else fcn32s and
+    VOC's 21 classes."""
+    path = os.path.join(os.path.dirname(os.path.abspath(params)), 'model.json')
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    classes = ClassList.from_dict(info['classes'], source=path) if isinstance(info.get('classes'), dict) else None
+    if classes is None:
+        n = num_classes or info.get('num_classes') or len(VOC_CLASSES)
+        classes = ClassList.voc() if n == len(VOC_CLASSES) else numbered(n)
+    elif num_classes and num_classes != len(classes):
+        raise D2lsegError(f"--num-classes {num_classes}: {path} says the model has {len(classes)} classes; drop "
+                          "--num-classes")
+    return variant or info.get('variant') or 'fcn32s', classes
 
 
 def _color(values):
@@ -97,3 +130,55 @@ def read_classes(path):
 
 def _is_int(word):
     return word.lstrip('-').isdigit()
+
+
+def median_frequency_weights(labels, num_classes):
+    """Per-class loss weights by median-frequency balancing: freq(c) = pixels of c / pixels of the images
+    holding c, weight(c) = median of the freqs / freq(c); 0 for a class no image holds. labels: (H, W)
+    index arrays (255 ignored). Source: Eigen & Fergus, ICCV 2015 (as in SegNet)."""
+    count = np.zeros(num_classes, np.int64)
+    seen = np.zeros(num_classes, np.int64)
+    for label in labels:
+        hist = np.bincount(label[label != 255].ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+        count += hist
+        seen += (hist > 0) * int((label != 255).sum())
+    present = count > 0
+    freq = np.where(present, count / np.maximum(seen, 1), 0.0)
+    return np.where(present, np.median(freq[present]) / np.where(present, freq, 1.0), 0.0)
+
+
+def read_weights(path, num_classes):
+    """Class weights from a file of ``num_classes`` numbers (whitespace or commas; ``#`` comments)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = ' '.join(line.split('#', 1)[0] for line in f)
+        values = [float(v) for v in text.replace(',', ' ').split()]
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise D2lsegError(f"--class-weights {path}: not a list of numbers ({type(e).__name__})") from None
+    if len(values) != num_classes or not all(np.isfinite(values)) or min(values) < 0:
+        raise D2lsegError(f"--class-weights {path}: needs {num_classes} non-negative numbers, one per class, "
+                          f"has {len(values)}")
+    return np.asarray(values)
+
+
+def class_weights(recipe, dataset, voc_dir):
+    """A recipe's per-class loss weights (None: none). 'auto' is computed once over the training split
+    and cached in ``voc_dir`` (beside the data), and printed."""
+    if recipe.class_weights is None:
+        return None
+    if recipe.class_weights != 'auto':
+        return read_weights(recipe.class_weights, recipe.num_classes)
+    cache = os.path.join(voc_dir, 'd2lseg-class-weights.json')
+    key = f'train|{recipe.num_classes}|{recipe.ignore_boundary}|{recipe.max_images}|{len(dataset)}'
+    try:
+        with open(cache) as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        stored = {}
+    weights = stored.get(key) if isinstance(stored, dict) else None
+    if not (isinstance(weights, list) and len(weights) == recipe.num_classes):
+        weights = median_frequency_weights(dataset.labels, recipe.num_classes).tolist()
+        with contextlib.suppress(OSError):  # a read-only data folder: computed again next time
+            checkpoint.atomic_write_json(cache, dict(stored if isinstance(stored, dict) else {}, **{key: weights}))
+    print('class weights (median frequency, ' + cache + '): ' + ', '.join(f'{w:.3g}' for w in weights), flush=True)
+    return np.asarray(weights)

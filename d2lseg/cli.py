@@ -1,6 +1,7 @@
 """The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch.
 
-The only module that parses arguments: the train flags are generated from ``config.Recipe``, the work
+About 330 lines: one short parser function per subcommand (seven), kept together so every flag is in one
+place. The only module that parses arguments: the train flags are generated from ``config.Recipe``, the work
 is done by ``app``. User errors print one line and exit with code 2.
 """
 import argparse
@@ -25,6 +26,14 @@ def _crop(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 320x480") from None
     return h, w
+
+
+def _scales(text):
+    try:
+        return tuple(float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected scale factors separated by commas, e.g. 0.75,1,1.25") \
+            from None
 
 
 def _positive_int(text):
@@ -113,26 +122,27 @@ def cmd_synth(args):
 def cmd_evaluate(args):
     protocol = 'chapter' if args.chapter_protocol else 'published'
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)), f'eval-{protocol}.json')
-    app.check_evaluate(out, protocol, args.crop, args.plot)
+    app.check_evaluate(out, protocol, args.crop, args.plot, args.scales, args.flip)
     ctx = resolve_ctx(args.ctx)[1]
-    net = app.load_net(args.params, args.variant, args.num_classes, ctx)
+    net, classes = app.load_net(args.params, args.variant, args.num_classes, ctx)
     if args.dtype == 'bfloat16':
         net = to_bfloat16(net, ctx[0])
-    app.evaluate_split(net, args.data_dir, ctx[0], out, args.num_classes, protocol=protocol, crop=tuple(args.crop),
+    app.evaluate_split(net, args.data_dir, ctx[0], out, classes, protocol=protocol, crop=tuple(args.crop),
                        max_images=args.max_images, progress=not args.no_progress, plot=args.plot,
-                       extra=dict(params=args.params, dtype=args.dtype))
+                       scales=args.scales, flip=args.flip, split=args.split, label_dir=args.label_dir,
+                       unknown=args.unknown_label, extra=dict(params=args.params, dtype=args.dtype))
     return 0
 
 
 def cmd_predict(args):
     ctx = resolve_ctx(args.ctx)[1]
-    net = app.load_net(args.params, args.variant, args.num_classes, ctx)
+    net, classes = app.load_net(args.params, args.variant, args.num_classes, ctx)
     calib = photos.calibration_images(args.calib_data_dir) if args.int8 and args.calib_data_dir else None
     if args.json:
         writable_file(args.json, '--json')
     failed = photos.predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8,
                                   calib=calib, dtype=args.dtype, json_path=args.json,
-                                  warn=photos.training_caveat(args.params))
+                                  warn=photos.training_caveat(args.params), classes=classes)
     return 1 if failed else 0
 
 
@@ -215,6 +225,15 @@ def _evaluate_parser(sub):
     p.add_argument('--max-images', type=_positive_int, help='only the first N validation images (default: all)')
     p.add_argument('--json', help='where to write the metrics (default: eval-PROTOCOL.json beside --params)')
     p.add_argument('--plot', metavar='FILE', help='also draw the confusion matrix into FILE (PNG; default: none)')
+    p.add_argument('--scales', type=_scales, default=(1.0,), metavar='S,S,...',
+                   help='average the class scores over the image resized by these factors, e.g. 0.75,1,1.25 '
+                        '(default 1: one scale)')
+    p.add_argument('--flip', action='store_true', help='also average over the mirrored images (default: off)')
+    p.add_argument('--split', default='val', help='the list to evaluate, ImageSets/Segmentation/NAME.txt (default '
+                   '%(default)s)')
+    p.add_argument('--label-dir', default='SegmentationClass', help='the labels\' folder (default %(default)s)')
+    p.add_argument('--unknown-label', choices=('error', 'background'), default='error',
+                   help='a label value that is no class: error (the default) or background')
     _add_network_flags(p, cmd_evaluate)
 
 
@@ -240,9 +259,10 @@ def _predict_parser(sub):
 def _add_network_flags(p, func):
     """The flags evaluate and predict share: which trained network, where it runs, in which precision."""
     p.add_argument('--params', required=True, help='model.params written by d2lseg train')
-    p.add_argument('--variant', default='fcn32s', help='the network the parameters belong to: fcn32s (the '
-                   'default), fcn16s or fcn8s')
-    p.add_argument('--num-classes', type=_positive_int, default=21, help='classes of the network (default %(default)s)')
+    p.add_argument('--variant', help='the network the parameters belong to: fcn32s, fcn16s or fcn8s (default: '
+                   'from model.json beside --params, else fcn32s)')
+    p.add_argument('--num-classes', type=_positive_int, help='classes of the network (default: from model.json '
+                   'beside --params, else 21)')
     p.add_argument('--ctx', default='auto', help=help_text(recipe_field('ctx')))
     p.add_argument('--dtype', choices=DTYPES, default='float32',
                    help='bfloat16: convert the network (oneDNN, CPU; fastest on CPUs with AMX, which d2lseg '

@@ -49,7 +49,19 @@ class Recipe:
     pretrained: bool = _f(True, "ImageNet backbone from MXNet's model zoo (downloads; the default)", result=True)
     backbone_params: Optional[str] = _f(None, 'backbone weights from a local resnet18_v2 .params file (default: '
                                         'none; see --pretrained)')
-    num_classes: int = _f(21, 'classes, background included', result=True, flag=False)
+    num_classes: int = _f(21, 'classes, background included (from --classes)', result=True, flag=False)
+    classes: Optional[str] = _f(None, "a classes file: one class per line, background first, 'name' or 'name R G B' "
+                                "(default: VOC's 21)", result=True)
+    train_split: str = _f('train', 'the training list, ImageSets/Segmentation/NAME.txt (default %(default)s)',
+                          result=True, added='train')
+    val_split: str = _f('val', 'the validation list (default %(default)s)', result=True, added='val')
+    label_dir: str = _f('SegmentationClass', 'the labels\' folder, e.g. SegmentationClassAug (default %(default)s)',
+                        result=True, added='SegmentationClass')
+    unknown_label: str = _f('error', 'a label value or colour that is no class: error (default), or background',
+                            choices=('error', 'background'))
+    init_from: Optional[str] = _f(None, 'start from a trained d2lseg model.params or checkpoint, also of another class '
+                                  'count: layers of the same shape copied, the rest initialised (default: none)',
+                                  result=True)
     ctx: str = _f('auto', "cpu, cpu:N, gpu (all) or gpu:0,1 (default: all GPUs, else cpu: the chapter's "
                   "try_all_gpus())")
     seed: int = _f(0, 'seed of initialisation, crops and order (default %(default)s)')
@@ -59,6 +71,11 @@ class Recipe:
                               result=True, added=0)
     ignore_boundary: bool = _f(False, 'label the void border 255 and skip it (the chapter maps it to background)',
                                result=True)
+    augment: bool = _f(False, 'random scale (0.5-2), horizontal flip and crop of the training images, the same for '
+                       'their labels, seeded (default off: the chapter has none)', result=True, added=False)
+    class_weights: Optional[str] = _f(None, 'auto (median-frequency balancing over the training split, cached '
+                                      'beside the data) or a FILE with one weight per class (default: none)',
+                                      result=True)
     workers: int = _f(2, 'data-loading threads (default %(default)s)', aliases=('-j',))
     max_images: Optional[int] = _f(None, 'use only the first N images per split (quick runs; default: all)',
                                    result=True, positive=True)
@@ -98,6 +115,9 @@ class Recipe:
             raise D2lsegError(f"--seed {self.seed}: must be between 0 and 2**32 - 1")
         if self.num_classes < 1:
             raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
+        if self.class_weights is not None and self.class_weights != 'auto' and not os.path.isfile(self.class_weights):
+            raise D2lsegError(f"--class-weights {self.class_weights}: neither auto nor a file; give auto or a file "
+                              "with one weight per class")
         if self.workers > MAX_WORKERS:
             raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
         return self

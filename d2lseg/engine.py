@@ -16,16 +16,17 @@ from mxnet import gluon
 
 from . import checkpoint, kvstore
 from .chapter import forward_backward, split_batch, step_figures
+from .classes import ClassList, class_weights, read_classes
 from .config import Recipe, resolve_ctx
 from .environment import environment
 from .errors import D2lsegError
 from .inference import predict_batch
 from .loss import SegmentationLoss
 from .metrics import ConfusionMatrix
-from .model import build_fcn
+from .model import build_fcn, init_from
 from .progress import bar
-from .synthetic import make_synthetic_voc
-from .voc import SYNTHETIC_DIR, VOC_SUBDIR, VOCSegDataset, has_voc, require_real_voc, split_lists, synthetic_marker
+from .synthetic import resolve_data_dir
+from .voc import VOCSegDataset, has_voc
 
 
 class TrainingDiverged(D2lsegError):
@@ -62,6 +63,7 @@ class Run:
     rank: int = 0
     num_workers: int = 1
     synced: bool = False           # distributed: the trainer's first broadcast has finished
+    classes: ClassList = None      # names and colours of the classes (VOC's by default)
 
 
 class BatchState(NamedTuple):
@@ -82,27 +84,6 @@ class StepResult(NamedTuple):
     batch_size: int                # images of this worker's batch
 
 
-def resolve_data_dir(recipe):
-    """The VOC2012 folder a recipe trains on; makes the synthetic set when asked and missing. The synthetic
-    set is never taken for the real data, nor the real data for the synthetic set."""
-    if recipe.synthetic:
-        if has_voc(recipe.data_dir) and synthetic_marker(recipe.data_dir) is None:
-            raise D2lsegError(f"--data-dir {recipe.data_dir}: holds a VOC tree that is not the synthetic set; "
-                              f"--synthetic trains on the synthetic set only (default {SYNTHETIC_DIR}): drop "
-                              "--synthetic to train on it, or choose another --data-dir")
-        if not has_voc(recipe.data_dir):
-            if split_lists(recipe.data_dir):
-                raise D2lsegError(f"--data-dir {recipe.data_dir}: an incomplete VOC tree (one split list of "
-                                  f"two); remove it, or remake it: d2lseg synth --root {recipe.data_dir} --overwrite")
-            make_synthetic_voc(recipe.data_dir, seed=recipe.seed)
-        return os.path.join(recipe.data_dir, VOC_SUBDIR)
-    require_real_voc(recipe.data_dir)
-    if not has_voc(recipe.data_dir):
-        raise D2lsegError(f"--data-dir {recipe.data_dir}: no VOCdevkit/VOC2012 there; download it "
-                          f"(d2lseg reproduce downloads) or train on the synthetic set with --synthetic")
-    return os.path.join(recipe.data_dir, VOC_SUBDIR)
-
-
 def make_trainer(net, recipe, kv=None):
     """SGD with the recipe's rate, weight decay and momentum (none: the chapter's), on ``kv``."""
     opt = {'learning_rate': recipe.lr, 'wd': recipe.wd}
@@ -117,11 +98,17 @@ def make_trainer(net, recipe, kv=None):
 
 
 def _load_data(run, recipe, voc_dir):
-    """The recipe's datasets and loaders, sharded over the run's workers."""
+    """The recipe's datasets and loaders, sharded over the run's workers; the loss with its class weights."""
     parts = run.num_workers
     kw = dict(crop_size=recipe.crop, voc_dir=voc_dir, ignore_boundary=recipe.ignore_boundary, seed=recipe.seed,
-              max_images=recipe.max_images, verbose=False)
-    run.train_data, run.val_data = VOCSegDataset(True, **kw), VOCSegDataset(False, **kw)
+              max_images=recipe.max_images, verbose=False, label_dir=recipe.label_dir, colors=run.classes.colors,
+              unknown=recipe.unknown_label)
+    run.train_data = VOCSegDataset(True, augment=recipe.augment, split=recipe.train_split, **kw)
+    run.val_data = VOCSegDataset(False, split=recipe.val_split, **kw)
+    weights = class_weights(recipe, run.train_data, voc_dir)
+    if weights is not None:
+        run.loss = SegmentationLoss(class_weights=weights)
+        run.loss.initialize(ctx=run.ctx)
     if len(run.train_data) < recipe.batch_size * parts:
         raise D2lsegError(f"--batch-size {recipe.batch_size}: larger than the {len(run.train_data)} "
                           f"training images that fit the crop (per worker); lower it")
@@ -134,6 +121,8 @@ def _load_data(run, recipe, voc_dir):
 
 def prepare(recipe, ctx=None, kv=None, data=True):
     """Seed, build the network, trainer, loss and (optionally) the data of a recipe -> a ``Run``."""
+    classes = read_classes(recipe.classes) if recipe.classes else ClassList.voc()
+    recipe.num_classes = len(classes)
     recipe.validate()
     ctx = ctx or resolve_ctx(recipe.ctx)[1]
     voc_dir = resolve_data_dir(recipe) if data else None  # data and context checked before any download
@@ -142,6 +131,8 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     pretrained = recipe.backbone_params or recipe.pretrained
     net = build_fcn(recipe.num_classes, recipe.variant, pretrained=pretrained, ctx=ctx,
                     fast_upsampling=recipe.fast_upsampling)
+    if recipe.init_from:
+        print(init_from(net, recipe.init_from, ctx), flush=True)
     rank, parts = (kv.rank, kv.num_workers) if kvstore.is_distributed(kv) else (0, 1)
     if parts > 1:
         # MXNet 1.9: under a distributed kvstore a static_alloc graph's BatchNorm updates never reach
@@ -151,7 +142,7 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     else:
         net.hybridize(static_alloc=True, static_shape=True)
     run = Run(net, make_trainer(net, recipe, kv), SegmentationLoss(), ctx, None, None, kv=kv, rank=rank,
-              num_workers=parts)
+              num_workers=parts, classes=classes)
     if data:
         _load_data(run, recipe, voc_dir)
     return run
@@ -189,7 +180,7 @@ def resume_recipe(resume_dir, requested, epochs=None, data_dir=None, meta=None):
     stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
     if data_dir is not None:
         stored.data_dir = data_dir
-    if not has_voc(stored.data_dir):
+    if not has_voc(stored.data_dir, (stored.train_split, stored.val_split)):
         where = 'the data folder given' if data_dir is not None else f"the run's data folder (stored in {pointer})"
         raise D2lsegError(f"--data-dir {stored.data_dir}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
                           "no data; pass --data-dir with the folder that holds the run's data now"
@@ -279,7 +270,7 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, bat
         recipe = resume_recipe(resume, recipe, epochs=recipe.epochs, meta=meta) if resume else recipe
         run = prepare(recipe, kv=kv)
     history = {'recipe': recipe.to_dict(), 'environment': environment(run.ctx), 'ctx': [str(c) for c in run.ctx],
-               'num_workers': run.num_workers, 'epochs': []}
+               'num_workers': run.num_workers, 'classes': (run.classes or ClassList.voc()).to_dict(), 'epochs': []}
     start_epoch = 0
     if meta is not None:
         checkpoint.restore(resume, meta, run.net, run.trainer, run.ctx)

@@ -11,7 +11,7 @@ from mxnet import nd
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import D2lsegError
-from .palette import IGNORE_INDEX, known_packed, label_lut, voc_label_indices, voc_palette
+from .palette import IGNORE_INDEX, VOC_COLORMAP, VOID_COLOR, known_packed, voc_label_indices, voc_palette
 
 RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -98,30 +98,61 @@ def check_same_size(img_path, img_shape, lab_path, lab_shape):
                           f"{lab_shape[1]}x{lab_shape[0]}: image and label must have the same size")
 
 
-def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=None):
-    """Class indices (H, W) uint8 of a VOC label PNG.
+_CLASS_LUTS = {}
 
-    Palette PNGs (the real format) and grey 'L' PNGs are read by index; RGB(A) PNGs through
-    ``colormap2label``; other modes are refused (D2lsegError).
-    Void (255) becomes background unless ``ignore_boundary``; unknown colours become background
-    and are counted in ``stats['unknown_pixels']``.
+
+def _class_lut(colors, ignore_boundary):
+    """The colour -> index lookup of a class list's colours (the void colour -> 255 or 0), made once."""
+    key = (tuple(colors), ignore_boundary)
+    if key not in _CLASS_LUTS:
+        lut = np.zeros(256 ** 3, dtype=np.uint8)
+        for i, (r, g, b) in enumerate(colors):
+            lut[(r * 256 + g) * 256 + b] = i
+        r, g, b = VOID_COLOR
+        lut[(r * 256 + g) * 256 + b] = IGNORE_INDEX if ignore_boundary else 0
+        known = np.array([(r * 256 + g) * 256 + b for r, g, b in list(colors) + [VOID_COLOR]])
+        _CLASS_LUTS[key] = lut, known
+    return _CLASS_LUTS[key]
+
+
+def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=None, colors=None,
+                       unknown='background'):
+    """Class indices (H, W) uint8 of a VOC-format label PNG.
+
+    Palette PNGs (the VOC format) and grey 'L' PNGs are read by index; RGB(A) PNGs through the class
+    ``colors`` (default VOC's) or the chapter's ``colormap2label``; other modes are refused (D2lsegError).
+    Void (255) becomes background unless ``ignore_boundary``. A value that is no class (index >= the
+    number of classes, or a colour not in ``colors``) becomes background and is counted in
+    ``stats['unknown_pixels']`` with ``unknown='background'``, or is a one-line D2lsegError naming the
+    file and the value with ``unknown='error'`` (the chapter's ``colormap2label``: always background).
     """
     im = open_image(path, 'label')
+    colors = VOC_COLORMAP if colors is None else colors
     if im.mode in INDEX_LABEL_MODES and colormap2label is None:
         idx = np.asarray(im).astype(np.uint8)
-        unknown = (idx > 20) & (idx != IGNORE_INDEX)
-        void = idx == IGNORE_INDEX
+        bad = (idx >= len(colors)) & (idx != IGNORE_INDEX)
+        if unknown == 'error' and bad.any():
+            raise D2lsegError(f"{path}: label value {int(idx[bad][0])} is no class (classes 0-{len(colors) - 1}, "
+                              "255 ignored); fix the label, give --classes, or map such values to background "
+                              "with --unknown-label background")
         idx = idx.copy()
-        idx[unknown] = 0
-        idx[void] = IGNORE_INDEX if ignore_boundary else 0
+        idx[bad] = 0
+        idx[idx == IGNORE_INDEX] = IGNORE_INDEX if ignore_boundary else 0
     else:
         rgb = voc_palette()[np.asarray(im)] if im.mode == 'L' else np.asarray(im.convert('RGB'))
-        lut = label_lut(ignore_boundary) if colormap2label is None else colormap2label
-        idx = np.asarray(voc_label_indices(rgb, lut)).astype(np.uint8)
         packed = (rgb[..., 0].astype(np.int64) * 256 + rgb[..., 1]) * 256 + rgb[..., 2]
-        unknown = ~np.isin(packed, known_packed())
+        if colormap2label is not None:
+            lut, known = colormap2label, known_packed()
+        else:
+            lut, known = _class_lut(tuple(tuple(c) for c in colors), ignore_boundary)
+        bad = ~np.isin(packed, known)
+        if unknown == 'error' and colormap2label is None and bad.any():
+            r, g, b = rgb[bad][0]
+            raise D2lsegError(f"{path}: colour ({r}, {g}, {b}) is no class's; fix the label, give --classes with "
+                              "the colours, or map unknown colours to background with --unknown-label background")
+        idx = np.asarray(voc_label_indices(rgb, lut)).astype(np.uint8)
     if stats is not None:
-        stats['unknown_pixels'] = stats.get('unknown_pixels', 0) + int(unknown.sum())
+        stats['unknown_pixels'] = stats.get('unknown_pixels', 0) + int(bad.sum())
     return idx
 
 
@@ -146,8 +177,9 @@ def read_image(path):
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
-def save_label_png(label, path):
-    """Write class indices (H, W) as a palette PNG with the VOC palette (the VOC label format)."""
+def save_label_png(label, path, palette=None):
+    """Write class indices (H, W) as a palette PNG (the VOC label format) with ``palette`` ((256, 3), default
+    VOC's)."""
     im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode='P')
-    im.putpalette(voc_palette().reshape(-1).tolist())
+    im.putpalette((voc_palette() if palette is None else np.asarray(palette, np.uint8)).reshape(-1).tolist())
     im.save(path)

@@ -6,6 +6,7 @@ multiples of 32, sum every tile's logits into the image frame with a coverage co
 """
 import weakref
 
+import cv2
 import numpy as np
 import mxnet as mx
 from mxnet import gluon, nd
@@ -80,16 +81,18 @@ def predict(net, img, ctx=None):
     return pred.reshape((pred.shape[1], pred.shape[2]))
 
 
-def label2image(pred, ctx=None):
-    """Colour image of class indices through ``VOC_COLORMAP``: (H, W) -> (H, W, 3) uint8. Source: D2L 10.10.6."""
+def label2image(pred, ctx=None, colormap=None):
+    """Colour image of class indices through ``VOC_COLORMAP`` (or ``colormap``, e.g. a ClassList's colors):
+    (H, W) -> (H, W, 3) uint8. Source: D2L 10.10.6."""
+    colors = VOC_COLORMAP if colormap is None else [list(c) for c in colormap]
     if not isinstance(pred, nd.NDArray):
         pred = nd.array(np.asarray(pred))
     values = pred.asnumpy()
-    bad = ~((values >= 0) & (values < len(VOC_COLORMAP)) & (values == np.floor(values)))  # NaN is bad too
+    bad = ~((values >= 0) & (values < len(colors)) & (values == np.floor(values)))  # NaN is bad too
     if bad.any():
         raise D2lsegError(f"label2image: class index {values[bad].flat[0]:g} is not a whole number in "
-                          f"[0, {len(VOC_COLORMAP)})")
-    colormap = nd.array(VOC_COLORMAP, ctx=pred.context if ctx is None else _ctx0(ctx), dtype='uint8')
+                          f"[0, {len(colors)})")
+    colormap = nd.array(colors, ctx=pred.context if ctx is None else _ctx0(ctx), dtype='uint8')
     X = pred.astype('int32').as_in_context(colormap.context)
     return colormap[X, :]
 
@@ -164,16 +167,42 @@ def predict_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
     return labels
 
 
-def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320, 480)):
+def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(320, 480), ctx=None):
+    """Class indices of a whole image from its class scores averaged over ``scales`` (the image resized
+    bilinearly, each scale's scores resized back) and, with ``flip``, over its mirror image too:
+    (H, W, 3) uint8 -> (H, W) int64. One scale of 1 without flip is ``predict_full`` exactly.
+    Source: gluoncv ``MultiEvalModel``; mmsegmentation's test-time augmentation."""
+    H, W = img.shape[:2]
+    total = None
+    for s in scales:
+        scaled = img if s == 1 else cv2.resize(img, (max(1, round(W * s)), max(1, round(H * s))),
+                                               interpolation=cv2.INTER_LINEAR)
+        for mirrored in ((False, True) if flip else (False,)):
+            x = np.ascontiguousarray(scaled[:, ::-1]) if mirrored else scaled
+            logits = predict_logits_full(net, x, tile, ctx)
+            if mirrored:
+                logits = logits[:, :, ::-1]
+            if s != 1:
+                logits = np.stack([cv2.resize(np.ascontiguousarray(c), (W, H), interpolation=cv2.INTER_LINEAR)
+                                   for c in logits])
+            total = logits if total is None else total + logits
+    return total.argmax(axis=0)
+
+
+def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320, 480), scales=(1.0,), flip=False):
     """Update ``cm`` with predictions for (name, image, label) items; returns how many were skipped.
 
     Crop mode: the chapter's fixed top-left ``crop`` (images smaller than it are skipped).
-    Full mode: every whole image through ``predict_full``.
+    Full mode: every whole image through ``predict_full`` (``predict_multiscale`` with other
+    ``scales`` or ``flip``).
     """
     skipped = 0
     h, w = crop
+    tta = tuple(scales) != (1.0,) or flip
     for _, img, lab in items:
-        if full:
+        if full and tta:
+            cm.update(predict_multiscale(net, img, scales, flip, tile, ctx), lab)
+        elif full:
             cm.update(predict_full(net, img, tile, ctx), lab)
         elif img.shape[0] < h or img.shape[1] < w:
             skipped += 1

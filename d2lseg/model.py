@@ -6,9 +6,10 @@ Every variant has one interface, ``SegmentationNet``: ``coarse_scores(x)`` then 
 prediction, INT8 and bfloat16 treat them alike.
 """
 import os
+import tempfile
 
 import mxnet as mx
-from mxnet import init
+from mxnet import init, nd
 from mxnet.gluon import HybridBlock, model_zoo, nn
 
 from .errors import D2lsegError, first_line
@@ -200,3 +201,34 @@ def load_params(net, path, ctx=None):
         raise D2lsegError(f"{path}: cannot load into this network ({first}); is it a d2lseg "
                           f"model.params of the same --variant and number of classes?") from None
     return net
+
+
+def init_from(net, path, ctx=None):
+    """Start ``net`` from the trained d2lseg parameters in ``path`` (a model.params or checkpoint, any class
+    count): every array with the same name and shape is copied, the rest (the score layers, the
+    upsampling, for another class count) keep their initialisation (Xavier, bilinear) -> one line saying
+    which. Source: fine-tuning as in Long et al. 2015, Sec. 4.3."""
+    if not os.path.isfile(path):
+        raise D2lsegError(f"--init-from {path}: no such file; give a model.params or checkpoint of d2lseg train")
+    try:
+        source = nd.load(path)
+    except Exception as e:  # MXNet raises MXNetError for a foreign file
+        raise D2lsegError(f"--init-from {path}: not an MXNet parameters file ({first_line(e)})") from None
+    if not isinstance(source, dict):
+        raise D2lsegError(f"--init-from {path}: holds no named parameters; give a model.params of d2lseg train")
+    ctx = _as_ctx_list(ctx)
+    net(nd.zeros((1, 3, OUTPUT_STRIDE, OUTPUT_STRIDE), ctx=ctx[0]))  # finish deferred initialisation: shapes known
+    with tempfile.TemporaryDirectory(prefix='d2lseg-init-') as tmp:
+        mine = os.path.join(tmp, 'target.params')
+        net.save_parameters(mine)  # the chapter's names and layout (FastLayoutParams), as ``path`` has them
+        target = nd.load(mine)
+        copied = [k for k in target if k in source and source[k].shape == target[k].shape]
+        if not copied:
+            raise D2lsegError(f"--init-from {path}: no parameter of it fits this network; is it a d2lseg model of "
+                              "the same --variant?")
+        target.update({k: source[k] for k in copied})
+        nd.save(mine, target)
+        net.load_parameters(mine, ctx=ctx)
+    fresh = sorted({k.rsplit('.', 1)[0] for k in target if k not in copied})
+    return (f"init from {path}: copied {len(copied)} of {len(target)} parameter arrays"
+            + (f"; initialised anew (another class count): {', '.join(fresh)}" if fresh else ''))

@@ -14,6 +14,7 @@ from .errors import D2lsegError
 from .images import read_image, save_label_png
 from .inference import predict, predict_full
 from .model import OUTPUT_STRIDE
+from .classes import ClassList
 from .palette import VOC_CLASSES
 from .quantization import calibration_batch, quantize, to_bfloat16
 from .runfolder import writable_folder
@@ -104,16 +105,16 @@ def _predict_image(net, path, ctx, full, tile, log):
     return img, predict(net, img, ctx).asnumpy()
 
 
-def class_shares(pred, num_classes=len(VOC_CLASSES)):
+def class_shares(pred, names=tuple(VOC_CLASSES)):
     """{class name: share of the pixels}, largest first, of the classes present in ``pred``."""
-    counts = np.bincount(np.asarray(pred, dtype=np.int64).ravel(), minlength=num_classes)
+    counts = np.bincount(np.asarray(pred, dtype=np.int64).ravel(), minlength=len(names))
     order = np.argsort(-counts, kind='stable')
-    return {VOC_CLASSES[c]: float(counts[c] / counts.sum()) for c in order if counts[c]}
+    return {names[c]: float(counts[c] / counts.sum()) for c in order if counts[c]}
 
 
-def _write_prediction(img, pred, out_dir, stem):
-    save_label_png(pred, os.path.join(out_dir, f'{stem}.png'))  # an indexed palette PNG, as VOC's labels
-    Image.fromarray(overlay(img, pred)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
+def _write_prediction(img, pred, out_dir, stem, classes):
+    save_label_png(pred, os.path.join(out_dir, f'{stem}.png'), classes.palette())  # indexed, as VOC's labels
+    Image.fromarray(overlay(img, pred, colors=classes.colors)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
 
 
 def _check_out_dir(out_dir, paths):
@@ -124,15 +125,16 @@ def _check_out_dir(out_dir, paths):
 
 
 def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None,
-                  dtype='float32', json_path=None, warn=None):
+                  dtype='float32', json_path=None, warn=None, classes=None):
     """Predict image files and folders: per image ``<stem>.png`` (class indices, VOC palette) and
     ``<stem>_overlay.png``, one ``legend.png``, a line of the classes found; -> the number that failed.
 
     A file that cannot be read is reported on its own line and the rest are still processed.
     int8 / dtype / calib: ``low_precision``. json_path: the same report as JSON. warn: a line to print
     on stderr once the work can start (``training_caveat``). Nothing is written when the network cannot
-    be converted (a one-line D2lsegError).
+    be converted (a one-line D2lsegError). classes: the model's (names and colours; default VOC's).
     """
+    classes = classes or ClassList.voc()
     paths = image_files(paths)
     ctx = ctx or mx.cpu()
     net = low_precision(net, paths, ctx, tile, int8, dtype, calib)
@@ -144,7 +146,7 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
     for path, stem in zip(paths, output_stems(paths)):
         try:
             img, pred = _predict_image(net, path, ctx, full, tile, log)
-            _write_prediction(img, pred, out_dir, stem)
+            _write_prediction(img, pred, out_dir, stem, classes)
         except D2lsegError as e:
             log(f'error: {e}')
             report.append({'image': path, 'error': str(e)})
@@ -153,7 +155,7 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
             log(f'error: {path}: writing its output to {out_dir} failed ({e.strerror})')
             report.append({'image': path, 'error': f'writing failed ({e.strerror})'})
             continue
-        shares = class_shares(pred)
+        shares = class_shares(pred, classes.names)
         found |= set(shares)
         log(f"{path}: {', '.join(f'{name} {share:.1%}' for name, share in shares.items())} -> "
             f"{os.path.join(out_dir, stem)}.png, {stem}_overlay.png")
@@ -161,7 +163,7 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
                        'overlay': os.path.join(out_dir, f'{stem}_overlay.png'), 'size': list(pred.shape),
                        'classes': shares})
     if found:
-        legend_figure([VOC_CLASSES.index(c) for c in found], os.path.join(out_dir, 'legend.png'))
+        legend_figure([classes.names.index(c) for c in found], os.path.join(out_dir, 'legend.png'), classes)
     if json_path:
         checkpoint.atomic_write_json(json_path, {'images': report})
     return sum('error' in r for r in report)

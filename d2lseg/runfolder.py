@@ -16,7 +16,7 @@ from .errors import D2lsegError
 
 LOCK = '.d2lseg.lock'
 RUN_FILES = ('checkpoint.json', 'model.params', 'history.json')  # a folder with any of these holds a run
-PRODUCED = RUN_FILES + ('best.params', 'curves.png', 'train.log', 'eval-crop.json', 'eval-full.json',
+PRODUCED = RUN_FILES + ('best.params', 'model.json', 'curves.png', 'train.log', 'eval-crop.json', 'eval-full.json',
                         'eval-published.json', 'eval-chapter.json')
 
 

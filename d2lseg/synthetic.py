@@ -5,6 +5,9 @@ occluding) over textured, noisy, unevenly lit backgrounds. Classes share colours
 by texture (stripes or dots, with a class-specific period); background patches carry class colours
 too, so a per-pixel colour lookup cannot solve the set. Labels are palette PNGs with the VOC palette
 and void (255) outlines, exactly as the real data set stores them.
+
+Also which data a run uses: ``choose_data`` (the notebooks: the real VOC2012 when it is there, else
+this set) and ``resolve_data_dir`` (a training recipe: never the synthetic set for the real one).
 """
 import json
 import os
@@ -19,7 +22,8 @@ from .progress import bar
 from .runfolder import writable_folder
 from .images import save_label_png
 from .palette import IGNORE_INDEX
-from .voc import DATA_DIR, MARKER, SYNTHETIC_DIR, VOC_SUBDIR, has_real_voc, has_voc, split_lists, synthetic_marker
+from .voc import (DATA_DIR, MARKER, SYNTHETIC_DIR, VOC_SUBDIR, has_real_voc, has_voc, require_real_voc, split_lists,
+                  synthetic_marker, voc_root)
 
 # Two sizes hold the chapter's 320x480 crop; the others are nearer the demo's 128x192 crop, so that a
 # crop shows a good part of a scene (and of its objects).
@@ -168,3 +172,26 @@ def choose_data(root=os.path.join('..', DATA_DIR), quick=False):
     print(f'data: the synthetic VOC-format set under {data_dir} (no real VOC2012 under {root}; '
           f'd2l.download_voc_pascal({root!r}) downloads it, 2 GB)')
     return data_dir
+
+
+def resolve_data_dir(recipe):
+    """The VOC2012 folder a recipe trains on; makes the synthetic set when asked and missing. The synthetic
+    set is never taken for the real data, nor the real data for the synthetic set."""
+    if recipe.synthetic:
+        if has_voc(recipe.data_dir) and synthetic_marker(recipe.data_dir) is None:
+            raise D2lsegError(f"--data-dir {recipe.data_dir}: holds a VOC tree that is not the synthetic set; "
+                              f"--synthetic trains on the synthetic set only (default {SYNTHETIC_DIR}): drop "
+                              "--synthetic to train on it, or choose another --data-dir")
+        if not has_voc(recipe.data_dir):
+            if split_lists(recipe.data_dir):
+                raise D2lsegError(f"--data-dir {recipe.data_dir}: an incomplete VOC tree (one split list of "
+                                  f"two); remove it, or remake it: d2lseg synth --root {recipe.data_dir} --overwrite")
+            make_synthetic_voc(recipe.data_dir, seed=recipe.seed)
+        return voc_root(recipe.data_dir)
+    require_real_voc(recipe.data_dir)
+    splits = (recipe.train_split, recipe.val_split)
+    if not has_voc(recipe.data_dir, splits):
+        raise D2lsegError(f"--data-dir {recipe.data_dir}: no VOCdevkit/VOC2012 there, nor a VOC-format tree with "
+                          f"ImageSets/Segmentation/{{{','.join(splits)}}}.txt; download VOC2012 (d2lseg reproduce "
+                          "downloads) or train on the synthetic set with --synthetic")
+    return voc_root(recipe.data_dir)

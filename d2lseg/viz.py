@@ -43,31 +43,36 @@ def show_images(imgs, num_rows, num_cols, scale=2):
     return axes
 
 
-def overlay(img, pred, alpha=0.5):
-    """Blend class colours over an image: (H, W, 3) uint8 and (H, W) indices -> (H, W, 3) uint8."""
+def overlay(img, pred, alpha=0.5, colors=None):
+    """Blend class colours (default VOC's) over an image: (H, W, 3) uint8 and (H, W) indices -> (H, W, 3) uint8."""
     img = _np_img(img).astype(np.float32)
     pred = _np_img(pred).astype(np.int64)
-    colors = np.asarray(VOC_COLORMAP, dtype=np.float32)[np.clip(pred, 0, len(VOC_COLORMAP) - 1)]
+    table = np.asarray(VOC_COLORMAP if colors is None else colors, dtype=np.float32)
+    colors = table[np.clip(pred, 0, len(table) - 1)]
     out = np.where((pred > 0)[..., None], (1 - alpha) * img + alpha * colors, img)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _handles(classes=None):
-    """Legend patches of the VOC classes (all, or the indices in ``classes``)."""
-    idx = range(len(VOC_CLASSES)) if classes is None else sorted(set(int(c) for c in classes))
-    return [Patch(color=np.asarray(VOC_COLORMAP[i]) / 255, label=VOC_CLASSES[i]) for i in idx]
+def _handles(classes=None, class_list=None):
+    """Legend patches of the classes (all, or the indices in ``classes``) of ``class_list`` (default VOC's)."""
+    names = VOC_CLASSES if class_list is None else class_list.names
+    colors = VOC_COLORMAP if class_list is None else class_list.colors
+    idx = range(len(names)) if classes is None else sorted(set(int(c) for c in classes))
+    return [Patch(color=np.asarray(colors[i]) / 255, label=names[i]) for i in idx]
 
 
-def legend(ax=None, classes=None):
-    """A colour legend of the VOC classes (all, or the indices in ``classes``)."""
+def legend(ax=None, classes=None, class_list=None):
+    """A colour legend of the classes (all, or the indices in ``classes``) of ``class_list`` (default VOC's)."""
     ax = ax or plt.gca()
-    ax.legend(handles=_handles(classes), loc='center left', bbox_to_anchor=(1, 0.5), fontsize='small', frameon=False)
+    ax.legend(handles=_handles(classes, class_list), loc='center left', bbox_to_anchor=(1, 0.5), fontsize='small',
+              frameon=False)
     return ax
 
 
-def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, scale=2.2):
+def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, scale=2.2, class_list=None):
     """Columns of (image, label indices, predicted indices) with row titles and a legend of the classes
-    shown -> the figure, saved to ``path``. rows: a list of (H, W, 3) uint8 and two (H, W) index arrays."""
+    shown -> the figure, saved to ``path``. rows: a list of (H, W, 3) uint8 and two (H, W) index arrays;
+    class_list: the classes' names and colours (default VOC's)."""
     h, w = _np_img(rows[0][0]).shape[:2]
     fig, axes = plt.subplots(3, len(rows), figsize=(scale * len(rows) + 2.2, 3 * scale * h / w + 0.4), squeeze=False)
     shown = set()
@@ -77,7 +82,8 @@ def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, sc
             if part.ndim == 2:
                 valid = part[part != 255].astype(int)
                 shown |= set(np.unique(valid).tolist())
-                palette = np.vstack([VOC_COLORMAP, np.zeros((256 - len(VOC_COLORMAP), 3))]).astype(np.uint8)
+                colors = VOC_COLORMAP if class_list is None else class_list.colors
+                palette = np.vstack([colors, np.zeros((256 - len(colors), 3))]).astype(np.uint8)
                 palette[255] = (224, 224, 192)
                 part = palette[part.astype(int)]
             axes[i][j].imshow(part)
@@ -85,7 +91,7 @@ def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, sc
             axes[i][j].set_yticks([])
             if j == 0:
                 axes[i][j].set_ylabel(titles[i])
-    fig.legend(handles=_handles(sorted(shown)), loc='center right', fontsize='small', frameon=False)
+    fig.legend(handles=_handles(sorted(shown), class_list), loc='center right', fontsize='small', frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
     if path:
         fig.savefig(path, dpi=100, bbox_inches='tight')
@@ -93,11 +99,12 @@ def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, sc
     return fig
 
 
-def legend_figure(classes, path=None):
-    """A stand-alone colour legend of the VOC classes with indices ``classes`` -> the figure, saved to ``path``."""
+def legend_figure(classes, path=None, class_list=None):
+    """A stand-alone colour legend of the classes with indices ``classes`` (of ``class_list``, default VOC's)
+    -> the figure, saved to ``path``."""
     fig, ax = plt.subplots(figsize=(2.6, 0.3 + 0.26 * max(len(classes), 1)))
     ax.axis('off')
-    legend(ax, classes)
+    legend(ax, classes, class_list)
     ax.get_legend().set_bbox_to_anchor((0, 0.5))
     ax.get_legend().set_title('class colours')
     if path:

@@ -14,6 +14,7 @@ import numpy as np
 from mxnet import gluon, image, nd
 
 from .errors import D2lsegError
+from .augment import augmented_crop
 from .images import check_same_size, label_rgb, normalize_image, open_image, read_label_indices
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,25 @@ DATA_DIR = 'data'                                # every command's default: the 
 SYNTHETIC_DIR = os.path.join(DATA_DIR, 'synthetic')  # and the synthetic set here, never in its place
 
 
-def split_lists(data_dir):
-    """The split lists (of 'train', 'val') that ``data_dir/VOCdevkit/VOC2012`` holds: the one test of
-    whether a folder holds a VOC tree (complete: both)."""
-    seg = os.path.join(data_dir, VOC_SUBDIR, 'ImageSets', 'Segmentation')
-    return tuple(s for s in SPLITS if os.path.isfile(os.path.join(seg, s + '.txt')))
+def voc_root(data_dir):
+    """The VOC-format root of ``data_dir``: ``data_dir/VOCdevkit/VOC2012`` (as the chapter's data folder has
+    it), or ``data_dir`` itself when it holds ``JPEGImages`` and ``ImageSets`` (a data set of one's own)."""
+    nested = os.path.join(data_dir, VOC_SUBDIR)
+    if not os.path.isdir(nested) and all(os.path.isdir(os.path.join(data_dir, d)) for d in ('JPEGImages', 'ImageSets')):
+        return data_dir
+    return nested
 
 
-def has_voc(data_dir):
-    """True when ``data_dir/VOCdevkit/VOC2012`` holds both split lists."""
-    return split_lists(data_dir) == SPLITS
+def split_lists(data_dir, splits=SPLITS):
+    """The split lists (of ``splits``) that the VOC tree of ``data_dir`` (``voc_root``) holds: the one test
+    of whether a folder holds a VOC tree (complete: all of them)."""
+    seg = os.path.join(voc_root(data_dir), 'ImageSets', 'Segmentation')
+    return tuple(s for s in splits if os.path.isfile(os.path.join(seg, s + '.txt')))
+
+
+def has_voc(data_dir, splits=SPLITS):
+    """True when the VOC tree of ``data_dir`` holds every split list of ``splits``."""
+    return split_lists(data_dir, splits) == tuple(splits)
 
 
 MARKER = os.path.join('VOCdevkit', 'd2lseg-synthetic.json')  # beside VOC2012 (kept exact): what made it
@@ -69,10 +79,10 @@ def _check_voc_root(root):
                           f"{SYNTHETIC_DIR}) or download_voc_pascal for the real one")
 
 
-def read_split(root, is_train=True):
-    """Image names of a split, read from ``ImageSets/Segmentation/{train,val}.txt``."""
+def read_split(root, is_train=True, split=None):
+    """Image names of a split, read from ``ImageSets/Segmentation/{train,val}.txt`` (or ``split``.txt)."""
     _check_voc_root(root)
-    txt = os.path.join(root, 'ImageSets', 'Segmentation', 'train.txt' if is_train else 'val.txt')
+    txt = os.path.join(root, 'ImageSets', 'Segmentation', (split or ('train' if is_train else 'val')) + '.txt')
     if not os.path.isfile(txt):
         if os.path.isdir(os.path.join(root, VOC_SUBDIR)):
             raise D2lsegError(f"{txt}: list file missing; {root} is the data folder, pass "
@@ -94,21 +104,27 @@ def read_split(root, is_train=True):
     return names
 
 
-def _sample_paths(voc_dir, name):
-    """(image path, label path) of one named sample of a VOC tree."""
-    return (os.path.join(voc_dir, 'JPEGImages', f'{name}.jpg'),
-            os.path.join(voc_dir, 'SegmentationClass', f'{name}.png'))
+IMAGE_EXTENSIONS = ('.jpg', '.png', '.jpeg')  # VOC's JPEGImages hold .jpg; data sets of one's own often .png
 
 
-def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None, colormap2label=None, stats=None):
+def _sample_paths(voc_dir, name, label_dir='SegmentationClass'):
+    """(image path, label path) of one named sample of a VOC tree (the image .jpg, else .png or .jpeg)."""
+    images = [os.path.join(voc_dir, 'JPEGImages', name + ext) for ext in IMAGE_EXTENSIONS]
+    return (next((p for p in images if os.path.isfile(p)), images[0]),
+            os.path.join(voc_dir, label_dir, f'{name}.png'))
+
+
+def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None, colormap2label=None, stats=None,
+               split=None, label_dir='SegmentationClass', colors=None, unknown='background'):
     """Yield (name, image (H, W, 3) uint8, label indices (H, W) uint8) of a split, one at a time.
 
-    ``colormap2label`` and ``stats`` are passed to ``read_label_indices``.
+    split: the list file's name (default 'train' or 'val'); label_dir: the labels' folder (e.g.
+    SegmentationClassAug); ``colormap2label``, ``stats``, ``colors``, ``unknown``: ``read_label_indices``.
     """
-    for name in read_split(voc_dir, is_train)[:limit]:
-        img_path, lab_path = _sample_paths(voc_dir, name)
+    for name in read_split(voc_dir, is_train, split)[:limit]:
+        img_path, lab_path = _sample_paths(voc_dir, name, label_dir)
         img = open_image(img_path, 'rgb')
-        lab = read_label_indices(lab_path, ignore_boundary, colormap2label, stats)
+        lab = read_label_indices(lab_path, ignore_boundary, colormap2label, stats, colors, unknown)
         check_same_size(img_path, img.shape, lab_path, lab.shape)
         yield name, img, lab
 
@@ -186,15 +202,17 @@ class VOCSegDataset(gluon.data.Dataset):
     """
 
     def __init__(self, is_train, crop_size, voc_dir, colormap2label=None, ignore_boundary=False,
-                 seed=None, max_images=None, verbose=True):
+                 seed=None, max_images=None, verbose=True, augment=False, split=None, label_dir='SegmentationClass',
+                 colors=None, unknown='background'):
         self.crop_size = tuple(crop_size)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.augment = seed, 0, augment
         lut = None
         if colormap2label is not None:
             lut = colormap2label.asnumpy() if isinstance(colormap2label, nd.NDArray) else np.asarray(colormap2label)
         stats = {}
         features, labels, kept_names, total = [], [], [], 0
-        for name, img, lab in iter_split(voc_dir, is_train, ignore_boundary, max_images, lut, stats):
+        for name, img, lab in iter_split(voc_dir, is_train, ignore_boundary, max_images, lut, stats, split, label_dir,
+                                         colors, unknown):
             total += 1
             if self._fits(img):
                 features.append(np.ascontiguousarray(img))
@@ -208,8 +226,8 @@ class VOCSegDataset(gluon.data.Dataset):
         self.num_dropped = total - len(features)
         self.unknown_pixels = stats.get('unknown_pixels', 0)
         if self.unknown_pixels:
-            log.warning("%d label pixels in %s have colours outside VOC_COLORMAP; mapped to background",
-                        self.unknown_pixels, voc_dir)
+            log.warning("%d label pixels in %s are no class (values or colours outside the class list); mapped to "
+                        "background", self.unknown_pixels, voc_dir)
         if verbose:
             print('read ' + str(len(self.features)) + ' examples'
                   + (f' ({self.num_dropped} smaller than the crop dropped)' if self.num_dropped else ''))
@@ -246,9 +264,13 @@ class VOCSegDataset(gluon.data.Dataset):
         return crop_rect(img.shape[0], img.shape[1], h, w, rng)
 
     def __getitem__(self, idx):
-        x0, y0, w, h = self.crop_rect(idx)
-        img = self.features[idx][y0:y0 + h, x0:x0 + w]
-        lab = self.labels[idx][y0:y0 + h, x0:x0 + w]
+        if self.augment:  # scale, flip, crop: seeded by (seed, epoch, index) as the plain crop is
+            rng = np.random.default_rng([self.seed or 0, self.epoch, idx])
+            img, lab = augmented_crop(self.features[idx], self.labels[idx], self.crop_size, rng)
+        else:
+            x0, y0, w, h = self.crop_rect(idx)
+            img = self.features[idx][y0:y0 + h, x0:x0 + w]
+            lab = self.labels[idx][y0:y0 + h, x0:x0 + w]
         feature = normalize_image(img).transpose(2, 0, 1)
         return nd.array(feature), nd.array(lab, dtype='float32')
 

@@ -13,7 +13,7 @@ from d2lseg.voc import VOC_SUBDIR, iter_split
 
 
 def main(params='runs/demo/model.params', data_dir='data/synthetic', out='docs/img/demo.png'):
-    net = load_net(params, 'fcn32s', 21, [mx.cpu()])
+    net, _ = load_net(params, ctx=[mx.cpu()])
     items = iter_split(os.path.join(data_dir, VOC_SUBDIR), is_train=False, ignore_boundary=True, limit=30)
     rows = [(img, label, predict_full(net, img)) for _, img, label in items if img.shape[0] >= 320][:3]
     prediction_grid(rows, path=out)

@@ -1,7 +1,8 @@
 """Class lists (``d2lseg.classes``): VOC's 21, and classes files of one's own with names and colours."""
+import numpy as np
 import pytest
 
-from d2lseg.classes import ClassList, read_classes
+from d2lseg.classes import ClassList, median_frequency_weights, read_classes, read_weights
 from d2lseg.errors import D2lsegError
 from d2lseg.palette import VOC_CLASSES, VOC_COLORMAP
 
@@ -41,3 +42,23 @@ def test_bad_classes_files_are_one_line_naming_the_file(tmp_path, text, says):
         read_classes(str(tmp_path / 'missing.txt'))
     with pytest.raises(D2lsegError, match='names'):
         ClassList.from_dict({'names': ['a'], 'colors': []}, source='model.json')
+
+
+def test_median_frequency_weights_on_known_labels():
+    a = np.zeros((4, 4), np.uint8)               # image 1: 12 background, 4 class 1
+    a[:1] = 1
+    b = np.full((4, 4), 2, np.uint8)             # image 2: 8 class 2, 4 background, 4 ignored
+    b[:1], b[1:2] = 0, 255
+    # freq: background 16/28 (both images: 16 + 12 counted pixels), class 1 4/16, class 2 8/12
+    freq = np.array([16 / 28, 0.25, 8 / 12])
+    w = median_frequency_weights([a, b], 4)
+    np.testing.assert_allclose(w[:3], (16 / 28) / freq)       # the median is background's frequency
+    assert w[3] == 0                             # a class no image holds
+
+
+def test_class_weights_from_a_file(tmp_path):
+    path = tmp_path / 'w.txt'
+    path.write_text('1, 2.5  # background, road\n0.5\n')
+    np.testing.assert_array_equal(read_weights(str(path), 3), [1, 2.5, 0.5])
+    with pytest.raises(D2lsegError, match='needs 4 non-negative numbers'):
+        read_weights(str(path), 4)

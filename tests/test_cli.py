@@ -361,3 +361,42 @@ def test_progress_bars_stay_out_of_pipes_and_logs(data_root, tmp_path):
     assert '\r' not in p.stderr and 'batch/s' not in p.stderr and 'it/s' not in p.stderr
     from d2lseg.progress import watched
     assert not watched(io.StringIO())
+
+
+def test_evaluate_averages_scales_and_flips_on_request(trained, data_root, tmp_path):
+    out, _ = trained
+    params = os.path.join(out, 'model.params')
+    path = str(tmp_path / 'tta.json')
+    code, stdout, stderr = run_main(['evaluate', '--params', params, '--data-dir', data_root, '--json', path,
+                                     '--scales', '0.75,1,1.25', '--flip', '--max-images', '2', '--no-progress'])
+    assert code == 0, stderr
+    with open(path) as f:
+        record = json.load(f)
+    assert record['scales'] == [0.75, 1.0, 1.25] and record['flip'] is True and record['images'] == 2
+    assert 'scores averaged over scales 0.75, 1, 1.25 and flips' in stdout.splitlines()[0]
+    code, _, stderr = run_main(['evaluate', '--params', params, '--data-dir', data_root, '--chapter-protocol',
+                                '--flip', '--no-progress'])
+    assert code == 2 and 'whole-image evaluation only' in stderr
+
+
+def test_train_with_augmentation_and_median_frequency_class_weights(data_root, voc_dir, tmp_path):
+    out = str(tmp_path / 'run')
+    cache = os.path.join(voc_dir, 'd2lseg-class-weights.json')
+    if os.path.exists(cache):
+        os.remove(cache)
+    code, stdout, stderr = run_main(tiny_flags(data_root, out, epochs=1) + ['--augment', '--class-weights', 'auto'])
+    assert code == 0, stderr
+    line = next(line for line in stdout.splitlines() if line.startswith('class weights (median frequency'))
+    printed = [float(v) for v in line.split('): ')[1].split(', ')]
+    with open(cache) as f:
+        cached = next(iter(json.load(f).values()))
+    assert len(printed) == 21 and printed == pytest.approx(cached, rel=1e-2) and max(cached) > 1 > min(cached)
+    with open(os.path.join(out, 'history.json')) as f:
+        recipe = json.load(f)['recipe']
+    assert recipe['augment'] is True and recipe['class_weights'] == 'auto'
+    code, stdout, _ = run_main(tiny_flags(data_root, str(tmp_path / 'again'), epochs=1) + ['--class-weights', 'auto'])
+    assert code == 0 and line in stdout                   # the cached weights, the same line
+    bad = tmp_path / 'w.txt'
+    bad.write_text('1 2 3')
+    code, _, stderr = run_main(tiny_flags(data_root, str(tmp_path / 'bad'), epochs=1) + ['--class-weights', str(bad)])
+    assert code == 2 and 'needs 21 non-negative numbers' in stderr and not os.path.exists(tmp_path / 'bad')

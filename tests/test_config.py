@@ -68,9 +68,12 @@ def test_train_flags_are_generated_from_the_recipe_fields():
 def test_the_chapters_recipe_and_the_compared_keys_derive_from_the_fields():
     assert CHAPTER_RECIPE == {'crop': [320, 480], 'batch_size': 32, 'lr': 0.1, 'wd': 1e-3, 'momentum': 0.0,
                               'variant': 'fcn32s', 'pretrained': True, 'ignore_boundary': False, 'synthetic': False,
-                              'lr_schedule': 'constant', 'warmup_epochs': 0, 'num_classes': 21}
+                              'lr_schedule': 'constant', 'warmup_epochs': 0, 'num_classes': 21, 'augment': False,
+                              'class_weights': None, 'classes': None, 'train_split': 'train', 'val_split': 'val',
+                              'label_dir': 'SegmentationClass', 'init_from': None}
     assert set(RECIPE_KEYS) == set(CHAPTER_RECIPE) | {'epochs', 'max_images'}
-    assert config.ADDED_FIELDS == {'warmup_epochs': 0}
+    assert config.ADDED_FIELDS == {'warmup_epochs': 0, 'augment': False, 'train_split': 'train', 'val_split': 'val',
+                                   'label_dir': 'SegmentationClass'}
 
 
 def test_auto_ctx_falls_back_to_the_cpu_and_an_explicit_gpu_is_an_error():

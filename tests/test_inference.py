@@ -6,9 +6,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import nd
+from mxnet.gluon import nn
 
 from d2lseg import native
-from d2lseg.inference import label2image, label_graph, predict, predict_batch, predict_full, predict_logits_full, tile_starts
+from d2lseg.inference import (label2image, label_graph, predict, predict_batch, predict_full, predict_logits_full,
+                              predict_multiscale, tile_starts)
 from d2lseg.model import build_fcn
 from d2lseg.images import normalize_image
 from d2lseg.palette import VOC_COLORMAP
@@ -172,3 +174,24 @@ def test_whole_image_prediction_memory_grows_with_width_not_area(net):
     short, tall = extra_peak(4800), extra_peak(9600)
     band = 21 * 4 * 320 * 480
     assert tall < 1.1 * short + (1 << 20) and tall < 8 * band, (short, tall, band)
+
+
+def test_multiscale_with_one_scale_and_no_flip_is_whole_image_prediction(net):
+    img = _image(150, 230, seed=4)
+    np.testing.assert_array_equal(predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(64, 96)),
+                                  predict_full(net, img, tile=(64, 96)))
+    several = predict_multiscale(net, img, scales=(0.75, 1.0, 1.25), flip=True, tile=(64, 96))
+    assert several.shape == (150, 230) and several.dtype == np.int64
+
+
+def test_flip_averaging_of_a_mirror_symmetric_case_changes_nothing():
+    """A per-pixel network is mirror-equivariant: on a mirror-symmetric image the mirrored scores, flipped
+    back, are the scores themselves, so averaging them with flip gives the same classes."""
+    per_pixel = nn.Conv2D(5, kernel_size=1, in_channels=3)
+    per_pixel.initialize(mx.init.Normal(1.0))
+    half = _image(64, 48, seed=5)
+    img = np.concatenate([half, half[:, ::-1]], axis=1)           # mirror-symmetric, 64x96
+    plain = predict_multiscale(per_pixel, img, scales=(1.0,), flip=False, tile=(64, 96))
+    flipped = predict_multiscale(per_pixel, img, scales=(1.0,), flip=True, tile=(64, 96))
+    np.testing.assert_array_equal(flipped, plain)
+    assert len(np.unique(plain)) > 1

@@ -71,3 +71,48 @@ def test_segmentation_loss_equals_gluons_softmax_cross_entropy(native):
     lab = label[0].asnumpy().astype(int)
     expect = -sum(logp[lab[i, j], i, j] for i in range(3, 6) for j in range(5)) / 30
     assert abs(l3[0].asscalar() - expect) < 1e-5 and abs(l3[1].asscalar() - l1[1].asscalar()) < 1e-6
+
+
+@pytest.mark.parametrize('native', [False, True])
+@pytest.mark.parametrize('hybrid', [False, True])
+def test_class_weights_follow_the_formula_in_both_paths(native, hybrid):
+    _native_or_skip(native)
+    rng = np.random.default_rng(4)
+    z = (rng.standard_normal((2, 4, 6, 5)) * 3).astype(np.float32)
+    label = rng.integers(0, 4, (2, 6, 5)).astype(np.float32)
+    label[0, :2] = 255
+    w = np.array([0.5, 2.0, 1.0, 3.0], np.float32)
+    losses = {}
+    for name, weights in (('ones', np.ones(4)), ('w', w), ('none', None)):
+        loss_fn = SegmentationLoss(class_weights=weights)
+        loss_fn.initialize()
+        if hybrid:
+            loss_fn.hybridize()
+        p = nd.array(z)
+        p.attach_grad()
+        with autograd.record():
+            loss = loss_fn(p, nd.array(label))
+        loss.backward()
+        losses[name] = (loss.asnumpy(), p.grad.asnumpy())
+    np.testing.assert_array_equal(losses['ones'][0], losses['none'][0])   # weights of 1: the same loss
+    np.testing.assert_array_equal(losses['ones'][1], losses['none'][1])   # and the same gradient
+    # float64 reference: mean over all H*W pixels of w[y] * -log softmax(z)[y], ignored pixels 0
+    z64 = z.astype(np.float64)
+    logp = z64 - z64.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    valid = label != 255
+    y = np.where(valid, label, 0).astype(int)
+    pix_w = w[y] * valid
+    expect = -(np.take_along_axis(logp, y[:, None], axis=1)[:, 0] * pix_w).mean(axis=(1, 2))
+    np.testing.assert_allclose(losses['w'][0], expect, rtol=1e-5)
+    grad = np.exp(logp)
+    np.put_along_axis(grad, y[:, None], np.take_along_axis(grad, y[:, None], axis=1) - 1, axis=1)
+    grad *= pix_w[:, None] / (6 * 5)
+    np.testing.assert_allclose(losses['w'][1], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_the_scalar_weight_scales_the_loss():
+    pred = nd.random.normal(shape=(2, 3, 4, 4))
+    label = nd.random.randint(0, 3, shape=(2, 4, 4)).astype('float32')
+    np.testing.assert_allclose(SegmentationLoss(weight=0.25)(pred, label).asnumpy(),
+                               0.25 * SegmentationLoss()(pred, label).asnumpy(), rtol=1e-6)

@@ -47,7 +47,7 @@ def _run(name, monkeypatch, report, **env):
 
 def test_there_are_six_notebooks():
     assert NAMES == ['01_transposed_convolution.ipynb', '02_fcn_model.ipynb', '03_voc_dataset.ipynb',
-                     '04_training.ipynb', '05_prediction.ipynb', '06_reproduce.ipynb']
+                     '04_training.ipynb', '05_prediction.ipynb', '06_reproduce.ipynb', '07_own_data.ipynb']
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -172,3 +172,12 @@ def test_06_reproduce(monkeypatch, tmp_path):
     assert set(r['not_compared']) == {'book', 'd2l-zh-v1'}   # a synthetic run is not judged by VOC figures
     assert all('another recipe, not compared' in why for why in r['not_compared'].values()), r['not_compared']
     assert r['comparison.ok'] is False and _figures(nb) >= 2   # verdict: REGRESSION
+
+
+@pytest.mark.notebook
+def test_07_own_data(monkeypatch):
+    nb, r = _run('07_own_data.ipynb', monkeypatch, report=['record', 'class_list.names', 'history'])
+    assert r['class_list.names'] == ['sky', 'tree', 'house', 'car']      # from the run's model.json
+    assert r['record']['classes'] == ['sky', 'tree', 'house', 'car'] and len(r['record']['iou']) == 4
+    assert len(r['history']['epochs']) == 2 and len(r['history']['epochs'][-1]['val_iou']) == 4
+    assert _figures(nb) >= 1

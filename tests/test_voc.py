@@ -391,3 +391,17 @@ def test_grey_index_labels_read_like_palette_labels(tree):
     np.testing.assert_array_equal(ds.labels[2], lab)
     _, labels = read_voc_images(tree, is_train=False)
     np.testing.assert_array_equal(labels[2].asnumpy(), voc_palette()[lab])
+
+
+def test_augmented_items_are_seeded_by_epoch_and_keep_the_crop(voc_dir):
+    ds = VOCSegDataset(True, (64, 96), voc_dir, seed=1, verbose=False, augment=True)
+    plain = VOCSegDataset(True, (64, 96), voc_dir, seed=1, verbose=False)
+    x, y = ds[0]
+    assert x.shape == (3, 64, 96) and y.shape == (64, 96)
+    again = ds[0]
+    assert (again[0] == x).min().asscalar() == 1 and (again[1] == y).min().asscalar() == 1
+    ds.set_epoch(1)
+    assert (ds[0][0] != x).max().asscalar() == 1            # another epoch, another scale, flip and crop
+    values = set(np.unique(y.asnumpy()).tolist())
+    assert values <= set(range(21)) | {255}                  # nearest-neighbour labels: classes, never blends
+    assert not (plain[0][0] == x).min().asscalar()           # the plain crop is not the augmented one

@@ -1,13 +1,14 @@
 """Native CPU kernels for the FCN's head: the only code that names their operators, and the one decision to use them.
 
-``csrc/kernels.cc`` registers four MXNet operators (built and loaded by ``library``):
+``csrc/kernels.cc`` registers five MXNet operators (built and loaded by ``library``):
 
 - ``d2lseg_upsample``: ``upsampling.FastUpsampling``'s transposed convolution in one pass (no
   padding, slicing, concatenation or intermediate arrays), forward and backward;
 - ``d2lseg_upsample_argmax``: the argmax over classes of that upsampling's output, without writing
   the output (``inference.predict_batch``, so ``evaluate`` and ``predict``);
 - ``d2lseg_softmax_ce``: ``loss.SegmentationLoss`` (per-sample mean softmax cross-entropy over axis
-  1, label 255 skipped), whose backward recomputes the softmax instead of storing it;
+  1, label 255 skipped), whose backward recomputes the softmax instead of storing it, and
+  ``d2lseg_softmax_ce_weighted``, the same with a weight per class;
 - ``d2lseg_argmax``: argmax over axis 1 (the first maximum wins, as ``nd.argmax``).
 
 ``enabled(ctx)`` decides, per call, from the context the data is on: the kernels run on CPU
@@ -101,6 +102,11 @@ def upsample_argmax(scores, up):
 def softmax_ce(F, pred, label, ignore_index):
     """Per-sample mean softmax cross-entropy over axis 1 of (N, C, H, W), ``ignore_index`` skipped -> (N,)."""
     return F.d2lseg_softmax_ce(pred, label, ignore_index=int(ignore_index))
+
+
+def softmax_ce_weighted(F, pred, label, weight, ignore_index):
+    """``softmax_ce`` with every pixel's loss times ``weight[label]`` (weight: (C,)) -> (N,)."""
+    return F.d2lseg_softmax_ce_weighted(pred, label, weight, ignore_index=int(ignore_index))
 
 
 def argmax_channel(scores):

@@ -1,0 +1,163 @@
+"""Your own data and classes: a VOC-format data set written here (not by ``synthetic``), with 3 classes plus
+background of its own names and colours, .png images, colour and palette masks and an ignore border,
+trained, evaluated and predicted with ``d2lseg``; fine-tuning a 21-class model into a 4-class one."""
+import contextlib
+import io
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2lseg.classes import ClassList, read_classes
+from d2lseg.cli import main
+from d2lseg.model import build_fcn, init_from
+from d2lseg.ops import bilinear_kernel
+
+CLASSES = [('sky', (0, 0, 0)), ('tree', (20, 160, 40)), ('house', (200, 60, 20)), ('car', (240, 220, 0))]
+
+
+def _scene(rng, h=96, w=128):
+    """An image and its class indices: noise, with a rectangle of each class in its own colour."""
+    img = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
+    label = np.zeros((h, w), np.uint8)
+    for c in (1, 2, 3):
+        y, x = rng.integers(0, h - 32), rng.integers(0, w - 40)
+        label[y:y + 32, x:x + 40] = c
+        img[y:y + 32, x:x + 40] = np.array(CLASSES[c][1]) // 2 + 60
+    label[:2], label[:, :2] = 255, 255  # an ignore border, as VOC's void
+    return img, label
+
+
+@pytest.fixture(scope='module')
+def own(tmp_path_factory):
+    """A VOC-format root (no VOCdevkit above it): 8 train / 4 val, half the masks RGB colours, half palette."""
+    root = tmp_path_factory.mktemp('own')
+    for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:4] = [c for _, c in CLASSES]
+    names = []
+    for i in range(12):
+        img, label = _scene(rng)
+        name = f'img{i:02d}'
+        Image.fromarray(img).save(root / 'JPEGImages' / f'{name}.png')
+        if i % 2:
+            rgb = palette[label]
+            rgb[label == 255] = (224, 224, 192)     # the void colour
+            Image.fromarray(rgb).save(root / 'SegmentationClass' / f'{name}.png')
+        else:
+            mask = Image.fromarray(label, mode='P')
+            mask.putpalette(palette.reshape(-1).tolist())
+            mask.save(root / 'SegmentationClass' / f'{name}.png')
+        names.append(name)
+    (root / 'ImageSets' / 'Segmentation' / 'train.txt').write_text('\n'.join(names[:8]) + '\n')
+    (root / 'ImageSets' / 'Segmentation' / 'val.txt').write_text('\n'.join(names[8:]) + '\n')
+    classes = root / 'classes.txt'
+    classes.write_text(''.join(f'{n} {r} {g} {b}\n' for n, (r, g, b) in CLASSES))
+    return root, classes
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _train_flags(root, classes, out):
+    return ['train', '--data-dir', str(root), '--classes', str(classes), '--no-pretrained', '--ctx', 'cpu',
+            '--crop', '64x96', '--batch-size', '2', '--epochs', '2', '--workers', '0', '--lr', '0.05',
+            '--momentum', '0.9', '--no-progress', '--out', str(out), '--ignore-boundary']
+
+
+@pytest.fixture(scope='module')
+def trained(own, tmp_path_factory):
+    root, classes = own
+    out = tmp_path_factory.mktemp('runs') / 'own'
+    code, stdout, stderr = run(_train_flags(root, classes, out))
+    assert code == 0, stderr
+    return out
+
+
+def test_train_evaluate_predict_with_own_classes(own, trained, tmp_path):
+    root, classes = own
+    with open(trained / 'model.json') as f:
+        info = json.load(f)
+    assert info['num_classes'] == 4 and ClassList.from_dict(info['classes']) == read_classes(str(classes))
+    with open(trained / 'history.json') as f:
+        history = json.load(f)
+    assert len(history['epochs'][-1]['val_iou']) == 4 and history['classes']['names'] == [n for n, _ in CLASSES]
+    # evaluate: the classes come from model.json; per-class rows carry the names
+    code, stdout, stderr = run(['evaluate', '--params', str(trained / 'model.params'), '--data-dir', str(root),
+                                '--json', str(tmp_path / 'e.json'), '--no-progress'])
+    assert code == 0, stderr
+    rows = [line.split()[0] for line in stdout.splitlines()[3:7]]
+    assert rows == ['sky', 'tree', 'house', 'car']
+    with open(tmp_path / 'e.json') as f:
+        assert json.load(f)['classes'] == ['sky', 'tree', 'house', 'car']
+    # predict: the label PNG's palette and the legend are the classes' own
+    pred = tmp_path / 'pred'
+    code, stdout, stderr = run(['predict', str(root / 'JPEGImages' / 'img08.png'), '--params',
+                                str(trained / 'model.params'), '--out', str(pred), '--no-progress'])
+    assert code == 0, stderr
+    label = Image.open(pred / 'img08.png')
+    assert label.mode == 'P' and label.getpalette()[:12] == [v for _, c in CLASSES for v in c]
+    assert set(np.unique(np.asarray(label))) <= {0, 1, 2, 3}
+    assert any(name in stdout for name in ('sky', 'tree', 'house', 'car'))
+
+
+def test_a_label_value_that_is_no_class_is_an_error_unless_asked(own, tmp_path):
+    root, classes = own
+    bad = tmp_path / 'bad'
+    import shutil
+    shutil.copytree(root, bad)
+    mask = Image.open(bad / 'SegmentationClass' / 'img00.png')
+    values = np.asarray(mask).copy()
+    values[10, 10] = 7                           # 4 classes: 7 is none of them
+    fixed = Image.fromarray(values, mode='P')
+    fixed.putpalette(mask.getpalette())
+    fixed.save(bad / 'SegmentationClass' / 'img00.png')
+    code, _, stderr = run(_train_flags(bad, classes, tmp_path / 'run') + ['--epochs', '1'])
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and 'img00.png: label value 7 is no class' in lines[0]
+    assert not (tmp_path / 'run').exists()
+    code, _, stderr = run(_train_flags(bad, classes, tmp_path / 'run') + ['--epochs', '1', '--unknown-label',
+                                                                           'background'])
+    assert code == 0, stderr
+
+
+def test_fine_tune_a_21_class_model_into_4_classes(tmp_path, capsys):
+    mx.random.seed(0)
+    source = build_fcn(21, 'fcn32s', pretrained=False, fast_upsampling=True)
+    source(mx.nd.zeros((1, 3, 64, 96)))
+    source.save_parameters(str(tmp_path / 'voc.params'))
+    net = build_fcn(4, 'fcn32s', pretrained=False, fast_upsampling=True)
+    net(mx.nd.zeros((1, 3, 64, 96)))
+    message = init_from(net, str(tmp_path / 'voc.params'))
+    net.save_parameters(str(tmp_path / 'mine.params'))
+    src, mine = mx.nd.load(str(tmp_path / 'voc.params')), mx.nd.load(str(tmp_path / 'mine.params'))
+    copied = [k for k in mine if k in src and src[k].shape == mine[k].shape]
+    assert len(copied) == len(mine) - 4 and message.startswith(f'init from {tmp_path / "voc.params"}: copied '
+                                                                f'{len(copied)} of {len(mine)} parameter arrays')
+    for k in copied:                                               # the backbone: bit-identical
+        assert (src[k] == mine[k]).min().asscalar() == 1, k
+    fresh = sorted(k for k in mine if k not in copied)
+    assert fresh == ['11.bias', '11.weight', '12.bias', '12.weight'] and '11, 12' in message
+    np.testing.assert_array_equal(mine['12.weight'].asnumpy(), bilinear_kernel(4, 4, 64).asnumpy())  # bilinear
+    assert mine['11.weight'].shape == (4, 512, 1, 1) and float(mine['11.weight'].abs().sum().asscalar()) > 0
+
+
+def test_fine_tune_on_the_command_line(own, trained, tmp_path):
+    root, classes = own
+    code, stdout, stderr = run(_train_flags(root, classes, tmp_path / 'tuned') + [
+        '--epochs', '1', '--init-from', str(trained / 'model.params')])
+    assert code == 0, stderr
+    line = next(line for line in stdout.splitlines() if line.startswith('init from '))
+    n = int(line.split(' of ')[1].split()[0])
+    assert f'copied {n} of {n} parameter arrays' in line         # the same classes: every layer copied
+    code, _, stderr = run(_train_flags(root, classes, tmp_path / 'x') + ['--init-from', str(tmp_path / 'none')])
+    assert code == 2 and '--init-from' in stderr and 'no such file' in stderr
