@@ -8,7 +8,8 @@ import os
 import sys
 
 from . import checkpoint
-from .callbacks import BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final
+from .callbacks import (BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final,
+                        save_model_info)
 from .config import resolve_ctx
 from .download import download_voc_pascal
 from .engine import fit, prepare, resume_recipe
@@ -75,10 +76,12 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
         if replace and not overwrite:
             raise D2lsegError(f"--out {out}: holds a run ({', '.join(existing_run(out)[:3])}); continue it with "
                               f"--resume {out}, choose another --out, or replace it with --overwrite")
-        run = prepare(recipe, ctx=ctx, kv=kv)
-        if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
-            clear_run(out)
-        with run_log(os.path.join(out, 'train.log'), preamble=notes) if chief else contextlib.nullcontext():
+        with run_log(os.path.join(out, 'train.log'), preamble=notes) if chief else contextlib.nullcontext() as log:
+            run = prepare(recipe, ctx=ctx, kv=kv, stored=meta.get('history') if resume else None)
+            if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
+                clear_run(out)
+            if log is not None:
+                log.start()  # what was printed so far, then everything after it
             history = _train(run, recipe, ctx, out, resume, progress and chief, log_interval)
     return history
 
@@ -86,6 +89,8 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
 def _train(run, recipe, ctx, out, resume, progress, log_interval):
     if run.rank == 0:
         _announce(run, recipe, ctx)
+    if run.rank == 0:  # what evaluate and predict need, from the start: best.params and checkpoints are usable
+        save_model_info(out, recipe, run.classes)
     callbacks = [print_epoch, BestParams(out), Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
     history = fit(recipe, callbacks, resume=resume, progress=progress, run=run,
                   batch_callbacks=[BatchLogger(log_interval)] if log_interval else [])
@@ -173,7 +178,7 @@ def reproduce(recipe, out, progress=True, overwrite=False):
     published runs -> True when the book's comparison passes."""
     if existing_run(out) and not overwrite:  # before a 2 GB download
         raise D2lsegError(f"--out {out}: holds a run; choose another --out, or replace it with --overwrite")
-    download_voc_pascal(recipe.data_dir)
+    download_voc_pascal(recipe.data_folder)
     history = run_training(recipe, out, progress=progress, overwrite=overwrite)
     path = os.path.join(out, 'history.json')
     comparisons = [compare_published(history, target, path=path) for target in ('book', 'd2l-zh-v1')]

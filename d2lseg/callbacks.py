@@ -65,54 +65,80 @@ class BatchLogger:
 
 
 class _Tee:
-    """A text stream writing to ``stream`` and, line by line, to ``log`` (progress-bar redraws left out)."""
+    """A text stream writing to ``tee_of`` and, line by line, to ``log`` (progress-bar redraws left out)."""
 
     def __init__(self, stream, log):
-        self.stream, self.log, self.pending = stream, log, ''
+        self.tee_of, self.log, self.pending = stream, log, ''
 
     def write(self, text):
-        self.stream.write(text)
+        self.tee_of.write(text)
         self.pending += text
         *lines, self.pending = self.pending.split('\n')
-        for line in lines:
-            if '\r' not in line and line.strip():
-                self.log.write(line + '\n')
-        self.log.flush()
+        self.pending = self.pending.rsplit('\r', 1)[-1]  # a redrawn progress bar: only its last state is kept
+        self.log.add(line for line in lines if '\r' not in line and line.strip())
         return len(text)
 
     def __getattr__(self, name):  # isatty, fileno, flush, encoding: the terminal's
-        return getattr(self.stream, name)
+        return getattr(self.tee_of, name)
+
+
+class RunLog:
+    """The lines of a run's ``train.log``: kept in memory until ``start()`` opens the file (appending), so a
+    run that fails before it starts leaves no file behind; streamed to the file after."""
+
+    def __init__(self, path, preamble=()):
+        self.path, self.lines, self.file = path, list(preamble), None
+
+    def add(self, lines):
+        lines = [line + '\n' for line in lines]
+        if self.file is None:
+            self.lines += lines
+        elif lines:
+            self.file.writelines(lines)
+            self.file.flush()
+
+    def start(self):
+        self.file = open(self.path, 'a', encoding='utf-8')
+        self.add(line.rstrip('\n') for line in self.lines)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
 
 
 @contextlib.contextmanager
 def run_log(path, preamble=()):
-    """Within the block, what is printed (stdout and stderr: epoch lines, warnings, errors) is also
-    appended to ``path`` (the run's ``train.log``), after the ``preamble`` lines (printed before)."""
-    with open(path, 'a', encoding='utf-8') as log:
-        log.writelines(line + '\n' for line in preamble)
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-        try:
-            yield
-        except D2lsegError as e:  # the command prints it after the block: the log keeps it too
-            log.write(f'error: {e}\n')
-            raise
-        finally:
-            sys.stdout, sys.stderr = saved
+    """Within the block, what is printed (stdout and stderr: epoch lines, warnings, errors) also goes to
+    ``path`` (the run's ``train.log``) after the ``preamble`` lines, from when the block calls ``start()``
+    on the yielded ``RunLog`` (what came before is written then)."""
+    log = RunLog(path, preamble)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    try:
+        yield log
+    except D2lsegError as e:  # the command prints it after the block: the log keeps it too
+        if log.file is not None:
+            log.add([f'error: {e}'])
+        raise
+    finally:
+        sys.stdout, sys.stderr = saved
+        log.close()
 
 
 MODEL_INFO = 'model.json'  # beside model.params: what evaluate and predict need to rebuild the network
 
 
+def save_model_info(out_dir, recipe, classes):
+    """Write ``model.json``: the variant and classes (names, colours) of the run's parameter files."""
+    checkpoint.atomic_write_json(os.path.join(out_dir, MODEL_INFO), {
+        'variant': recipe.variant, 'num_classes': len(classes), 'classes': classes.to_dict(),
+        'synthetic': recipe.synthetic, 'pretrained': recipe.pretrained})
+
+
 def save_final(out_dir, net, history):
-    """Write ``model.params`` (parameters alone), ``model.json`` (variant and classes) and the final
-    ``history.json``."""
+    """Write ``model.params`` (parameters alone) and the final ``history.json``."""
     os.makedirs(out_dir, exist_ok=True)
     checkpoint.atomic_write(os.path.join(out_dir, 'model.params'), net.save_parameters)
-    recipe = history['recipe']
-    checkpoint.atomic_write_json(os.path.join(out_dir, MODEL_INFO), {
-        'variant': recipe['variant'], 'num_classes': recipe['num_classes'],
-        'classes': history.get('classes'), 'synthetic': recipe.get('synthetic'), 'pretrained': recipe.get('pretrained')})
     checkpoint.atomic_write_json(os.path.join(out_dir, 'history.json'), history)
 
 

@@ -8,6 +8,7 @@ import time
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from .errors import D2lsegError
 from .native import argmax_channel
 from .palette import IGNORE_INDEX
 
@@ -74,6 +75,10 @@ def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs):
     Prints ``training on [...]`` and one line per epoch in the book's format; returns the
     per-epoch history as a list of dicts (loss, train_acc, test_acc, time). Source: D2L 10.10.5.
     """
+    for name, data in (('train_iter', train_iter), ('test_iter', test_iter)):
+        if hasattr(data, '__len__') and len(data) == 0:
+            raise D2lsegError(f"train: {name} holds no batch (every image smaller than the crop, or fewer images "
+                              "than the batch size with last_batch='discard'); use a smaller crop or batch size")
     print('training on', ctx)
     if isinstance(ctx, mx.Context):
         ctx = [ctx]

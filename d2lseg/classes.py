@@ -80,6 +80,8 @@ def model_classes(params, variant=None, num_classes=None):
     classes = ClassList.from_dict(info['classes'], source=path) if isinstance(info.get('classes'), dict) else None
     if classes is None:
         n = num_classes or info.get('num_classes') or len(VOC_CLASSES)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+            raise D2lsegError(f"{path}: num_classes {n!r} is not a class count; remake it or pass --num-classes")
         classes = ClassList.voc() if n == len(VOC_CLASSES) else numbered(n)
     elif num_classes and num_classes != len(classes):
         raise D2lsegError(f"--num-classes {num_classes}: {path} says the model has {len(classes)} classes; drop "
@@ -108,6 +110,8 @@ def read_classes(path):
         words = line.split('#', 1)[0].split()
         if not words:
             continue
+        if len(names) == MAX_CLASSES:
+            raise D2lsegError(f"--classes {path}: more than {MAX_CLASSES} classes (label 255 means ignore)")
         has_rgb = len(words) >= 4 and all(_is_int(w) for w in words[-3:])
         name = ' '.join(words[:-3] if has_rgb else words)
         try:
@@ -115,14 +119,15 @@ def read_classes(path):
         except ValueError:
             raise D2lsegError(f"--classes {path}, line {n}: the colour {' '.join(words[-3:])} is not three whole "
                               "numbers from 0 to 255") from None
+        if rgb == tuple(VOID_COLOR):
+            raise D2lsegError(f"--classes {path}, line {n}: {rgb} is VOC's void colour (ignored in labels); choose "
+                              "another colour for the class")
         if name in names:
             raise D2lsegError(f"--classes {path}, line {n}: class {name!r} is named twice")
         names.append(name)
         colors.append(rgb)
     if len(names) < 2:
         raise D2lsegError(f"--classes {path}: needs at least two classes, background first (it has {len(names)})")
-    if len(names) > MAX_CLASSES:
-        raise D2lsegError(f"--classes {path}: {len(names)} classes; at most {MAX_CLASSES} (label 255 means ignore)")
     if len(set(colors)) < len(colors):
         raise D2lsegError(f"--classes {path}: two classes share a colour; colour labels could not tell them apart")
     return ClassList(tuple(names), tuple(colors))
@@ -153,12 +158,20 @@ def read_weights(path, num_classes):
         with open(path, encoding='utf-8') as f:
             text = ' '.join(line.split('#', 1)[0] for line in f)
         values = [float(v) for v in text.replace(',', ' ').split()]
+    except FileNotFoundError:
+        raise D2lsegError(f"--class-weights {path}: neither auto nor an existing file; give auto or a file with "
+                          "one weight per class") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise D2lsegError(f"--class-weights {path}: not a list of numbers ({type(e).__name__})") from None
     if len(values) != num_classes or not all(np.isfinite(values)) or min(values) < 0:
         raise D2lsegError(f"--class-weights {path}: needs {num_classes} non-negative numbers, one per class, "
                           f"has {len(values)}")
     return np.asarray(values)
+
+
+def dataset_colors(recipe):
+    """The colours a recipe reads RGB labels with (its classes file's, else VOC's)."""
+    return read_classes(recipe.classes).colors if recipe.classes else ClassList.voc().colors
 
 
 def class_weights(recipe, dataset, voc_dir):
@@ -169,7 +182,9 @@ def class_weights(recipe, dataset, voc_dir):
     if recipe.class_weights != 'auto':
         return read_weights(recipe.class_weights, recipe.num_classes)
     cache = os.path.join(voc_dir, 'd2lseg-class-weights.json')
-    key = f'train|{recipe.num_classes}|{recipe.ignore_boundary}|{recipe.max_images}|{len(dataset)}'
+    colors = ';'.join(','.join(map(str, c)) for c in dataset_colors(recipe))
+    key = (f'{recipe.train_split}|{recipe.label_dir}|{recipe.num_classes}|{recipe.ignore_boundary}|'
+           f'{recipe.max_images}|{len(dataset)}|{colors}')
     try:
         with open(cache) as f:
             stored = json.load(f)

@@ -15,7 +15,6 @@ from .errors import D2lsegError
 from .launcher import launch
 from .quantization import DTYPES, to_bfloat16
 from .synthetic import make_synthetic_voc
-from .runfolder import writable_file
 from .version import __version__
 from .voc import DATA_DIR, SYNTHETIC_DIR
 
@@ -138,8 +137,6 @@ def cmd_predict(args):
     ctx = resolve_ctx(args.ctx)[1]
     net, classes = app.load_net(args.params, args.variant, args.num_classes, ctx)
     calib = photos.calibration_images(args.calib_data_dir) if args.int8 and args.calib_data_dir else None
-    if args.json:
-        writable_file(args.json, '--json')
     failed = photos.predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8,
                                   calib=calib, dtype=args.dtype, json_path=args.json,
                                   warn=photos.training_caveat(args.params), classes=classes)

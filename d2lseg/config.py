@@ -58,7 +58,7 @@ class Recipe:
     label_dir: str = _f('SegmentationClass', 'the labels\' folder, e.g. SegmentationClassAug (default %(default)s)',
                         result=True, added='SegmentationClass')
     unknown_label: str = _f('error', 'a label value or colour that is no class: error (default), or background',
-                            choices=('error', 'background'))
+                            choices=('error', 'background'), added='background')
     init_from: Optional[str] = _f(None, 'start from a trained d2lseg model.params or checkpoint, also of another class '
                                   'count: layers of the same shape copied, the rest initialised (default: none)',
                                   result=True)
@@ -84,9 +84,11 @@ class Recipe:
     fast_upsampling: bool = _f(True, 'upsampling.FastUpsampling: same results, faster (not in the chapter)',
                                flag=False)
 
-    def __post_init__(self):
-        if self.data_dir is None:  # the one convention: real VOC2012 under data/, the synthetic set beside it
-            self.data_dir = SYNTHETIC_DIR if self.synthetic else DATA_DIR
+    @property
+    def data_folder(self):
+        """``data_dir``, or by the one convention: the synthetic set in data/synthetic, the real VOC2012 in data
+        (decided when used, so a copy with ``synthetic`` changed follows it)."""
+        return self.data_dir or (SYNTHETIC_DIR if self.synthetic else DATA_DIR)
 
     def validate(self):
         """Raise D2lsegError naming the flag for any value the run cannot use."""
@@ -115,9 +117,6 @@ class Recipe:
             raise D2lsegError(f"--seed {self.seed}: must be between 0 and 2**32 - 1")
         if self.num_classes < 1:
             raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
-        if self.class_weights is not None and self.class_weights != 'auto' and not os.path.isfile(self.class_weights):
-            raise D2lsegError(f"--class-weights {self.class_weights}: neither auto nor a file; give auto or a file "
-                              "with one weight per class")
         if self.workers > MAX_WORKERS:
             raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
         return self
@@ -136,7 +135,9 @@ class Recipe:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):
-            if f.name in d:
+            if f.name not in d and f.metadata['added'] is not None:  # stored before the field existed
+                kwargs[f.name] = f.metadata['added']
+            elif f.name in d:
                 value = d[f.name]
                 if not _is_a(value, hints[f.name]):
                     raise D2lsegError(f"{source}: recipe field {f.name!r} is {value!r}, not {_type_name(hints[f.name])}")

@@ -16,7 +16,8 @@ from mxnet import gluon
 
 from . import checkpoint, kvstore
 from .chapter import forward_backward, split_batch, step_figures
-from .classes import ClassList, class_weights, read_classes
+from .classes import ClassList, class_weights, numbered, read_classes
+from .palette import VOC_CLASSES
 from .config import Recipe, resolve_ctx
 from .environment import environment
 from .errors import D2lsegError
@@ -64,6 +65,7 @@ class Run:
     num_workers: int = 1
     synced: bool = False           # distributed: the trainer's first broadcast has finished
     classes: ClassList = None      # names and colours of the classes (VOC's by default)
+    class_weights: list = None     # the loss's weight per class, when the recipe asks for them
 
 
 class BatchState(NamedTuple):
@@ -97,7 +99,7 @@ def make_trainer(net, recipe, kv=None):
     return gluon.Trainer(net.collect_params(), 'sgd', opt, kvstore=kv if kv is not None else recipe.kvstore)
 
 
-def _load_data(run, recipe, voc_dir):
+def _load_data(run, recipe, voc_dir, stored=None):
     """The recipe's datasets and loaders, sharded over the run's workers; the loss with its class weights."""
     parts = run.num_workers
     kw = dict(crop_size=recipe.crop, voc_dir=voc_dir, ignore_boundary=recipe.ignore_boundary, seed=recipe.seed,
@@ -105,8 +107,10 @@ def _load_data(run, recipe, voc_dir):
               unknown=recipe.unknown_label)
     run.train_data = VOCSegDataset(True, augment=recipe.augment, split=recipe.train_split, **kw)
     run.val_data = VOCSegDataset(False, split=recipe.val_split, **kw)
-    weights = class_weights(recipe, run.train_data, voc_dir)
+    weights = stored.get('class_weights') if stored and recipe.class_weights else None
+    weights = weights if weights is not None else class_weights(recipe, run.train_data, voc_dir)
     if weights is not None:
+        run.class_weights = [float(w) for w in weights]
         run.loss = SegmentationLoss(class_weights=weights)
         run.loss.initialize(ctx=run.ctx)
     if len(run.train_data) < recipe.batch_size * parts:
@@ -119,9 +123,20 @@ def _load_data(run, recipe, voc_dir):
                                          sampler=run.val_data.shard_sampler(run.rank, parts), **kw)
 
 
-def prepare(recipe, ctx=None, kv=None, data=True):
-    """Seed, build the network, trainer, loss and (optionally) the data of a recipe -> a ``Run``."""
-    classes = read_classes(recipe.classes) if recipe.classes else ClassList.voc()
+def _classes(recipe, stored):
+    if stored and isinstance(stored.get('classes'), dict):  # a resumed run: its classes, not the file's now
+        return ClassList.from_dict(stored['classes'], source='the checkpoint\'s history')
+    if recipe.classes:
+        return read_classes(recipe.classes)
+    return ClassList.voc() if recipe.num_classes == len(VOC_CLASSES) else numbered(recipe.num_classes)
+
+
+def prepare(recipe, ctx=None, kv=None, data=True, stored=None):
+    """Seed, build the network, trainer, loss and (optionally) the data of a recipe -> a ``Run``.
+
+    stored: the history of the checkpoint a run resumes from; its classes and class weights are used
+    (not the files named in the recipe, which may have changed or gone), and ``init_from`` is not."""
+    classes = _classes(recipe, stored)
     recipe.num_classes = len(classes)
     recipe.validate()
     ctx = ctx or resolve_ctx(recipe.ctx)[1]
@@ -131,7 +146,7 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     pretrained = recipe.backbone_params or recipe.pretrained
     net = build_fcn(recipe.num_classes, recipe.variant, pretrained=pretrained, ctx=ctx,
                     fast_upsampling=recipe.fast_upsampling)
-    if recipe.init_from:
+    if recipe.init_from and stored is None:  # a resumed run restores its own parameters
         print(init_from(net, recipe.init_from, ctx), flush=True)
     rank, parts = (kv.rank, kv.num_workers) if kvstore.is_distributed(kv) else (0, 1)
     if parts > 1:
@@ -144,7 +159,7 @@ def prepare(recipe, ctx=None, kv=None, data=True):
     run = Run(net, make_trainer(net, recipe, kv), SegmentationLoss(), ctx, None, None, kv=kv, rank=rank,
               num_workers=parts, classes=classes)
     if data:
-        _load_data(run, recipe, voc_dir)
+        _load_data(run, recipe, voc_dir, stored)
     return run
 
 
@@ -180,11 +195,11 @@ def resume_recipe(resume_dir, requested, epochs=None, data_dir=None, meta=None):
     stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
     if data_dir is not None:
         stored.data_dir = data_dir
-    if not has_voc(stored.data_dir, (stored.train_split, stored.val_split)):
+    if not has_voc(stored.data_folder, (stored.train_split, stored.val_split)):
         where = 'the data folder given' if data_dir is not None else f"the run's data folder (stored in {pointer})"
-        raise D2lsegError(f"--data-dir {stored.data_dir}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
+        raise D2lsegError(f"--data-dir {stored.data_folder}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
                           "no data; pass --data-dir with the folder that holds the run's data now"
-                          + (f" (or make it again: d2lseg synth --root {stored.data_dir} --seed {stored.seed})"
+                          + (f" (or make it again: d2lseg synth --root {stored.data_folder} --seed {stored.seed})"
                              if stored.synthetic else ''))
     return stored
 
@@ -268,9 +283,10 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, bat
     meta = checkpoint.load_meta(resume) if resume else None
     if run is None:
         recipe = resume_recipe(resume, recipe, epochs=recipe.epochs, meta=meta) if resume else recipe
-        run = prepare(recipe, kv=kv)
+        run = prepare(recipe, kv=kv, stored=meta.get('history') if meta else None)
     history = {'recipe': recipe.to_dict(), 'environment': environment(run.ctx), 'ctx': [str(c) for c in run.ctx],
-               'num_workers': run.num_workers, 'classes': (run.classes or ClassList.voc()).to_dict(), 'epochs': []}
+               'num_workers': run.num_workers, 'classes': (run.classes or ClassList.voc()).to_dict(),
+               'class_weights': run.class_weights, 'epochs': []}
     start_epoch = 0
     if meta is not None:
         checkpoint.restore(resume, meta, run.net, run.trainer, run.ctx)

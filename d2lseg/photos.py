@@ -17,16 +17,16 @@ from .model import OUTPUT_STRIDE
 from .classes import ClassList
 from .palette import VOC_CLASSES
 from .quantization import calibration_batch, quantize, to_bfloat16
-from .runfolder import writable_folder
+from .runfolder import writable_file, writable_folder
 from .viz import legend_figure, overlay
-from .voc import VOC_SUBDIR, iter_split
+from .voc import iter_split, voc_root
 
 
 def calibration_images(data_dir):
     """The first 8 training images of ``data_dir/VOCdevkit/VOC2012`` (INT8 calibration, ``--calib-data-dir``)."""
-    voc_dir = os.path.join(data_dir, VOC_SUBDIR)
+    voc_dir = voc_root(data_dir)
     if not os.path.isdir(voc_dir):
-        raise D2lsegError(f"--calib-data-dir {data_dir}: no VOCdevkit/VOC2012 there")
+        raise D2lsegError(f"--calib-data-dir {data_dir}: no VOCdevkit/VOC2012 there, nor a VOC-format tree")
     return [img for _, img, _ in iter_split(voc_dir, is_train=True, limit=8)]
 
 
@@ -140,6 +140,8 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
     net = low_precision(net, paths, ctx, tile, int8, dtype, calib)
     _check_out_dir(out_dir, paths)
     writable_folder(out_dir, '--out')
+    if json_path:
+        writable_file(json_path, '--json')  # after --out exists: the JSON may go into it
     if warn:
         print(f'd2lseg predict: warning: {warn}', file=sys.stderr)
     report, found = [], set()
@@ -173,6 +175,8 @@ def output_stems(paths):
     """Output name stems, one per input path, all distinct: the file's stem, or for inputs sharing one
     (``a.jpg a.png``) the name with its extension (``a_jpg``, ``a_png``), numbered if still shared."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    # names the outputs of other images (and the legend) take are not given to an image's own outputs
+    stems = [s + '_image' if s.endswith('_overlay') or s == 'legend' else s for s in stems]
     shared = {s for s in stems if stems.count(s) > 1}
     names = [os.path.basename(p).replace('.', '_') if s in shared else s for p, s in zip(paths, stems)]
     seen, out = {}, []

@@ -11,6 +11,7 @@ from tqdm import tqdm
 def watched(stream=None):
     """True when ``stream`` (default stderr, where tqdm draws) is a terminal or a Jupyter kernel's output."""
     stream = stream or sys.stderr
+    stream = getattr(stream, 'tee_of', stream)  # callbacks.run_log's copy into train.log: whom it writes to
     try:
         if stream.isatty():
             return True

@@ -177,21 +177,22 @@ def choose_data(root=os.path.join('..', DATA_DIR), quick=False):
 def resolve_data_dir(recipe):
     """The VOC2012 folder a recipe trains on; makes the synthetic set when asked and missing. The synthetic
     set is never taken for the real data, nor the real data for the synthetic set."""
+    data_dir = recipe.data_folder
     if recipe.synthetic:
-        if has_voc(recipe.data_dir) and synthetic_marker(recipe.data_dir) is None:
-            raise D2lsegError(f"--data-dir {recipe.data_dir}: holds a VOC tree that is not the synthetic set; "
+        if has_voc(data_dir) and synthetic_marker(data_dir) is None:
+            raise D2lsegError(f"--data-dir {data_dir}: holds a VOC tree that is not the synthetic set; "
                               f"--synthetic trains on the synthetic set only (default {SYNTHETIC_DIR}): drop "
                               "--synthetic to train on it, or choose another --data-dir")
-        if not has_voc(recipe.data_dir):
-            if split_lists(recipe.data_dir):
-                raise D2lsegError(f"--data-dir {recipe.data_dir}: an incomplete VOC tree (one split list of "
-                                  f"two); remove it, or remake it: d2lseg synth --root {recipe.data_dir} --overwrite")
-            make_synthetic_voc(recipe.data_dir, seed=recipe.seed)
-        return voc_root(recipe.data_dir)
-    require_real_voc(recipe.data_dir)
+        if not has_voc(data_dir):
+            if split_lists(data_dir):
+                raise D2lsegError(f"--data-dir {data_dir}: an incomplete VOC tree (one split list of "
+                                  f"two); remove it, or remake it: d2lseg synth --root {data_dir} --overwrite")
+            make_synthetic_voc(data_dir, seed=recipe.seed)
+        return voc_root(data_dir)
+    require_real_voc(data_dir)
     splits = (recipe.train_split, recipe.val_split)
-    if not has_voc(recipe.data_dir, splits):
-        raise D2lsegError(f"--data-dir {recipe.data_dir}: no VOCdevkit/VOC2012 there, nor a VOC-format tree with "
+    if not has_voc(data_dir, splits):
+        raise D2lsegError(f"--data-dir {data_dir}: no VOCdevkit/VOC2012 there, nor a VOC-format tree with "
                           f"ImageSets/Segmentation/{{{','.join(splits)}}}.txt; download VOC2012 (d2lseg reproduce "
                           "downloads) or train on the synthetic set with --synthetic")
-    return voc_root(recipe.data_dir)
+    return voc_root(data_dir)

@@ -2,6 +2,8 @@
 
 The only module of the package that imports matplotlib.
 """
+import sys
+
 import numpy as np
 from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
 from matplotlib.patches import Patch
@@ -14,8 +16,19 @@ def _np_img(img):
     return img.asnumpy() if isinstance(img, nd.NDArray) else np.asarray(img)
 
 
+def _in_jupyter():
+    """True inside a Jupyter kernel (not merely with IPython installed)."""
+    ipython = sys.modules.get('IPython')
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, 'kernel')
+
+
 def use_svg_display():
-    """Draw inline figures as SVG in notebooks (as d2l does)."""
+    """Draw inline figures as SVG in notebooks (as d2l does); nothing elsewhere. In a plain script, asking
+    matplotlib_inline would create an IPython shell, and matplotlib < 3.9 then imports IPython's
+    ``backend2gui``, which IPython 9 removed (ImportError at the first plot)."""
+    if not _in_jupyter():
+        return
     try:
         from matplotlib_inline import backend_inline
         backend_inline.set_matplotlib_formats('svg')

@@ -228,9 +228,8 @@ class VOCSegDataset(gluon.data.Dataset):
         if self.unknown_pixels:
             log.warning("%d label pixels in %s are no class (values or colours outside the class list); mapped to "
                         "background", self.unknown_pixels, voc_dir)
-        if verbose:
-            print('read ' + str(len(self.features)) + ' examples'
-                  + (f' ({self.num_dropped} smaller than the crop dropped)' if self.num_dropped else ''))
+        if verbose:  # the book's line, exactly; how many the crop dropped is ``num_dropped``
+            print('read ' + str(len(self.features)) + ' examples')
 
     def normalize_image(self, img):
         """Normalise an (H, W, 3) uint8 image with the ImageNet mean and std."""
@@ -265,7 +264,7 @@ class VOCSegDataset(gluon.data.Dataset):
 
     def __getitem__(self, idx):
         if self.augment:  # scale, flip, crop: seeded by (seed, epoch, index) as the plain crop is
-            rng = np.random.default_rng([self.seed or 0, self.epoch, idx])
+            rng = np.random.default_rng() if self.seed is None else np.random.default_rng([self.seed, self.epoch, idx])
             img, lab = augmented_crop(self.features[idx], self.labels[idx], self.crop_size, rng)
         else:
             x0, y0, w, h = self.crop_rect(idx)

@@ -3,6 +3,7 @@ evaluate_accuracy, and one step split over two contexts equal to one context on 
 
 The chapter's own cells run in tests/test_chapter_cells.py."""
 import math
+import os
 import re
 
 import mxnet as mx
@@ -134,3 +135,30 @@ def test_two_context_step_equals_one_context_on_the_halves(voc_dir, tmp_path):
     changed = [n for (n, p), v in zip(net1.collect_params().items(), init)
                if p.grad_req != 'null' and not np.allclose(p.data().asnumpy(), v.asnumpy())]
     assert len(changed) > 10
+
+
+def test_the_chapters_plotting_runs_as_a_plain_script(tmp_path):
+    """With IPython installed (the test extra has it), set_figsize() + a plot must not make an IPython shell:
+    matplotlib < 3.9 then imports IPython's backend2gui, which IPython 9 removed."""
+    import json
+    import subprocess
+    import sys
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'helpers', 'chapter_script.py')
+    proc = subprocess.run([sys.executable, helper, str(tmp_path / 'fig.png')], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {'ipython_shell': False, 'bytes': result['bytes']} and result['bytes'] > 1000
+
+
+def test_train_refuses_empty_data_in_one_line():
+    from d2lseg.errors import D2lsegError
+    one = gluon.data.ArrayDataset(nd.zeros((1, 3, 32, 32)), nd.zeros((1, 32, 32)))
+    empty = gluon.data.DataLoader(one, batch_size=4, last_batch='discard')
+    full = gluon.data.DataLoader(one, batch_size=1)
+    net = build_fcn(21, pretrained=False)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    for train_iter, test_iter, name in ((empty, full, 'train_iter'), (full, empty, 'test_iter')):
+        with pytest.raises(D2lsegError, match=f'{name} holds no batch') as e:
+            train(train_iter, test_iter, net, SegmentationLoss(), trainer, mx.cpu(), 1)
+        assert '\n' not in str(e.value)

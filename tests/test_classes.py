@@ -30,7 +30,8 @@ def test_a_classes_file_with_and_without_colours(tmp_path):
     ('background\ncar\ncar\n', "'car' is named twice"),
     ('background\ncar 300 0 0\n', 'line 2: the colour 300 0 0'),
     ('background 0 0 0\ncar 0 0 0\n', 'share a colour'),
-    ('\n'.join(f'c{i}' for i in range(256)), 'at most 255'),
+    ('\n'.join(f'c{i}' for i in range(300)), 'more than 255 classes'),   # past the palette too: no traceback
+    ('background\nwall 224 224 192\n', "VOC's void colour"),
 ])
 def test_bad_classes_files_are_one_line_naming_the_file(tmp_path, text, says):
     path = tmp_path / 'classes.txt'

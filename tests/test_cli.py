@@ -175,7 +175,7 @@ def test_predict_writes_palette_pngs_overlays_a_legend_and_what_it_found(trained
     images = [os.path.join(voc_dir, 'JPEGImages', n) for n in names]
     bad = tmp_path / 'broken.jpg'
     bad.write_bytes(b'not an image at all')
-    pred_dir, report = str(tmp_path / 'pred'), str(tmp_path / 'found.json')
+    pred_dir, report = str(tmp_path / 'pred'), str(tmp_path / 'pred' / 'found.json')   # --json into --out, new
     code, stdout, stderr = run_main(['predict', images[0], str(bad), images[1], '--params',
                                      os.path.join(out, 'model.params'), '--out', pred_dir, '--json', report,
                                      '--no-progress'])
@@ -201,7 +201,7 @@ def test_predict_writes_palette_pngs_overlays_a_legend_and_what_it_found(trained
         top = max(shares, key=shares.get)
         assert f'{top} {shares[top]:.1%}' in line
     assert sorted(os.listdir(pred_dir)) == sorted([f'{os.path.splitext(n)[0]}{k}.png' for n in names
-                                                   for k in ('', '_overlay')] + ['legend.png'])
+                                                   for k in ('', '_overlay')] + ['legend.png', 'found.json'])
 
 
 def test_predict_takes_folders_and_names_any_crop(trained, voc_dir, tmp_path):

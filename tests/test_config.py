@@ -1,5 +1,6 @@
 """The configuration (``d2lseg.config``): the chapter's defaults, one-line validation naming the flag, and
 everything derived from the Recipe fields (the train flags, the chapter's recipe, the docs' flag table)."""
+import dataclasses
 import json
 import os
 
@@ -51,7 +52,8 @@ def test_train_flags_are_generated_from_the_recipe_fields():
         assert hasattr(args, f.name), f.name                      # every flag field is a flag
         if f.name != 'epochs':                                    # absent --epochs: "as stored" under --resume
             assert getattr(args, f.name) == f.default, f.name
-    assert cli._recipe_from(train.parse_args(['--synthetic'])).data_dir == os.path.join('data', 'synthetic')
+    assert cli._recipe_from(train.parse_args(['--synthetic'])).data_folder == os.path.join('data', 'synthetic')
+    assert dataclasses.replace(Recipe(), synthetic=True).data_folder == os.path.join('data', 'synthetic')
     aliased = train.parse_args(['-b', '4', '-j', '1', '--weight-decay', '0.5'])
     assert (aliased.batch_size, aliased.workers, aliased.wd) == (4, 1, 0.5)
     args = train.parse_args(['--lr', '0.02', '--crop', '64x96', '--max-images', '3', '--ignore-boundary',
@@ -73,7 +75,7 @@ def test_the_chapters_recipe_and_the_compared_keys_derive_from_the_fields():
                               'label_dir': 'SegmentationClass', 'init_from': None}
     assert set(RECIPE_KEYS) == set(CHAPTER_RECIPE) | {'epochs', 'max_images'}
     assert config.ADDED_FIELDS == {'warmup_epochs': 0, 'augment': False, 'train_split': 'train', 'val_split': 'val',
-                                   'label_dir': 'SegmentationClass'}
+                                   'label_dir': 'SegmentationClass', 'unknown_label': 'background'}
 
 
 def test_auto_ctx_falls_back_to_the_cpu_and_an_explicit_gpu_is_an_error():

@@ -148,6 +148,8 @@ def test_synth_never_replaces_a_tree_without_overwrite(data_root, tmp_path, caps
 
 def test_predict_gives_inputs_sharing_a_stem_distinct_outputs(done, tmp_path, capsys):
     assert output_stems(['a.jpg', 'b.png', 'x/a.png', 'y/a.png']) == ['a_jpg', 'b', 'a_png', 'a_png-2']
+    # names other outputs take (NAME_overlay.png, legend.png) are not given to an image's own outputs
+    assert output_stems(['a.jpg', 'a_overlay.jpg', 'legend.jpg']) == ['a', 'a_overlay_image', 'legend_image']
     paths = []
     for ext, colour in (('jpg', (200, 0, 0)), ('png', (0, 0, 200))):
         paths.append(str(tmp_path / f'a.{ext}'))

@@ -284,3 +284,15 @@ def test_a_cache_others_can_write_is_not_used(tmp_path, monkeypatch):
     os.chmod(old, 0o775)
     native.library._private_dir(str(old))
     assert oct(os.stat(old).st_mode & 0o777) == '0o700'
+
+
+def test_an_inner_hybridized_block_rebuilds_its_graph_too():
+    from d2lseg.model import build_fcn
+    net = build_fcn(5, 'fcn32s', pretrained=False, fast_upsampling=True)
+    net[-1].hybridize(static_alloc=True)            # only the upsampling keeps a graph
+    x = nd.random.normal(shape=(1, 3, 64, 96))
+    fused = net(x).asnumpy()
+    with native.override(False):
+        plain = net(x).asnumpy()
+        assert net[-1]._native is False and net[-1]._hybridize_args[1]['clear'] is True
+    np.testing.assert_allclose(plain, fused, rtol=1e-5, atol=1e-5)

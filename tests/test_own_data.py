@@ -161,3 +161,18 @@ def test_fine_tune_on_the_command_line(own, trained, tmp_path):
     assert f'copied {n} of {n} parameter arrays' in line         # the same classes: every layer copied
     code, _, stderr = run(_train_flags(root, classes, tmp_path / 'x') + ['--init-from', str(tmp_path / 'none')])
     assert code == 2 and '--init-from' in stderr and 'no such file' in stderr
+
+
+def test_resume_keeps_the_runs_classes_when_the_file_is_gone(own, tmp_path):
+    root, classes = own
+    mine = tmp_path / 'classes.txt'
+    mine.write_text(classes.read_text())
+    out = tmp_path / 'run'
+    code, _, stderr = run(_train_flags(root, mine, out) + ['--epochs', '1'])
+    assert code == 0, stderr
+    assert json.loads((out / 'model.json').read_text())['classes']['names'] == [n for n, _ in CLASSES]
+    mine.unlink()                                               # the file the run was started with is gone
+    code, _, stderr = run(['train', '--resume', str(out), '--epochs', '2', '--no-progress'])
+    assert code == 0, stderr
+    history = json.loads((out / 'history.json').read_text())
+    assert len(history['epochs']) == 2 and history['classes']['names'] == [n for n, _ in CLASSES]

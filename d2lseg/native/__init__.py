@@ -13,8 +13,10 @@
 
 ``enabled(ctx)`` decides, per call, from the context the data is on: the kernels run on CPU
 contexts when the library loads, ``D2LSEG_NATIVE`` is not ``0`` and no ``override(False)`` is in
-force. Blocks using them (``PerContext``) take that decision at every call, so a network moved to a
-GPU (``reset_ctx``) runs MXNet's operators there. tests/test_kernels.py checks every output and
+force. Blocks using them (``PerContext``: the networks of ``model``, ``FastUpsampling``,
+``SegmentationLoss``) take that decision at every call, so a network moved to a GPU (``reset_ctx``)
+runs MXNet's operators there. A hybridised container of your own around them cannot be seen from
+inside: hybridize it again after moving it to another kind of context. tests/test_kernels.py checks every output and
 gradient against MXNet's own operators. Without a compiler or AVX2/FMA the package keeps MXNet's
 operators (one warning, naming the file, says why).
 """
@@ -73,9 +75,13 @@ class PerContext:
         if isinstance(x, nd.NDArray):
             use = enabled(x.context)
             if use != self._native:
-                self.apply(lambda b: setattr(b, '_native', use) if isinstance(b, PerContext) else None)
-                if self._hybridize_args is not None and self._hybridize_args[0]:
-                    super().hybridize(self._hybridize_args[0], **self._hybridize_args[1])
+                blocks = []
+                self.apply(lambda b: blocks.append(b) if isinstance(b, PerContext) else None)
+                for b in blocks:
+                    b._native = use
+                for b in blocks:  # every graph built for the other decision, the outer and inner ones
+                    if b._hybridize_args is not None and b._hybridize_args[0]:
+                        b.hybridize(b._hybridize_args[0], **dict(b._hybridize_args[1], clear=True))
         return super().forward(x, *args)
 
     def native_now(self, x, params=()):
