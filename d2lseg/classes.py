@@ -169,20 +169,16 @@ def read_weights(path, num_classes):
     return np.asarray(values)
 
 
-def dataset_colors(recipe):
-    """The colours a recipe reads RGB labels with (its classes file's, else VOC's)."""
-    return read_classes(recipe.classes).colors if recipe.classes else ClassList.voc().colors
-
-
-def class_weights(recipe, dataset, voc_dir):
+def class_weights(recipe, dataset, voc_dir, colors):
     """A recipe's per-class loss weights (None: none). 'auto' is computed once over the training split
-    and cached in ``voc_dir`` (beside the data), and printed."""
+    and cached in ``voc_dir`` (beside the data), keyed by ``colors`` (the run's classes) among others,
+    and printed."""
     if recipe.class_weights is None:
         return None
     if recipe.class_weights != 'auto':
         return read_weights(recipe.class_weights, recipe.num_classes)
     cache = os.path.join(voc_dir, 'd2lseg-class-weights.json')
-    colors = ';'.join(','.join(map(str, c)) for c in dataset_colors(recipe))
+    colors = ';'.join(','.join(map(str, c)) for c in colors)
     key = (f'{recipe.train_split}|{recipe.label_dir}|{recipe.num_classes}|{recipe.ignore_boundary}|'
            f'{recipe.max_images}|{len(dataset)}|{colors}')
     try:

@@ -108,7 +108,7 @@ def _load_data(run, recipe, voc_dir, stored=None):
     run.train_data = VOCSegDataset(True, augment=recipe.augment, split=recipe.train_split, **kw)
     run.val_data = VOCSegDataset(False, split=recipe.val_split, **kw)
     weights = stored.get('class_weights') if stored and recipe.class_weights else None
-    weights = weights if weights is not None else class_weights(recipe, run.train_data, voc_dir)
+    weights = weights if weights is not None else class_weights(recipe, run.train_data, voc_dir, run.classes.colors)
     if weights is not None:
         run.class_weights = [float(w) for w in weights]
         run.loss = SegmentationLoss(class_weights=weights)

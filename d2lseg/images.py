@@ -11,7 +11,7 @@ from mxnet import nd
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import D2lsegError
-from .palette import IGNORE_INDEX, VOC_COLORMAP, VOID_COLOR, known_packed, voc_label_indices, voc_palette
+from .palette import IGNORE_INDEX, VOC_COLORMAP, colour_lut, known_packed, voc_label_indices, voc_palette
 
 RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -98,23 +98,6 @@ def check_same_size(img_path, img_shape, lab_path, lab_shape):
                           f"{lab_shape[1]}x{lab_shape[0]}: image and label must have the same size")
 
 
-_CLASS_LUTS = {}
-
-
-def _class_lut(colors, ignore_boundary):
-    """The colour -> index lookup of a class list's colours (the void colour -> 255 or 0), made once."""
-    key = (tuple(colors), ignore_boundary)
-    if key not in _CLASS_LUTS:
-        lut = np.zeros(256 ** 3, dtype=np.uint8)
-        for i, (r, g, b) in enumerate(colors):
-            lut[(r * 256 + g) * 256 + b] = i
-        r, g, b = VOID_COLOR
-        lut[(r * 256 + g) * 256 + b] = IGNORE_INDEX if ignore_boundary else 0
-        known = np.array([(r * 256 + g) * 256 + b for r, g, b in list(colors) + [VOID_COLOR]])
-        _CLASS_LUTS[key] = lut, known
-    return _CLASS_LUTS[key]
-
-
 def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=None, colors=None,
                        unknown='background'):
     """Class indices (H, W) uint8 of a VOC-format label PNG.
@@ -144,7 +127,7 @@ def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=N
         if colormap2label is not None:
             lut, known = colormap2label, known_packed()
         else:
-            lut, known = _class_lut(tuple(tuple(c) for c in colors), ignore_boundary)
+            lut, known = colour_lut(colors, ignore_boundary)
         bad = ~np.isin(packed, known)
         if unknown == 'error' and colormap2label is None and bad.any():
             r, g, b = rgb[bad][0]

@@ -56,19 +56,28 @@ def voc_label_indices(colormap, colormap2label):
 _LUT_CACHE = {}
 
 
-def label_lut(ignore_boundary):
-    """The colour lookup as a (256**3,) uint8 numpy array, made once per setting."""
-    if ignore_boundary not in _LUT_CACHE:
+def colour_lut(colors=None, ignore_boundary=False):
+    """The colour -> class index lookup of ``colors`` (default ``VOC_COLORMAP``), the void colour -> 255 with
+    ``ignore_boundary`` (else 0): -> ((256**3,) uint8 numpy array, packed RGB values of every colour and
+    the void colour), made once per setting."""
+    colors = tuple(tuple(int(v) for v in c) for c in (VOC_COLORMAP if colors is None else colors))
+    key = (colors, ignore_boundary)
+    if key not in _LUT_CACHE:
         lut = np.zeros(256 ** 3, dtype=np.uint8)
-        for i, cm in enumerate(VOC_COLORMAP):
-            lut[(cm[0] * 256 + cm[1]) * 256 + cm[2]] = i
-        if ignore_boundary:
-            r, g, b = VOID_COLOR
-            lut[(r * 256 + g) * 256 + b] = IGNORE_INDEX
-        _LUT_CACHE[ignore_boundary] = lut
-    return _LUT_CACHE[ignore_boundary]
+        for i, (r, g, b) in enumerate(colors):
+            lut[(r * 256 + g) * 256 + b] = i
+        r, g, b = VOID_COLOR
+        lut[(r * 256 + g) * 256 + b] = IGNORE_INDEX if ignore_boundary else 0
+        known = np.array([(r * 256 + g) * 256 + b for r, g, b in colors + (tuple(VOID_COLOR),)])
+        _LUT_CACHE[key] = lut, known
+    return _LUT_CACHE[key]
+
+
+def label_lut(ignore_boundary):
+    """The VOC colour lookup as a (256**3,) uint8 numpy array (``colour_lut``)."""
+    return colour_lut(None, ignore_boundary)[0]
 
 
 def known_packed():
     """Packed RGB values of every VOC colour and the void colour."""
-    return np.array([(r * 256 + g) * 256 + b for r, g, b in VOC_COLORMAP + [list(VOID_COLOR)]])
+    return colour_lut()[1]
