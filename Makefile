@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(MXNET_EXTRA)
 # The demo's recipe: d2lseg.reference.PRESETS['demo'] (tests/test_regression.py keeps the two equal).
 DEMO_RECIPE := --no-pretrained --ctx cpu --crop 128x192 --batch-size 8 --epochs 9 --lr 0.05 --warmup-epochs 1 --momentum 0.9 --lr-schedule poly
 
-.PHONY: demo test venv kernels flags figure lab clean
+.PHONY: demo test venv kernels flags figure lab notebooks book clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,15 @@ figure: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[$(MXNET_EXTRA),test,lab]"
 	cd notebooks && ../$(BIN)/jupyter lab --allow-root --no-browser
+
+# Re-execute every notebook in full mode and store it with its outputs (about 15-20 min on 2 cores;
+# NB=04 runs one). tests/test_notebooks.py fails when a code cell changed since its stored run.
+notebooks: kernels
+	$(BIN)/python tools/notebooks.py run $(NB)
+
+# The stored notebooks as a static HTML site under build/book (nothing is executed): open build/book/index.html.
+book: $(STAMP)
+	$(BIN)/python tools/notebooks.py book --out build/book
 
 test: kernels
 	$(BIN)/python -m pytest

@@ -15,7 +15,7 @@ STACK = [
 ]
 # gluoncv only in the tests (its VOC reader and metrics are the references the tests compare with); its
 # own dependencies pinned to versions that import with numpy 1.23.5.
-TEST = ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipykernel',
+TEST = ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipykernel', 'nbconvert',
         'gluoncv==0.10.5.post0', 'scipy<1.12', 'pandas<2.1']
 
 setup(

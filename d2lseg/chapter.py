@@ -69,11 +69,12 @@ def step_figures(ls, y_hats, ys):
     return sum(l.sum().asscalar() for l in ls), right, count
 
 
-def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs):
+def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs, history=None):
     """The chapter's trainer: one backward per context shard, ``trainer.step(batch_size)``.
 
-    Prints ``training on [...]`` and one line per epoch in the book's format; returns the
-    per-epoch history as a list of dicts (loss, train_acc, test_acc, time). Source: D2L 10.10.5.
+    Prints ``training on [...]`` and one line per epoch in the book's format and, like the book's,
+    returns nothing (so a notebook cell ending in it shows no ``Out[...]``). ``history``: a list to
+    which each epoch's record is appended (epoch, loss, train_acc, test_acc, time). Source: D2L 10.10.5.
     """
     for name, data in (('train_iter', train_iter), ('test_iter', test_iter)):
         if hasattr(data, '__len__') and len(data) == 0:
@@ -82,7 +83,7 @@ def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs):
     print('training on', ctx)
     if isinstance(ctx, mx.Context):
         ctx = [ctx]
-    history = []
+    history = [] if history is None else history
     for epoch in range(num_epochs):
         train_l_sum, train_acc_sum, n, m, start = 0.0, 0.0, 0, 0.0, time.time()
         for batch in train_iter:
@@ -100,4 +101,3 @@ def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs):
         history.append(record)
         print('epoch %d, loss %.4f, train acc %.3f, test acc %.3f, time %.1f sec'
               % (record['epoch'], record['loss'], record['train_acc'], test_acc, record['time']))
-    return history

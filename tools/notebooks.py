@@ -1,0 +1,234 @@
+"""Execute the notebooks and store their outputs (``make notebooks``); render them as an HTML book (``make book``).
+
+``run`` executes each notebook top to bottom in ``notebooks/`` in full mode (never quick mode), then
+stores it with its outputs, a hash of every code cell's source in that cell's metadata
+(``tests/test_notebooks.py`` fails when a cell changed without re-execution), and a "run info" cell
+under the title saying what the notebook needs and how long this run took on which machine. A notebook
+that fails is left as it was, and the command names it and its failing cell (exit 1).
+
+``book`` renders the stored notebooks, without executing anything, into a static site: one page per
+notebook with its figures embedded, and ``index.html``, the contents in the chapter's order.
+"""
+import argparse
+import datetime
+import glob
+import hashlib
+import html
+import os
+import re
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK_DIR = os.path.join(ROOT, 'notebooks')
+RUN_INFO = 'run-info'  # cell.metadata['d2lseg']['role'] of the generated cell
+
+
+def notebook_paths(names=(), notebook_dir=NOTEBOOK_DIR):
+    paths = sorted(glob.glob(os.path.join(notebook_dir, '[0-9][0-9]_*.ipynb')))
+    if names:
+        wanted = {n if n.endswith('.ipynb') else n + '.ipynb' for n in names}
+        chosen = [p for p in paths if os.path.basename(p) in wanted or os.path.basename(p)[:2] in names]
+        missing = sorted(wanted - {os.path.basename(p) for p in chosen} - {n + '.ipynb' for n in names
+                                                                          if len(n) == 2})
+        if missing or not chosen:
+            raise SystemExit(f'notebooks: no notebook {", ".join(missing or names)} under notebooks/ '
+                             f'(there are {", ".join(os.path.basename(p) for p in paths)})')
+        return chosen
+    return paths
+
+
+def source_hash(source):
+    """The hash stored in a code cell's metadata: sha256 of its source, trailing whitespace ignored."""
+    return hashlib.sha256(source.rstrip().encode('utf-8')).hexdigest()
+
+
+def stale_cells(nb):
+    """Indices of code cells whose stored outputs are not from their current source (or missing)."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == 'code'
+            and (c.execution_count is None or c.metadata.get('d2lseg', {}).get('source_sha256')
+                 != source_hash(c.source))]
+
+
+def _minutes(seconds):
+    m, s = divmod(int(round(seconds)), 60)
+    return f'{m} min {s:02d} s' if m else f'{s} s'
+
+
+def machine():
+    """One line naming the machine, e.g. '2-core Intel(R) Xeon(R) Processor (avx512f, amx_int8), 2 threads'."""
+    from d2lseg import environment
+    name, flags = environment.cpu_info()
+    isa = ', '.join(f for f in flags if f in ('avx2', 'avx512f', 'avx512_vnni', 'amx_int8'))
+    return (f'{os.cpu_count()}-core {name}' + (f' ({isa})' if isa else '')
+            + f', {environment.mxnet_threads()} thread(s)')
+
+
+def run_info_text(needs, seconds, where, date):
+    return (f'> **Needs:** {needs}  \n'
+            f'> **Stored outputs:** this notebook ran top to bottom in {_minutes(seconds)} on a {where}, '
+            f'on {date}. You can read it without running it. Timings, and the numbers of anything trained, '
+            f'depend on the CPU and thread count: a run on your machine gives its own.')
+
+
+def _client(nb):
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    from nbclient import NotebookClient
+    ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # this interpreter's ipykernel
+    km = KernelManager(kernel_name='python3', kernel_spec_manager=ksm)
+    return NotebookClient(nb, km=km, timeout=3600, resources={'metadata': {'path': NOTEBOOK_DIR}})
+
+
+def _with_run_info(nb, text):
+    import nbformat
+    nb.cells = [c for c in nb.cells if c.metadata.get('d2lseg', {}).get('role') != RUN_INFO]
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata['d2lseg'] = {'role': RUN_INFO}
+    nb.cells.insert(1, cell)
+    return cell
+
+
+def execute(path, where):
+    """Run one notebook in full mode and store it with outputs; returns its seconds."""
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+    name = os.path.basename(path)
+    nb = nbformat.read(path, as_version=4)
+    needs = nb.metadata.get('d2lseg', {}).get('needs', 'a CPU')
+    info = _with_run_info(nb, run_info_text(needs, 0, where, 'today'))
+    for key in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY'):
+        os.environ.pop(key, None)
+    tic = time.time()
+    try:
+        _client(nb).execute()
+    except CellExecutionError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise SystemExit(f'notebooks: {name} failed ({first}); the stored notebook is unchanged') from None
+    seconds = time.time() - tic
+    date = datetime.date.today().isoformat()
+    info.source = run_info_text(needs, seconds, where, date)
+    for cell in nb.cells:
+        if cell.cell_type == 'code':
+            cell.metadata['d2lseg'] = {'source_sha256': source_hash(cell.source)}
+    nb.metadata.setdefault('d2lseg', {})['executed'] = {
+        'date': date, 'seconds': round(seconds, 1), 'machine': where, 'quick': False}
+    tmp = path + '.tmp'
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
+    return seconds
+
+
+def run(names):
+    where = machine()
+    paths = notebook_paths(names)
+    print(f'executing {len(paths)} notebook(s) in full mode on a {where}')
+    total = 0.0
+    for path in paths:
+        print(f'  {os.path.basename(path)} ...', end=' ', flush=True)
+        seconds = execute(path, where)
+        total += seconds
+        print(_minutes(seconds), flush=True)
+    print(f'all {len(paths)} in {_minutes(total)}; stored with outputs under notebooks/ '
+          '(`make book` renders them as HTML)')
+
+
+# ----------------------------------------------------------------------------------------------- book
+
+PAGE_NAV = ('<nav class="d2lseg-nav" style="font-family:sans-serif;padding:8px 16px;border-bottom:1px solid #ddd">'
+            '<a href="index.html">Contents</a>{prev}{next}</nav>')
+
+
+def _title(nb):
+    first = nb.cells[0].source if nb.cells else ''
+    m = re.search(r'^#\s+(.+)$', first, re.M)
+    return m.group(1).strip() if m else 'Untitled'
+
+
+def _intro(nb):
+    """The first paragraph after the title of the first cell, as plain text."""
+    text = re.sub(r'^#.*$', '', nb.cells[0].source, count=1, flags=re.M).strip() if nb.cells else ''
+    para = text.split('\n\n')[0].replace('\n', ' ')
+    return re.sub(r'[`*]', '', para)
+
+
+def _page(exporter, nb, prev_, next_):
+    body, _ = exporter.from_notebook_node(nb)
+    body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb', r'href="\1.html', body)  # links between notebooks
+    nav = PAGE_NAV.format(prev=f' · <a href="{prev_}">previous</a>' if prev_ else '',
+                          next=f' · <a href="{next_}">next</a>' if next_ else '')
+    return re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav, body, count=1)
+
+
+def _index(entries, total):
+    rows = '\n'.join(
+        f'<li><a href="{html.escape(page)}">{html.escape(title)}</a>'
+        f'<p>{html.escape(intro)}</p><p class="run">{html.escape(ran)}</p></li>'
+        for page, title, intro, ran in entries)
+    return f'''<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>d2lseg: Fully Convolutional Networks (D2L 10.10)</title>
+<style>body{{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em;line-height:1.5}}
+li{{margin-bottom:1em}} p{{margin:.2em 0}} .run{{color:#555;font-size:90%}}</style></head>
+<body><h1>Fully Convolutional Networks, executed</h1>
+<p>The notebooks of <code>d2lseg</code>, in the order of <em>Dive into Deep Learning</em> (MXNet edition),
+section 10.10, followed by the package's additions. Each page is a notebook as stored, with the outputs of
+its last full run ({html.escape(total)} for all of them, with <code>make notebooks</code>).</p>
+<ol>
+{rows}
+</ol></body></html>
+'''
+
+
+def book(out, notebook_dir=NOTEBOOK_DIR):
+    """Render the notebooks under ``notebook_dir`` into ``out``; returns the pages' paths, index first."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(template_name='lab')
+    paths = notebook_paths(notebook_dir=notebook_dir)
+    stale = {os.path.basename(p): stale_cells(nbformat.read(p, as_version=4)) for p in paths}
+    stale = {k: v for k, v in stale.items() if v}
+    if stale:
+        raise SystemExit('book: these notebooks have cells without outputs from their current source: '
+                         + ', '.join(stale) + '; run `make notebooks` first')
+    os.makedirs(out, exist_ok=True)
+    pages = [os.path.splitext(os.path.basename(p))[0] + '.html' for p in paths]
+    entries, total = [], 0.0
+    for i, path in enumerate(paths):
+        nb = nbformat.read(path, as_version=4)
+        page = _page(exporter, nb, pages[i - 1] if i else None, pages[i + 1] if i + 1 < len(pages) else None)
+        with open(os.path.join(out, pages[i]), 'w', encoding='utf-8') as f:
+            f.write(page)
+        executed = nb.metadata.get('d2lseg', {}).get('executed', {})
+        ran = (f"ran in {_minutes(executed['seconds'])} on a {executed['machine']}, {executed['date']}"
+               if executed else '')
+        entries.append((pages[i], _title(nb), _intro(nb), ran))
+        total += executed.get('seconds', 0)
+    with open(os.path.join(out, 'index.html'), 'w', encoding='utf-8') as f:
+        f.write(_index(entries, _minutes(total)))
+    print(f'book: {len(pages)} pages and index.html under {os.path.relpath(out)}')
+    return [os.path.join(out, p) for p in ['index.html'] + pages]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='tools/notebooks.py', description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    p_run = sub.add_parser('run', help='execute notebooks in full mode and store their outputs')
+    p_run.add_argument('names', nargs='*', help='notebooks to run, e.g. 04 or 04_training (default: all)')
+    p_book = sub.add_parser('book', help='render the stored notebooks as a static HTML site')
+    p_book.add_argument('--out', default=os.path.join(ROOT, 'build', 'book'), help='default build/book')
+    args = parser.parse_args(argv)
+    try:
+        if args.command == 'run':
+            run(args.names)
+        else:
+            book(args.out)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2 if 'no notebook' in e.code else 1
+        raise
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
