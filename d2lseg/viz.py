@@ -1,6 +1,7 @@
 """Plots: the chapter's ``show_images``/``set_figsize``/``plt``, overlays, legend, confusion matrix, curves.
 
-The only module of the package that imports matplotlib.
+The only module of the package that imports matplotlib, so every figure helper lives here (over
+300 lines for that reason).
 """
 import sys
 
@@ -159,17 +160,22 @@ def plot_history(history, path=None):
     """Training curves of a ``fit`` history (loss; train acc, val acc, val mIoU) -> the figure, saved to ``path``."""
     epochs = history['epochs'] if isinstance(history, dict) else history
     x = [r['epoch'] for r in epochs]
+    from matplotlib.ticker import MaxNLocator
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     a1.plot(x, [r['loss'] for r in epochs], 'o-', label='train loss')
-    a1.set_xlabel('epoch')
     a1.set_ylabel('loss')
+    a1.set_title('training loss')
     a1.legend()
     for key, label in (('train_acc', 'train pixel acc'), ('test_acc', 'val pixel acc'), ('val_miou', 'val mIoU')):
         if epochs and key in epochs[0]:
             a2.plot(x, [r[key] for r in epochs], 'o-', label=label)
-    a2.set_xlabel('epoch')
     a2.set_ylim(0, 1)
+    a2.set_ylabel('fraction')
+    a2.set_title('accuracy' + (' and mIoU' if epochs and 'val_miou' in epochs[0] else ''))
     a2.legend()
+    for ax in (a1, a2):
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     if path:
         fig.savefig(path, dpi=100)
@@ -200,8 +206,51 @@ def plot_band(band, history=None, path=None):
             ax.plot([r['epoch'] for r in ours], [r[key] for r in ours], 'o-', color='tab:red', label='this run')
         ax.set_title(BAND_TITLES[key])
         ax.set_xlabel('epoch')
+        ax.set_ylabel('loss' if key == 'loss' else 'fraction')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].legend(fontsize='small')
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+def plot_sweep(runs, baseline=None, path=None):
+    """Runs of a hyper-parameter sweep: each run's training loss per epoch, and each run's final val
+    mIoU and val pixel accuracy (a dashed line at ``baseline``, e.g. the all-background pixel accuracy)
+    -> the figure, saved to ``path``. runs: {name: {'epochs': [fit records], 'diverged': None or why}}."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    names = list(runs)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw=dict(width_ratios=(1, 1.25)))
+    for name in names:
+        eps = runs[name]['epochs']
+        mark = ' (diverged)' if runs[name].get('diverged') else ''
+        a1.plot([r['epoch'] for r in eps], [r['loss'] for r in eps], 'o-', ms=3, label=name + mark)
+    a1.set_yscale('log')
+    a1.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    a1.yaxis.set_minor_locator(LogLocator(subs=(1.5, 3, 4, 7)))
+    a1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+    a1.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+    a1.tick_params(axis='y', which='minor', labelsize='x-small')
+    a1.set_xlabel('epoch')
+    a1.set_ylabel('train loss (log scale)')
+    a1.set_title('training loss per run')
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.legend(fontsize='x-small')
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((('val_miou', 'val mIoU'), ('test_acc', 'val pixel acc'))):
+        last = [runs[n]['epochs'][-1][key] if runs[n]['epochs'] else 0.0 for n in names]
+        a2.bar(x + (k - 0.5) * 0.38, last, 0.38, label=label)
+    if baseline is not None:
+        a2.axhline(baseline, color='k', ls='--', lw=1, label='all-background pixel acc')
+    a2.set_xticks(x)
+    a2.set_xticklabels([n + (' (diverged)' if runs[n].get('diverged') else '') for n in names], rotation=30,
+                       ha='right', fontsize='small')
+    a2.set_ylim(0, 1)
+    a2.set_ylabel('fraction (last epoch)')
+    a2.set_title('validation figures per run')
+    a2.legend(fontsize='x-small')
     fig.tight_layout()
     if path:
         fig.savefig(path, dpi=100)
@@ -218,3 +267,93 @@ class CurvesCallback:
     def __call__(self, state):
         if state.is_chief:
             plot_history(state.history, self.path)
+
+
+def number_grid(ax, values, title=None, highlight=None, fmt='{:g}'):
+    """Draw a small matrix as a grid of numbered cells, row and column indices on the axes -> ``ax``.
+
+    values: (h, w); highlight: (h, w) booleans, cells drawn shaded (default: the non-zero ones).
+    For the scatter diagrams of a transposed convolution (D2L 10.10.1)."""
+    v = np.atleast_2d(_np_img(values))
+    mark = v != 0 if highlight is None else np.asarray(highlight, dtype=bool)
+    h, w = v.shape
+    ax.imshow(np.where(mark, 0.35, 0.0), cmap='Blues', vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    for i in range(h):
+        for j in range(w):
+            ax.text(j, i, fmt.format(v[i, j]), ha='center', va='center', fontsize=9)
+    ax.set_xticks(range(w))
+    ax.set_yticks(range(h))
+    ax.set_xticks(np.arange(-0.5, w), minor=True)
+    ax.set_yticks(np.arange(-0.5, h), minor=True)
+    ax.grid(which='minor', color='0.3', lw=0.8)
+    ax.tick_params(which='both', length=0, labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def block_diagram(ax, blocks, steps, title=None):
+    """Boxes left to right joined by labelled arrows (an architecture) -> ``ax``.
+
+    blocks: (text, height) per box, heights in (0, 1] (e.g. the relative spatial size); steps: the
+    arrows' labels, one fewer than blocks."""
+    n = len(blocks)
+    for i, (text, height) in enumerate(blocks):
+        x = 2.2 * i
+        ax.add_patch(plt.Rectangle((x, -height / 2), 1.2, height, facecolor='#dbe8f6', edgecolor='0.2'))
+        ax.text(x + 0.6, -max(height / 2, 0.1) - 0.08, text, ha='center', va='top', fontsize=8)
+    for i, label in enumerate(steps):
+        ax.annotate('', xy=(2.2 * (i + 1) - 0.05, 0), xytext=(2.2 * i + 1.25, 0),
+                    arrowprops=dict(arrowstyle='->', lw=1.2))
+        ax.text(2.2 * i + 1.7, 0.06, label, ha='center', va='bottom', fontsize=7.5)
+    ax.set_xlim(-0.3, 2.2 * (n - 1) + 1.5)
+    ax.set_ylim(-1.0, 0.62)
+    ax.axis('off')
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+VOID_ENTRY = {255: ('void (ignored)', (224, 224, 192))}  # how label maps show VOC's void border
+
+
+def label_grid(rows, row_titles, col_titles=None, class_list=None, extra=None, classes=(), scale=2.2, path=None):
+    """Rows of images and class-index maps, row titles on the left, one colour legend -> the figure.
+
+    rows: equally long lists, one per row, of (H, W, 3) uint8 images or (H, W) class-index maps;
+    index maps are coloured by the classes' colours (``class_list``, default VOC's), other values by
+    ``extra`` ({value: (name, RGB)}, void 255 by default); the legend lists every class and extra value
+    shown, and the classes in ``classes`` (e.g. of colour images made by ``label2image``)."""
+    names = VOC_CLASSES if class_list is None else class_list.names
+    colors = VOC_COLORMAP if class_list is None else class_list.colors
+    extra = {**VOID_ENTRY, **(extra or {})}
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:len(colors)] = colors
+    for value, (_, rgb) in extra.items():
+        palette[value] = rgb
+    shown = set(int(c) for c in classes)
+    h, w = _np_img(rows[0][0]).shape[:2]
+    ncol = len(rows[0])
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(scale * ncol + 2.4, len(rows) * scale * h / w + 0.5),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j, part in enumerate(row):
+            part = _np_img(part)
+            if part.ndim == 2:
+                shown |= set(np.unique(part).astype(int).tolist())
+                part = palette[part.astype(int)]
+            axes[i][j].imshow(part)
+            axes[i][j].set_xticks([])
+            axes[i][j].set_yticks([])
+            if j == 0:
+                axes[i][j].set_ylabel(row_titles[i])
+            if i == 0 and col_titles:
+                axes[i][j].set_title(col_titles[j], fontsize=9)
+    handles = _handles(sorted(c for c in shown if c < len(names)), class_list)
+    handles += [Patch(color=np.asarray(extra[v][1]) / 255, label=extra[v][0]) for v in sorted(shown & set(extra))]
+    fig.legend(handles=handles, loc='center right', fontsize='small', frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.1 / fig.get_figwidth(), 1))
+    if path:
+        fig.savefig(path, dpi=100, bbox_inches='tight')
+        plt.close(fig)
+    return fig

@@ -45,20 +45,36 @@ def _run(name, monkeypatch, report, **env):
     return nb, values
 
 
-def test_there_are_six_notebooks():
+def test_the_notebooks_are_the_chapters_seven():
     assert NAMES == ['01_transposed_convolution.ipynb', '02_fcn_model.ipynb', '03_voc_dataset.ipynb',
                      '04_training.ipynb', '05_prediction.ipynb', '06_reproduce.ipynb', '07_own_data.ipynb']
 
 
 @pytest.mark.parametrize('name', NAMES)
-def test_stored_without_outputs(name):
+def test_stored_with_outputs_of_their_current_cells(name):
+    """Stored as `make notebooks` leaves them: every code cell executed in one top-to-bottom full run,
+    its source unchanged since (its hash in the cell's metadata), no errors, the run-info cell under the
+    title. A code change without re-execution fails here."""
     import nbformat
+    from notebooks_tool import RUN_INFO, source_hash, stale_cells
     nb = _read(name)
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == 'python3'
     code = [c for c in nb.cells if c.cell_type == 'code']
-    assert code and all(c.execution_count is None and c.outputs == [] for c in code)
-    assert any('d2lseg' in c.source for c in code)
+    assert code and any('d2lseg' in c.source for c in code)
+    stale = stale_cells(nb)
+    assert not stale, (f'{name}: cells {stale} changed since the stored run (or never ran); '
+                       'run `make notebooks` and commit the result')
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))  # one run, top to bottom
+    assert all(c.metadata['d2lseg']['source_sha256'] == source_hash(c.source) for c in code)
+    assert not [o for c in code for o in c.outputs if o.output_type == 'error']
+    executed = nb.metadata['d2lseg']['executed']
+    assert executed['quick'] is False and executed['seconds'] > 0
+    info = nb.cells[1]
+    assert info.metadata['d2lseg']['role'] == RUN_INFO
+    assert executed['machine'] in info.source and executed['date'] in info.source
+    assert nb.metadata['d2lseg']['needs'] in info.source
+    assert nb.cells[-1].cell_type == 'markdown' and nb.cells[-1].source.startswith('## Notes for instructors')
 
 
 @pytest.mark.notebook
@@ -85,71 +101,193 @@ def test_report_reads_values_and_names_what_is_missing(tmp_path):
 @pytest.mark.notebook
 def test_01_transposed_convolution(monkeypatch):
     nb, r = _run('01_transposed_convolution.ipynb', monkeypatch,
-                 report=['same', 'Y_mat', 'conv_is_Wx', 'trans_is_WTy', 'shapes', 'out_img.shape', 'inside', 'rows'])
+                 report=['same', 'Y_mat', 'x.grad', 'u.grad', 'grad_is_trans', 'grad_is_WT', 'trans_grad_is_conv',
+                         'conv_is_Wx', 'trans_is_WTy', 'grad_is_trans_s2', 'scatter_ok', 'trans_conv_ok', 'shapes',
+                         'fractional_ok', 'correspond', 'reads', 'rule_rows', 'magnifies', 'fcn_shape', 'rows',
+                         'exp_W', 'exp_conv', 'out', 'im2col_ok'])
     assert r['same'] is True                                     # d2l.kernel2matrix == the chapter's W
     assert r['Y_mat'] == [[[[348, 393], [528, 573]]]]            # W x, the chapter's conv output
-    assert r['conv_is_Wx'] is True and r['trans_is_WTy'] is True
+    # conv's input gradient for dy = [[1, 2], [3, 4]] is W.T dy: dy scattering the chapter's K
+    K, dy, expected = [[1, 2, 3], [4, 5, 6], [7, 8, 9]], [[1, 2], [3, 4]], [[0] * 4 for _ in range(4)]
+    for i, j, a, b in [(i, j, a, b) for i in range(2) for j in range(2) for a in range(3) for b in range(3)]:
+        expected[i + a][j + b] += dy[i][j] * K[a][b]
+    assert r['x.grad'] == [[expected]]
+    assert r['u.grad'] == [[[[348, 393], [528, 573]]]]           # Conv2DTranspose backward = Conv2D forward
+    assert r['grad_is_trans'] is r['grad_is_WT'] is r['trans_grad_is_conv'] is True
+    assert r['conv_is_Wx'] is r['trans_is_WTy'] is r['grad_is_trans_s2'] is True
+    assert r['scatter_ok'] == {'1': True, '2': True} and r['trans_conv_ok'] is True
     assert r['shapes'] == [[1, 3, 64, 64], [1, 10, 32, 32], [1, 3, 64, 64]]
-    assert r['out_img.shape'] == [1200, 1024, 3]
-    assert r['inside'] < 1e-5
-    sides = [8, 16, 32, 64]
+    assert r['fractional_ok'] is True
+    assert r['correspond'] is True and len(r['reads']) == 16    # a 4x4 window: rows 1..4, cols 1..4
+    assert r['rule_rows'] and all(got == s * n for s, n, got, _, _ in r['rule_rows'])
+    assert sorted({row[0] for row in r['rule_rows']}) == [2, 4, 8, 16, 32] and r['magnifies'] is True
+    assert r['fcn_shape'] == [1, 21, 320, 480]
+    sides = [8, 16, 32, 48]
     assert [row[0] for row in r['rows']] == sides                               # n
     assert [row[1] for row in r['rows']] == [4 * n ** 4 for n in sides]         # bytes of W
     assert [row[2] for row in r['rows']] == [36] * len(sides)                   # bytes of the 3x3 kernel
-    assert all(isinstance(t, float) and t >= 0 for row in r['rows'] for t in row[3:])  # W @ x s, Conv2D s
-    assert _figures(nb) >= 2
+    assert all(isinstance(t, float) and t > 0 for row in r['rows'] for t in row[3:])  # W @ x s, Conv2D s
+    assert all(isinstance(e, float) and math.isfinite(e) for e in (r['exp_W'], r['exp_conv']))  # fitted
+    assert r['out'] == [[348, 393], [528, 573]] and r['im2col_ok'] is True       # im2col + GEMM
+    assert _figures(nb) >= 3   # W, the scatter diagram, time and memory
 
 
 @pytest.mark.notebook
 def test_02_fcn_model(monkeypatch):
     nb, r = _run('02_fcn_model.ipynb', monkeypatch,
-                 report=['features_shape', 'output_shape', 'variant_shapes', 'histories'])
+                 report=['features_shape', 'output_shape', 'stage_shapes', 'shapes_ok', 'rows_hit', 'cols_hit',
+                         'centred', 'k4', 'outer_ok', 'outer64_ok', 'interior_linear', 'out_img.shape', 'inside',
+                         'same_start', 'differing', 'initial_shapes', 'grad_ratio', 'histories', 'bg_share',
+                         'n_classes_pred', 'true_bg'])
     assert r['features_shape'] == [1, 512, 10, 15]
     assert r['output_shape'] == [1, 21, 320, 480]
-    assert r['variant_shapes'] == {v: [1, 21, 320, 480] for v in ('fcn32s', 'fcn16s', 'fcn8s')}
+    assert r['stage_shapes'] == {'image': [1, 3, 320, 480], 'features': [1, 512, 10, 15],
+                                 'class scores': [1, 21, 10, 15], 'upsampled scores': [1, 21, 320, 480],
+                                 'prediction': [1, 320, 480]} and r['shapes_ok'] is True
+    # score cell (4, 7): a 64x64 footprint centred on its 32x32 image block (rows 128..159, cols 224..255)
+    assert r['rows_hit'] == list(range(112, 176)) and r['cols_hit'] == list(range(208, 272)) and r['centred']
+    q = [0.25, 0.75, 0.75, 0.25]
+    assert r['k4'] == [[a * b for b in q] for a in q]            # the bilinear 4x4 kernel, an outer product
+    assert r['outer_ok'] is r['outer64_ok'] is r['interior_linear'] is True
+    assert r['out_img.shape'] == [1200, 1024, 3] and r['inside'] < 1e-5   # doubled; OpenCV's bilinear inside
+    assert r['same_start'] is True and len(r['differing']) == 1    # only the upsampling weight differs
+    assert r['initial_shapes'] == {'bilinear': [1, 21, 64, 96], 'xavier': [1, 21, 64, 96]}
+    assert r['grad_ratio'] > 10           # Xavier's small kernel shrinks the gradient reaching the 1x1 conv
     losses = []
     for init_name in ('bilinear', 'xavier'):
-        last = r['histories'][init_name]['epochs'][-1]
+        epochs = r['histories'][init_name]['epochs']
+        assert [e['epoch'] for e in epochs] == [1, 2]
+        last = epochs[-1]
         loss, acc, miou = last['loss'], last['test_acc'], last['val_miou']
         assert 0 < loss < 20 and 0 <= acc <= 1 and 0 <= miou <= 1, last
         losses.append(round(loss, 4))  # as the notebook prints it: different in what a reader sees
+        assert len(r['bg_share'][init_name]) == 3 and all(0 <= v <= 1 for v in r['bg_share'][init_name])
+        assert len(r['n_classes_pred'][init_name]) == 3 and all(1 <= k <= 21 for k in r['n_classes_pred'][init_name])
     assert losses[0] != losses[1], 'the two initialisations trained identically'
-    assert _figures(nb) >= 2
+    assert 0 < r['true_bg'] < 1
+    assert _figures(nb) >= 8
 
 
 @pytest.mark.notebook
-def test_03_voc_dataset(monkeypatch):
+def test_03_voc_dataset(monkeypatch, tmp_path):
+    import numpy as np
     nb, r = _run('03_voc_dataset.ipynb', monkeypatch,
-                 report=['n_train', 'X.shape', 'Y.shape', 'void_as_chapter', 'void_ignored', 'freq'])
+                 report=['n_train', 'X.shape', 'Y.shape', 'void_as_chapter', 'void_ignored', 'freq', 'chapter_crop',
+                         'dropped', 'sizes', 'kept_train_crop', 'baselines', 'bg_share', 'exact_given_pair'])
     assert r['n_train'] == 8
-    assert r['X.shape'] == [4, 3, 64, 96] and r['Y.shape'] == [4, 64, 96]   # the first batch
+    assert r['chapter_crop'] == [160, 224]                        # quick mode's analogue of 320x480
+    assert r['X.shape'] == [2, 3, 160, 224] and r['Y.shape'] == [2, 160, 224]   # the first batch
+    # the quick set (made again here, deterministic): 5 + 3 training, 1 + 3 validation images of 128x192 + 160x224
+    sizes = {split: {tuple(json.loads(k.replace('(', '[').replace(')', ']'))): v for k, v in c.items()}
+             for split, c in r['sizes'].items()}
+    assert sizes == {'train': {(128, 192): 5, (160, 224): 3}, 'val': {(128, 192): 1, (160, 224): 3}}
+    assert r['dropped'] == {'train': 5, 'val': 1}                 # VOCSegDataset.num_dropped: those under 160x224
+    assert r['kept_train_crop'] == {'train': 8, 'val': 4}         # the 64x96 training crop keeps all
     assert r['void_as_chapter'] == 0 and r['void_ignored'] > 0
     assert round(100 * r['freq'][0], 1) > 10   # background, % of labelled pixels (as printed, 1 decimal)
-    assert _figures(nb) >= 4
+    # all background on known data: pixel acc = the background share of labelled validation pixels
+    from d2lseg.images import read_label_indices
+    from d2lseg.synthetic import make_synthetic_voc
+    voc = make_synthetic_voc(str(tmp_path), n_train=8, n_val=4, sizes=((128, 192), (160, 224)), progress=False)
+    with open(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt')) as f:
+        labels = [read_label_indices(os.path.join(voc, 'SegmentationClass', n.strip() + '.png'), True)
+                  for n in f if n.strip()]
+    hist = sum(np.bincount(lab[lab != 255], minlength=21) for lab in labels)
+    bg = r['baselines']['all background']
+    assert bg['pixel_acc'] == r['bg_share'] == pytest.approx(hist[0] / hist.sum(), abs=1e-12)
+    assert bg['mean_acc'] == pytest.approx(1 / np.count_nonzero(hist))   # right on background only
+    assert 0 < bg['miou'] < bg['pixel_acc']
+    lookup = r['baselines']['colour lookup']
+    assert 0 < lookup['pixel_acc'] < 1 and 0 < lookup['miou'] < 1 and 0 <= r['exact_given_pair'] <= 1
+    assert _figures(nb) >= 8
 
 
 @pytest.mark.notebook
 def test_04_training(monkeypatch):
-    nb, r = _run('04_training.ipynb', monkeypatch, report=['ctx', 'history', 'sweep'])
+    nb, r = _run('04_training.ipynb', monkeypatch,
+                 report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'sweep', 'base.epochs',
+                         'best_lr_run', 'winner', 'sweep_baseline'])
     assert r['ctx'] == ['cpu(0)']                # what d2l.train trained on
-    first = r['history'][0]                      # d2l.train's record of its first epoch
-    assert first['epoch'] == 1, r['history']
-    assert math.isfinite(first['loss']) and first['loss'] >= 0, first
-    assert 0 <= first['train_acc'] <= 1 and 0 <= first['test_acc'] <= 1, first
-    assert first['time'] >= 0, first
-    assert [float(lr) for lr in r['sweep']] == [0.01, 0.1, 1.0]   # JSON keys are text
-    assert all(eps and 'loss' in eps[-1] for eps in r['sweep'].values())
+    # d2l.train(history=[]) filled the list: one record per epoch (quick mode: 2)
+    assert [e['epoch'] for e in r['history']] == [1, 2], r['history']
+    for e in r['history']:
+        assert set(e) == {'epoch', 'loss', 'train_acc', 'test_acc', 'time'}, e
+        assert math.isfinite(e['loss']) and e['loss'] >= 0 and e['time'] >= 0, e
+        assert 0 <= e['train_acc'] <= 1 and 0 <= e['test_acc'] <= 1, e
+    # the tiny set's 12 images are 128x192 or 160x224: the chapter's crop keeps none, 128x192 all
+    assert r['kept'] == {'320x480': 0, '128x192': 12}
+    # the baseline: the background share of the 4 validation labels (each 128x192 or 160x224)
+    counts = r['val_counts']
+    assert len(counts) == 21 and sum(counts) in {k * 128 * 192 + (4 - k) * 160 * 224 for k in range(5)}
+    assert 0 < r['baseline_acc'] < 1 and r['baseline_acc'] == pytest.approx(counts[0] / sum(counts))
+    assert 0 < r['sweep_baseline'] < 1     # the same, on the sweep's 64x96 validation crops
+    # the sweep: 3 rates, then momentum at the best rate and a tenth of it, then poly (+ warm-up), then longer
+    sweep, epochs = r['sweep'], r['base.epochs']
+    names = list(sweep)
+    assert names[:3] == ['lr 0.01', 'lr 0.1', 'lr 1'] and len(names) == 8, names
+    settings = [sweep[n]['recipe'] for n in names]
+    assert [s['lr'] for s in settings[:3]] == [0.01, 0.1, 1.0]
+    assert all(s['momentum'] == 0 and s['lr_schedule'] == 'constant' for s in settings[:3])
+    best_lr = sweep[r['best_lr_run']]['recipe']['lr']
+    assert [s['momentum'] for s in settings[3:5]] == [0.9, 0.9]
+    assert [s['lr'] for s in settings[3:5]] == pytest.approx([best_lr, best_lr / 10])
+    assert [(s['lr_schedule'], s['warmup_epochs']) for s in settings[5:7]] == [('poly', 0), ('poly', 1)]
+    assert [s['epochs'] for s in settings] == [epochs] * 7 + [2 * epochs]
+    for n in names:   # one record per epoch trained; a diverged run says why and stops early
+        run = sweep[n]
+        assert [e['epoch'] for e in run['epochs']] == list(range(1, len(run['epochs']) + 1)), n
+        if run['diverged'] is None:
+            assert len(run['epochs']) == run['recipe']['epochs'], n
+        else:
+            assert 'became' in run['diverged'] and len(run['epochs']) < run['recipe']['epochs'], n
+        assert all(0 <= e['val_miou'] <= 1 and 0 <= e['test_acc'] <= 1 for e in run['epochs']), n
+    finished = [n for n in names if sweep[n]['diverged'] is None]
+    assert r['winner'] in finished
+    assert sweep[r['winner']]['epochs'][-1]['val_miou'] == max(sweep[n]['epochs'][-1]['val_miou'] for n in finished)
+    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
+    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
+    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
     assert _figures(nb) >= 2
 
 
 @pytest.mark.notebook
 def test_05_prediction(monkeypatch):
-    nb, r = _run('05_prediction.ipynb', monkeypatch, report=['results', 'pixels_scored'])
-    assert set(r['results']) == {'crop', 'full'}
-    assert all(0 <= m['pixel_acc'] <= 1 for m in r['results'].values()), r['results']
+    import re
+    nb, r = _run('05_prediction.ipynb', monkeypatch,
+                 report=['histories', 'results', 'pixels_scored', 'skipped', 'labelled_px', 'never_predicted',
+                         'band_total', 'labelled', 'near', 'interior', 'best', 'sharpest'])
+    variants = ['fcn32s', 'fcn16s', 'fcn8s']
+    h = r['histories']                                   # exercise 5: three variants, one recipe
+    assert sorted(h) == sorted(variants)
+    recipes = [{k: v for k, v in h[v]['recipe'].items() if k != 'variant'} for v in variants]
+    assert recipes[0] == recipes[1] == recipes[2] and recipes[0]['crop'] == [64, 96]
+    assert [h[v]['recipe']['variant'] for v in variants] == variants
+    for v in variants:
+        assert [e['epoch'] for e in h[v]['epochs']] == [1, 2], v
+        for e in h[v]['epochs']:
+            assert math.isfinite(e['loss']) and 0 <= e['test_acc'] <= 1 and 0 <= e['val_miou'] <= 1, (v, e)
+    assert r['best'] in variants and r['sharpest'] in variants
+    # exercise 4: the 160x224 crop skips the one 128x192 validation image; the whole image scores every
+    # labelled pixel
+    assert r['skipped'] == {'crop': 1, 'full': 0}
     crop_px, full_px = r['pixels_scored']['crop'], r['pixels_scored']['full']
-    assert 0 < crop_px < full_px <= 4 * 160 * 224   # full mode scores every non-void pixel
-    assert _figures(nb) >= 2
+    assert full_px == r['labelled_px'] and 0 < crop_px < full_px <= 4 * 160 * 224
+    assert r['never_predicted'] == pytest.approx(1 - crop_px / full_px)
+    assert all(0 <= m['pixel_acc'] <= 1 and 0 <= m['miou'] <= 1 for m in r['results'].values()), r['results']
+    assert sum(r['band_total']) == r['labelled']       # every labelled pixel of the crops is in one band
+    assert all(0 <= r[k][v] <= 1 for k in ('near', 'interior') for v in variants)
+    # summary and exercises: five links, each to a heading that exists
+    cells = [c.source for c in nb.cells if c.cell_type == 'markdown']
+    assert any(c.startswith('## Summary') and c.count('\n* ') == 3 for c in cells)
+    exercises = next(c for c in cells if c.startswith('## Exercises'))
+    links = re.findall(r'\]\(([^)#]*)#([^)]+)\)', exercises)
+    assert [target or 'self' for target, _ in links] == ['01_transposed_convolution.ipynb', '02_fcn_model.ipynb',
+                                                         '04_training.ipynb', 'self', 'self']
+    for target, anchor in links:
+        headings = [line.lstrip('#').strip().replace(' ', '-') for c in (_read(target) if target else nb).cells
+                    if c.cell_type == 'markdown' for line in c.source.splitlines() if line.startswith('#')]
+        assert anchor in headings, f'{target or "05_prediction.ipynb"}: no heading for the link #{anchor}'
+    assert _figures(nb) >= 5
 
 
 @pytest.mark.notebook
@@ -163,21 +301,43 @@ def test_06_reproduce(monkeypatch, tmp_path):
     path = tmp_path / 'history.json'
     path.write_text(json.dumps(worse))
     nb, r = _run('06_reproduce.ipynb', monkeypatch,
-                 report=['reference.PUBLISHED', 'reference.FCN_PAPER', 'n_runs', 'not_compared', 'comparison.ok'],
+                 report=['reference.PUBLISHED', 'reference.FCN_PAPER', 'n_runs', 'per_seed', 'synth', 'epochs',
+                         'not_compared', 'comparison.ok', 'history_path'],
                  D2LSEG_HISTORY=str(path))
     published = r['reference.PUBLISHED']          # the figures the notebook tabulates
     assert published['d2l-mxnet-en']['epochs'][0]['loss'] == 1.2733
+    assert published['d2l-mxnet-en']['epochs'][-1]['test_acc'] == 0.842   # "near 0.84" in the intro
     assert 'FCN-8s' in r['reference.FCN_PAPER']['rows']
-    assert r['n_runs'] == len(band['runs'])
+    assert r['n_runs'] == len(band['runs']) == sum(r['per_seed'].values())
+    assert sorted(int(k) for k in r['per_seed']) == band['seeds'] and r['synth'] == band['synth']
+    assert r['epochs'] == band['judged_epochs']
+    assert r['history_path'] == str(path)                   # the environment variable overrides the cell's None
     assert set(r['not_compared']) == {'book', 'd2l-zh-v1'}   # a synthetic run is not judged by VOC figures
     assert all('another recipe, not compared' in why for why in r['not_compared'].values()), r['not_compared']
-    assert r['comparison.ok'] is False and _figures(nb) >= 2   # verdict: REGRESSION
+    assert r['comparison.ok'] is False                      # verdict: REGRESSION, printed as such
+    text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
+    assert 'verdict against the band: REGRESSION' in text
+    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
+    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
+    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
+    assert _figures(nb) >= 2                                # the band, and the run on it
 
 
 @pytest.mark.notebook
 def test_07_own_data(monkeypatch):
-    nb, r = _run('07_own_data.ipynb', monkeypatch, report=['record', 'class_list.names', 'history'])
-    assert r['class_list.names'] == ['sky', 'tree', 'house', 'car']      # from the run's model.json
-    assert r['record']['classes'] == ['sky', 'tree', 'house', 'car'] and len(r['record']['iou']) == 4
-    assert len(r['history']['epochs']) == 2 and len(r['history']['epochs'][-1]['val_iou']) == 4
-    assert _figures(nb) >= 1
+    nb, r = _run('07_own_data.ipynb', monkeypatch,
+                 report=['record', 'class_list.names', 'class_list.colors', 'history', 'model_info', 'mask_kinds'])
+    names = ['sky', 'tree', 'house', 'car']
+    assert r['class_list.names'] == names                                # from the run's model.json
+    assert r['class_list.colors'] == [[0, 0, 0], [20, 160, 40], [200, 60, 20], [240, 220, 0]]
+    assert r['model_info']['num_classes'] == 4 and r['model_info']['classes']['names'] == names
+    assert sorted(set(r['mask_kinds'])) == ['P', 'RGB'] and len(r['mask_kinds']) == 12   # both mask kinds
+    assert r['record']['classes'] == names and len(r['record']['iou']) == 4
+    assert r['record']['images'] == 4 and r['record']['ignore_boundary'] is True
+    assert 0 <= r['record']['pixel_acc'] <= 1 and 0 <= r['record']['miou'] <= 1
+    assert [e['epoch'] for e in r['history']['epochs']] == [1, 2]
+    assert all(len(e['val_iou']) == 4 for e in r['history']['epochs'])
+    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
+    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
+    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
+    assert _figures(nb) >= 2                                             # the curves and the prediction grid
