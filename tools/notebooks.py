@@ -16,6 +16,7 @@ import hashlib
 import html
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -101,7 +102,8 @@ def execute(path, where):
         os.environ.pop(key, None)
     tic = time.time()
     try:
-        _client(nb).execute()
+        # the kernel process's own log (a warning about its local TCP ports) is not the notebook's output
+        _client(nb).execute(stderr=subprocess.DEVNULL)
     except CellExecutionError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise SystemExit(f'notebooks: {name} failed ({first}); the stored notebook is unchanged') from None
@@ -124,11 +126,11 @@ def run(names):
     paths = notebook_paths(names)
     print(f'executing {len(paths)} notebook(s) in full mode on a {where}')
     total = 0.0
-    for path in paths:
-        print(f'  {os.path.basename(path)} ...', end=' ', flush=True)
+    for i, path in enumerate(paths):
+        print(f'  [{i + 1}/{len(paths)}] {os.path.basename(path)} ...', flush=True)
         seconds = execute(path, where)
         total += seconds
-        print(_minutes(seconds), flush=True)
+        print(f'  [{i + 1}/{len(paths)}] {os.path.basename(path)}: {_minutes(seconds)}', flush=True)
     print(f'all {len(paths)} in {_minutes(total)}; stored with outputs under notebooks/ '
           '(`make book` renders them as HTML)')
 
