@@ -216,28 +216,41 @@ def plot_band(band, history=None, path=None):
     return fig
 
 
+def log_ticks(axis, values):
+    """Readable ticks on a log-scale ``axis`` (e.g. ``ax.yaxis``) for the data ``values``: 1, 2, 5 per decade,
+    also 1.5, 3, 4, 7 when the data span less than a decade; every tick labelled alike, no minor ticks."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=np.float64)
+    decades = np.log10(v.max() / v.min()) if len(v) else 2.0
+    subs = (1, 1.5, 2, 3, 4, 5, 7) if decades < 1 else (1, 2, 5) if decades < 3 else (1,)
+    axis.set_major_locator(LogLocator(subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f'{x:g}'))
+    axis.set_minor_locator(NullLocator())
+
+
 def plot_sweep(runs, baseline=None, path=None):
     """Runs of a hyper-parameter sweep: each run's training loss per epoch, and each run's final val
     mIoU and val pixel accuracy (a dashed line at ``baseline``, e.g. the all-background pixel accuracy)
-    -> the figure, saved to ``path``. runs: {name: {'epochs': [fit records], 'diverged': None or why}}."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    -> the figure, saved to ``path``. runs: {name: {'epochs': [fit records], 'diverged': None or why}}.
+    Runs that share epochs (a longer run repeating a shorter one) stay visible: each later run is drawn
+    thinner, with a smaller marker of another shape and another dash pattern, on top of the earlier ones."""
+    from matplotlib.ticker import MaxNLocator
     names = list(runs)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw=dict(width_ratios=(1, 1.25)))
-    for name in names:
+    last_k = max(len(names) - 1, 1)
+    for k, name in enumerate(names):
         eps = runs[name]['epochs']
         mark = ' (diverged)' if runs[name].get('diverged') else ''
-        a1.plot([r['epoch'] for r in eps], [r['loss'] for r in eps], 'o-', ms=3, label=name + mark)
+        a1.plot([r['epoch'] for r in eps], [r['loss'] for r in eps], label=name + mark, alpha=0.85,
+                ls=('-', '--', '-.', ':')[k % 4], marker='osD^vPX*'[k % 8], mfc='none',
+                lw=3.6 - 2.4 * k / last_k, ms=10 - 6 * k / last_k)
     a1.set_yscale('log')
-    a1.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    a1.yaxis.set_minor_locator(LogLocator(subs=(1.5, 3, 4, 7)))
-    a1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
-    a1.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
-    a1.tick_params(axis='y', which='minor', labelsize='x-small')
+    log_ticks(a1.yaxis, [r['loss'] for run in runs.values() for r in run['epochs']])
     a1.set_xlabel('epoch')
     a1.set_ylabel('train loss (log scale)')
     a1.set_title('training loss per run')
     a1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    a1.legend(fontsize='x-small')
+    a1.legend(fontsize='x-small', handlelength=3.5)
     x = np.arange(len(names))
     for k, (key, label) in enumerate((('val_miou', 'val mIoU'), ('test_acc', 'val pixel acc'))):
         last = [runs[n]['epochs'][-1][key] if runs[n]['epochs'] else 0.0 for n in names]

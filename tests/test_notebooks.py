@@ -138,7 +138,7 @@ def test_02_fcn_model(monkeypatch):
                  report=['features_shape', 'output_shape', 'stage_shapes', 'shapes_ok', 'rows_hit', 'cols_hit',
                          'centred', 'k4', 'outer_ok', 'outer64_ok', 'interior_linear', 'out_img.shape', 'inside',
                          'same_start', 'differing', 'initial_shapes', 'grad_ratio', 'histories', 'bg_share',
-                         'n_classes_pred', 'true_bg'])
+                         'n_classes_pred', 'true_bg', 'out_ratio', 'losses0', 'out_std', 'coarse_std', 'lattice'])
     assert r['features_shape'] == [1, 512, 10, 15]
     assert r['output_shape'] == [1, 21, 320, 480]
     assert r['stage_shapes'] == {'image': [1, 3, 320, 480], 'features': [1, 512, 10, 15],
@@ -153,6 +153,13 @@ def test_02_fcn_model(monkeypatch):
     assert r['same_start'] is True and len(r['differing']) == 1    # only the upsampling weight differs
     assert r['initial_shapes'] == {'bilinear': [1, 21, 64, 96], 'xavier': [1, 21, 64, 96]}
     assert r['grad_ratio'] > 10           # Xavier's small kernel shrinks the gradient reaching the 1x1 conv
+    # softmax minus one-hot is bounded: at the output the two starts' gradients are of similar size
+    assert 0.5 < r['out_ratio'] < 2, r['out_ratio']
+    # bilinear passes the large coarse scores on (a confident, large loss); Xavier shrinks them (loss near ln 21)
+    assert 0.5 < r['out_std']['bilinear'] / r['coarse_std'] < 2 and r['out_std']['xavier'] < r['coarse_std'] / 10
+    assert r['losses0']['bilinear'] > r['losses0']['xavier'] and abs(r['losses0']['xavier'] - math.log(21)) < 1
+    near, far = r['lattice']['xavier']   # Xavier's score map: pixels 32 apart alike, neighbours not
+    assert far > near + 0.2, r['lattice']
     losses = []
     for init_name in ('bilinear', 'xavier'):
         epochs = r['histories'][init_name]['epochs']
@@ -206,7 +213,7 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
 def test_04_training(monkeypatch):
     nb, r = _run('04_training.ipynb', monkeypatch,
                  report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'sweep', 'base.epochs',
-                         'best_lr_run', 'winner', 'sweep_baseline'])
+                         'best_lr_run', 'winner', 'sweep_baseline', 'crop_baseline', 'crop_pixels'])
     assert r['ctx'] == ['cpu(0)']                # what d2l.train trained on
     # d2l.train(history=[]) filled the list: one record per epoch (quick mode: 2)
     assert [e['epoch'] for e in r['history']] == [1, 2], r['history']
@@ -221,6 +228,8 @@ def test_04_training(monkeypatch):
     assert len(counts) == 21 and sum(counts) in {k * 128 * 192 + (4 - k) * 160 * 224 for k in range(5)}
     assert 0 < r['baseline_acc'] < 1 and r['baseline_acc'] == pytest.approx(counts[0] / sum(counts))
     assert 0 < r['sweep_baseline'] < 1     # the same, on the sweep's 64x96 validation crops
+    # the chapter cell's baseline: one pass of test_iter, one batch of 4 random 64x96 crops (last batch dropped)
+    assert r['crop_pixels'] == 4 * 64 * 96 and 0 < r['crop_baseline'] < 1
     # the sweep: 3 rates, then momentum at the best rate and a tenth of it, then poly (+ warm-up), then longer
     sweep, epochs = r['sweep'], r['base.epochs']
     names = list(sweep)
@@ -255,7 +264,7 @@ def test_05_prediction(monkeypatch):
     import re
     nb, r = _run('05_prediction.ipynb', monkeypatch,
                  report=['histories', 'results', 'pixels_scored', 'skipped', 'labelled_px', 'never_predicted',
-                         'band_total', 'labelled', 'near', 'interior', 'best', 'sharpest'])
+                         'band_total', 'labelled', 'near', 'interior', 'best', 'sharpest', 'show'])
     variants = ['fcn32s', 'fcn16s', 'fcn8s']
     h = r['histories']                                   # exercise 5: three variants, one recipe
     assert sorted(h) == sorted(variants)
@@ -267,6 +276,7 @@ def test_05_prediction(monkeypatch):
         for e in h[v]['epochs']:
             assert math.isfinite(e['loss']) and 0 <= e['test_acc'] <= 1 and 0 <= e['val_miou'] <= 1, (v, e)
     assert r['best'] in variants and r['sharpest'] in variants
+    assert len(r['show']) == len(set(r['show'])) == 3                   # three different images
     # exercise 4: the 160x224 crop skips the one 128x192 validation image; the whole image scores every
     # labelled pixel
     assert r['skipped'] == {'crop': 1, 'full': 0}
