@@ -65,6 +65,21 @@ def test_every_figure_is_embedded(site, name):
     assert '<a href="index.html">Contents</a>' in page
 
 
+def test_formulas_are_typeset_offline(site):
+    """Every $...$ of the notebooks' text is an embedded SVG in its page (no MathJax, no network);
+    dollar signs inside code stay as they are."""
+    import nbformat
+    out, _ = site
+    for name in NAMES:
+        nb = nbformat.read(os.path.join(tool.NOTEBOOK_DIR, name + '.ipynb'), as_version=4)
+        texts = [tool.CODE.split(c.source)[::2] for c in nb.cells if c.cell_type == 'markdown']
+        n_math = sum(len(tool.MATH.findall(t)) for parts in texts for t in parts)
+        assert (out / (name + '.html')).read_text().count('class="math"') == n_math, name
+    typeset = tool.typeset_math('cost $n^2$, not `$HOME` or\n```\nx = "$a$"\n```')
+    assert typeset.startswith('cost <img class="math" alt="n^2"') and 'data:image/svg+xml;base64,' in typeset
+    assert typeset.endswith(', not `$HOME` or\n```\nx = "$a$"\n```')
+
+
 def test_a_stale_notebook_is_refused(tmp_path):
     import nbformat
     src = os.path.join(tool.NOTEBOOK_DIR, NAMES[0] + '.ipynb')

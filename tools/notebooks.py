@@ -7,9 +7,11 @@ under the title saying what the notebook needs and how long this run took on whi
 that fails is left as it was, and the command names it and its failing cell (exit 1).
 
 ``book`` renders the stored notebooks, without executing anything, into a static site: one page per
-notebook with its figures embedded, and ``index.html``, the contents in the chapter's order.
+notebook with its figures and formulas embedded (formulas typeset by matplotlib's mathtext, so the
+pages need no network), and ``index.html``, the contents in the chapter's order.
 """
 import argparse
+import copy
 import datetime
 import glob
 import hashlib
@@ -154,7 +156,37 @@ def _intro(nb):
     return re.sub(r'[`*]', '', para)
 
 
+CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)         # fenced blocks and inline code: no math there
+MATH = re.compile(r'\$\$(.+?)\$\$|\$([^$\n]+?)\$', re.S)
+
+
+def _math_svg(tex):
+    """``tex`` typeset by matplotlib's mathtext as an inline SVG <img> (offline; no MathJax needed)."""
+    import base64
+    import io
+    from matplotlib import mathtext
+    buf = io.BytesIO()
+    mathtext.math_to_image(f'${tex}$', buf, format='svg')
+    svg = buf.getvalue().decode('utf-8')
+    height = float(re.search(r'height="([\d.]+)pt"', svg).group(1))
+    data = base64.b64encode(svg.encode('utf-8')).decode('ascii')
+    return (f'<img class="math" alt="{html.escape(tex)}" style="height:{height / 10:.2f}em;'
+            f'vertical-align:middle" src="data:image/svg+xml;base64,{data}">')
+
+
+def typeset_math(markdown):
+    """Markdown with every $...$ and $$...$$ outside code replaced by its typeset <img>."""
+    parts = CODE.split(markdown)
+    for i in range(0, len(parts), 2):  # even parts lie outside code
+        parts[i] = MATH.sub(lambda m: _math_svg((m.group(1) or m.group(2)).strip()), parts[i])
+    return ''.join(parts)
+
+
 def _page(exporter, nb, prev_, next_):
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == 'markdown':
+            cell.source = typeset_math(cell.source)
     body, _ = exporter.from_notebook_node(nb)
     body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb', r'href="\1.html', body)  # links between notebooks
     nav = PAGE_NAV.format(prev=f' · <a href="{prev_}">previous</a>' if prev_ else '',
