@@ -88,9 +88,48 @@ def test_a_stale_notebook_is_refused(tmp_path):
     code.source += '\nprint("changed")'
     (tmp_path / 'nb').mkdir()
     nbformat.write(nb, str(tmp_path / 'nb' / (NAMES[0] + '.ipynb')))
-    with pytest.raises(SystemExit, match=f'{NAMES[0]}.ipynb.*make notebooks'):
+    with pytest.raises(tool.ToolError, match=f'{NAMES[0]}.ipynb.*make notebooks'):
         book(str(tmp_path / 'out'), notebook_dir=str(tmp_path / 'nb'))
     assert not (tmp_path / 'out').exists()
+
+
+def _tiny_notebook(path, code):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nb.metadata['d2lseg'] = {'needs': 'nothing much'}
+    nb.cells = [nbformat.v4.new_markdown_cell('# Tiny\n\nA test.')] + [nbformat.v4.new_code_cell(c) for c in code]
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.notebook
+def test_run_stores_outputs_hashes_and_the_run_info_cell(tmp_path):
+    import nbformat
+    path = tmp_path / '01_tiny.ipynb'
+    _tiny_notebook(path, ['x = 6 * 7', 'print(x)'])
+    seconds = tool.execute(str(path), 'a test machine')
+    nb = nbformat.read(str(path), as_version=4)
+    assert nb.cells[1].metadata['d2lseg']['role'] == tool.RUN_INFO
+    assert 'nothing much' in nb.cells[1].source and 'a test machine' in nb.cells[1].source
+    assert nb.cells[3].outputs[0]['text'] == '42\n' and tool.stale_cells(nb) == []
+    assert nb.metadata['d2lseg']['executed']['seconds'] == round(seconds, 1)
+    nb.cells[2].source = 'x = 6 * 8'
+    assert tool.stale_cells(nb) == [2]
+    tool.execute(str(path), 'a test machine')  # again: still one run-info cell
+    nb = nbformat.read(str(path), as_version=4)
+    assert [c.metadata.get('d2lseg', {}).get('role') for c in nb.cells].count(tool.RUN_INFO) == 1
+
+
+@pytest.mark.notebook
+def test_a_failing_notebook_is_left_as_it_was(tmp_path):
+    path = tmp_path / '01_tiny.ipynb'
+    _tiny_notebook(path, ['print(1)', '1 / 0'])
+    before = path.read_bytes()
+    with pytest.raises(tool.ToolError) as e:
+        tool.execute(str(path), 'a test machine')
+    assert str(e.value) == ('notebooks: 01_tiny.ipynb failed (ZeroDivisionError: division by zero); '
+                            'the stored notebook is unchanged')
+    assert path.read_bytes() == before
 
 
 def _screenshot(url, path, tmp_path, height):

@@ -27,6 +27,16 @@ NOTEBOOK_DIR = os.path.join(ROOT, 'notebooks')
 RUN_INFO = 'run-info'  # cell.metadata['d2lseg']['role'] of the generated cell
 
 
+class ToolError(Exception):
+    """A one-line failure of the command (exit 1): a notebook failed, or the book has stale notebooks."""
+    exit_code = 1
+
+
+class UnknownNotebook(ToolError):
+    """A notebook named on the command line does not exist (exit 2)."""
+    exit_code = 2
+
+
 def notebook_paths(names=(), notebook_dir=NOTEBOOK_DIR):
     paths = sorted(glob.glob(os.path.join(notebook_dir, '[0-9][0-9]_*.ipynb')))
     if names:
@@ -35,7 +45,7 @@ def notebook_paths(names=(), notebook_dir=NOTEBOOK_DIR):
         missing = sorted(wanted - {os.path.basename(p) for p in chosen} - {n + '.ipynb' for n in names
                                                                           if len(n) == 2})
         if missing or not chosen:
-            raise SystemExit(f'notebooks: no notebook {", ".join(missing or names)} under notebooks/ '
+            raise UnknownNotebook(f'notebooks: no notebook {", ".join(missing or names)} under notebooks/ '
                              f'(there are {", ".join(os.path.basename(p) for p in paths)})')
         return chosen
     return paths
@@ -102,13 +112,20 @@ def execute(path, where):
     info = _with_run_info(nb, run_info_text(needs, 0, where, 'today'))
     for key in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY'):
         os.environ.pop(key, None)
+    from d2lseg.progress import bar
+    client = _client(nb)
+    cells = bar(total=sum(c.cell_type == 'code' for c in nb.cells), desc=name, unit='cell', leave=False)
+    client.on_cell_executed = lambda **_: cells.update()  # a bar on a terminal, nothing in a log
     tic = time.time()
     try:
         # the kernel process's own log (a warning about its local TCP ports) is not the notebook's output
-        _client(nb).execute(stderr=subprocess.DEVNULL)
+        client.execute(stderr=subprocess.DEVNULL)
     except CellExecutionError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise SystemExit(f'notebooks: {name} failed ({first}); the stored notebook is unchanged') from None
+        text = re.sub(r'\x1b\[[0-9;]*m', '', str(e)).strip()  # the traceback's colours
+        first = text.splitlines()[-1] if text else type(e).__name__
+        raise ToolError(f'notebooks: {name} failed ({first}); the stored notebook is unchanged') from None
+    finally:
+        cells.close()
     seconds = time.time() - tic
     date = datetime.date.today().isoformat()
     info.source = run_info_text(needs, seconds, where, date)
@@ -222,7 +239,7 @@ def book(out, notebook_dir=NOTEBOOK_DIR):
     stale = {os.path.basename(p): stale_cells(nbformat.read(p, as_version=4)) for p in paths}
     stale = {k: v for k, v in stale.items() if v}
     if stale:
-        raise SystemExit('book: these notebooks have cells without outputs from their current source: '
+        raise ToolError('book: these notebooks have cells without outputs from their current source: '
                          + ', '.join(stale) + '; run `make notebooks` first')
     os.makedirs(out, exist_ok=True)
     pages = [os.path.splitext(os.path.basename(p))[0] + '.html' for p in paths]
@@ -256,11 +273,9 @@ def main(argv=None):
             run(args.names)
         else:
             book(args.out)
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            return 2 if 'no notebook' in e.code else 1
-        raise
+    except ToolError as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
     return 0
 
 
