@@ -1,4 +1,5 @@
-"""Every notebook under notebooks/ runs without an error in quick mode (D2LSEG_QUICK=1), and is stored clean.
+"""Every notebook under notebooks/ runs in quick mode (D2LSEG_QUICK=1) and computes what it teaches, and
+is stored with the outputs of one full run of its current code cells (`make notebooks`).
 
 The kernel is this interpreter's ipykernel (its built-in ``python3`` spec), so no kernelspec needs
 installing: a fresh ``pip install -e .[cpu,test]`` venv runs these as they are.

@@ -110,8 +110,8 @@ def execute(path, where):
     nb = nbformat.read(path, as_version=4)
     needs = nb.metadata.get('d2lseg', {}).get('needs', 'a CPU')
     info = _with_run_info(nb, run_info_text(needs, 0, where, 'today'))
-    for key in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY'):
-        os.environ.pop(key, None)
+    # full mode, inline figures, no history to compare: whatever the caller's environment says
+    env = {k: v for k, v in os.environ.items() if k not in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY')}
     from d2lseg.progress import bar
     client = _client(nb)
     cells = bar(total=sum(c.cell_type == 'code' for c in nb.cells), desc=name, unit='cell', leave=False)
@@ -119,7 +119,7 @@ def execute(path, where):
     tic = time.time()
     try:
         # the kernel process's own log (a warning about its local TCP ports) is not the notebook's output
-        client.execute(stderr=subprocess.DEVNULL)
+        client.execute(stderr=subprocess.DEVNULL, env=env)
     except CellExecutionError as e:
         text = re.sub(r'\x1b\[[0-9;]*m', '', str(e)).strip()  # the traceback's colours
         first = text.splitlines()[-1] if text else type(e).__name__
