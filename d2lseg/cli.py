@@ -89,9 +89,11 @@ RESUME_FLAGS = {'--epochs', '--ctx', '--workers', '--kvstore', '--data-dir', '--
 
 
 def _canonical(token, options):
-    """The flag a command-line token names (``--epoch`` -> ``--epochs``, ``-j`` -> ``--workers``), else None.
+    """The flag a command-line token names (``--epoch`` -> ``--epochs``, ``-j`` or ``-j2`` -> ``--workers``), else None.
     options: {option string: the flag's first name}."""
     name = token.split('=')[0]
+    if not name.startswith('--') and name not in options:  # a short flag with its value attached: -b64, -j2
+        name = name[:2]
     matches = [o for o in options if o == name] or [o for o in options if o.startswith(name) and name.startswith('--')]
     return options[matches[0]] if len(matches) == 1 else None
 

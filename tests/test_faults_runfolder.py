@@ -92,11 +92,12 @@ def test_resume_names_every_flag_it_ignores_and_takes_a_moved_data_dir(done, dat
     moved = tmp_path / 'data-now'
     shutil.copytree(done, out)
     code, _, err = run(['train', '--resume', str(out), '--epoch', '2', '--lr', '0.5', '--variant', 'fcn8s',
-                        '--out', 'x', '--ctx', 'cpu', '--workers', '0', '--no-progress',
-                        '--data', str(moved)], capsys)  # abbreviations (argparse's) count as the flags
+                        '--out', 'x', '--ctx', 'cpu', '--workers', '0', '--no-progress', '-b64',
+                        '--data', str(moved)], capsys)  # abbreviations (argparse's) and -b64 count as the flags
     # the data moved: the message names the folder given, nothing is created there
     assert code == 2 and 'the data folder given holds no VOCdevkit/VOC2012' in err[-1] and not moved.exists()
-    assert err[0] == 'd2lseg train: --resume continues the stored run as it was: ignoring --lr, --out, --variant'
+    assert err[0] == ('d2lseg train: --resume continues the stored run as it was: '
+                      'ignoring --batch-size, --lr, --out, --variant')
     shutil.copytree(data_root, moved)
     code, _, err = run(['train', '--resume', str(out), '--epochs', '2', '--ctx', 'cpu', '--workers', '0',
                         '--no-progress', '--data-dir', str(moved)], capsys)
