@@ -62,8 +62,9 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
         meta = checkpoint.load_meta(resume)
         recipe, out = resume_recipe(resume, recipe, epochs=epochs, data_dir=data_dir, meta=meta), resume
     recipe.ctx, ctx, note = resolve_ctx(recipe.ctx)
-    if note:
+    if note:  # e.g. no GPU visible: said now, and kept in train.log with the other notes
         print(note, file=sys.stderr)
+        notes = [*notes, note]
     recipe.validate()
     if resume and recipe.epochs <= meta['epoch']:
         print(f"nothing to do: {resume} has finished {meta['epoch']} of {recipe.epochs} epochs; --epochs N "

@@ -86,6 +86,18 @@ def test_train_writes_history_curves_checkpoints_and_params(trained):
     assert log.count('\nepoch ') == 2 and 'final val mIoU' in log and 'machine: ' in log
 
 
+@pytest.mark.skipif(mx.context.num_gpus() > 0, reason='a GPU is visible: --ctx auto trains on it, without a note')
+def test_the_device_note_of_ctx_auto_is_in_the_log(data_root, tmp_path):
+    out = str(tmp_path / 'run')
+    flags = tiny_flags(data_root, out, epochs=1)
+    flags[flags.index('--ctx') + 1] = 'auto'
+    code, _, stderr = run_main(flags)
+    assert code == 0, stderr
+    assert 'no GPU visible to MXNet: training on cpu' in stderr.splitlines()[0]
+    with open(os.path.join(out, 'train.log')) as f:
+        assert f.readline().strip() == 'no GPU visible to MXNet: training on cpu'
+
+
 def test_log_interval_and_the_log_file_keep_batch_lines_and_errors(data_root, tmp_path):
     out = str(tmp_path / 'run')
     code, stdout, stderr = run_main(tiny_flags(data_root, out, epochs=1) + ['--log-interval', '1'])
