@@ -8,6 +8,7 @@ import sys
 import numpy as np
 from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from mxnet import nd
 
 from .palette import VOC_CLASSES, VOC_COLORMAP
@@ -160,7 +161,6 @@ def plot_history(history, path=None):
     """Training curves of a ``fit`` history (loss; train acc, val acc, val mIoU) -> the figure, saved to ``path``."""
     epochs = history['epochs'] if isinstance(history, dict) else history
     x = [r['epoch'] for r in epochs]
-    from matplotlib.ticker import MaxNLocator
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     a1.plot(x, [r['loss'] for r in epochs], 'o-', label='train loss')
     a1.set_ylabel('loss')
@@ -190,7 +190,6 @@ BAND_TITLES = {'loss': 'train loss', 'train_acc': 'train pixel acc', 'test_acc':
 def plot_band(band, history=None, path=None):
     """A stored band (bench/spread.py) per figure: every run, the min-max range, the mean; and ``history``
     (a run to judge) on top when given -> the figure, saved to ``path``."""
-    from matplotlib.ticker import MaxNLocator
     figures = [k for k in BAND_TITLES if k in band['epochs'][0]]
     fig, axes = plt.subplots(1, len(figures), figsize=(3.2 * len(figures), 3.0), squeeze=False)
     x = [r['epoch'] for r in band['epochs']]
@@ -219,7 +218,6 @@ def plot_band(band, history=None, path=None):
 def log_ticks(axis, values):
     """Readable ticks on a log-scale ``axis`` (e.g. ``ax.yaxis``) for the data ``values``: 1, 2, 5 per decade,
     also 1.5, 3, 4, 7 when the data span less than a decade; every tick labelled alike, no minor ticks."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
     v = np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=np.float64)
     decades = np.log10(v.max() / v.min()) if len(v) else 2.0
     subs = (1, 1.5, 2, 3, 4, 5, 7) if decades < 1 else (1, 2, 5) if decades < 3 else (1,)
@@ -234,7 +232,6 @@ def plot_sweep(runs, baseline=None, path=None):
     -> the figure, saved to ``path``. runs: {name: {'epochs': [fit records], 'diverged': None or why}}.
     Runs that share epochs (a longer run repeating a shorter one) stay visible: each later run is drawn
     thinner, with a smaller marker of another shape and another dash pattern, on top of the earlier ones."""
-    from matplotlib.ticker import MaxNLocator
     names = list(runs)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw=dict(width_ratios=(1, 1.25)))
     last_k = max(len(names) - 1, 1)
