@@ -86,32 +86,10 @@ def legend(ax=None, classes=None, class_list=None):
 
 def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, scale=2.2, class_list=None):
     """Columns of (image, label indices, predicted indices) with row titles and a legend of the classes
-    shown -> the figure, saved to ``path``. rows: a list of (H, W, 3) uint8 and two (H, W) index arrays;
-    class_list: the classes' names and colours (default VOC's)."""
-    h, w = _np_img(rows[0][0]).shape[:2]
-    fig, axes = plt.subplots(3, len(rows), figsize=(scale * len(rows) + 2.2, 3 * scale * h / w + 0.4), squeeze=False)
-    shown = set()
-    for j, (img, label, pred) in enumerate(rows):
-        for i, part in enumerate((img, label, pred)):
-            part = _np_img(part)
-            if part.ndim == 2:
-                valid = part[part != 255].astype(int)
-                shown |= set(np.unique(valid).tolist())
-                colors = VOC_COLORMAP if class_list is None else class_list.colors
-                palette = np.vstack([colors, np.zeros((256 - len(colors), 3))]).astype(np.uint8)
-                palette[255] = (224, 224, 192)
-                part = palette[part.astype(int)]
-            axes[i][j].imshow(part)
-            axes[i][j].set_xticks([])
-            axes[i][j].set_yticks([])
-            if j == 0:
-                axes[i][j].set_ylabel(titles[i])
-    fig.legend(handles=_handles(sorted(shown), class_list), loc='center right', fontsize='small', frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
-    if path:
-        fig.savefig(path, dpi=100, bbox_inches='tight')
-        plt.close(fig)
-    return fig
+    shown (and of the void border, where a label has it) -> the figure, saved to ``path``. rows: a list
+    of (H, W, 3) uint8 and two (H, W) index arrays; class_list: the classes' names and colours (default
+    VOC's). ``label_grid`` with one column per example."""
+    return label_grid([list(part) for part in zip(*rows)], titles, class_list=class_list, scale=scale, path=path)
 
 
 def legend_figure(classes, path=None, class_list=None):

@@ -195,3 +195,21 @@ def test_flip_averaging_of_a_mirror_symmetric_case_changes_nothing():
     flipped = predict_multiscale(per_pixel, img, scales=(1.0,), flip=True, tile=(64, 96))
     np.testing.assert_array_equal(flipped, plain)
     assert len(np.unique(plain)) > 1
+
+
+def test_prediction_grid_titles_rows_and_lists_the_classes_and_void_shown():
+    from d2lseg.classes import ClassList
+    from d2lseg.viz import prediction_grid
+    img = np.zeros((32, 48, 3), np.uint8)
+    label = np.zeros((32, 48), np.uint8)
+    label[4:10, 4:10], label[0] = 2, 255          # bicycle, and a void border
+    pred = np.full((32, 48), 15, np.uint8)          # person everywhere
+    fig = prediction_grid([(img, label, pred), (img, label, pred)])
+    axes = np.array(fig.axes).reshape(3, 2)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ['input', 'label', 'prediction']
+    shown = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert shown == ['background', 'bicycle', 'person', 'void (ignored)']
+    own = ClassList(['sky', 'tree', 'house'], [(0, 0, 0), (20, 160, 40), (200, 60, 20)])
+    fig = prediction_grid([(img, label, np.ones((32, 48), np.uint8))], class_list=own)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ['sky', 'tree', 'house', 'void (ignored)']
+    np.testing.assert_array_equal(fig.axes[2].get_images()[0].get_array()[0, 0], (20, 160, 40))
