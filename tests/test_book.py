@@ -153,3 +153,11 @@ def test_pages_open_in_headless_chromium(site, tmp_path):
         background = np.all(img == img[0, 0], axis=-1).mean()
         colours = len(np.unique(img.reshape(-1, 3), axis=0))
         assert background < 0.97 and colours > 50, (page, background, colours)  # text and figures drawn
+
+
+def test_notebooks_are_chosen_by_number_or_name_and_an_unknown_one_is_named():
+    names = lambda picked: [os.path.basename(p) for p in picked]  # noqa: E731
+    assert names(tool.notebook_paths(['06', '04_training.ipynb', '04'])) == ['04_training.ipynb', '06_reproduce.ipynb']
+    for asked in (['99'], ['04', '99'], ['04_trainin']):
+        with pytest.raises(tool.UnknownNotebook, match=f'no notebook {asked[-1]} under notebooks/'):
+            tool.notebook_paths(asked)

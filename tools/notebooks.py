@@ -38,17 +38,19 @@ class UnknownNotebook(ToolError):
 
 
 def notebook_paths(names=(), notebook_dir=NOTEBOOK_DIR):
+    """The notebooks in order; ``names`` picks some, each by file name (with or without .ipynb) or number."""
     paths = sorted(glob.glob(os.path.join(notebook_dir, '[0-9][0-9]_*.ipynb')))
-    if names:
-        wanted = {n if n.endswith('.ipynb') else n + '.ipynb' for n in names}
-        chosen = [p for p in paths if os.path.basename(p) in wanted or os.path.basename(p)[:2] in names]
-        missing = sorted(wanted - {os.path.basename(p) for p in chosen} - {n + '.ipynb' for n in names
-                                                                          if len(n) == 2})
-        if missing or not chosen:
-            raise UnknownNotebook(f'notebooks: no notebook {", ".join(missing or names)} under notebooks/ '
-                             f'(there are {", ".join(os.path.basename(p) for p in paths)})')
-        return chosen
-    return paths
+    if not names:
+        return paths
+    chosen, missing = [], []
+    for name in names:
+        hits = [p for p in paths if name in (os.path.basename(p), os.path.basename(p)[:-6], os.path.basename(p)[:2])]
+        chosen += hits
+        missing += [] if hits else [name]
+    if missing:
+        raise UnknownNotebook(f'notebooks: no notebook {", ".join(missing)} under notebooks/ '
+                              f'(there are {", ".join(os.path.basename(p) for p in paths)})')
+    return sorted(set(chosen))
 
 
 def source_hash(source):
