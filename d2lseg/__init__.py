@@ -5,25 +5,28 @@ what MXNet reads once, when it loads or runs its first operator (``startup``): `
 (MXNet otherwise uses one thread per two cores on CPU) and, on CPUs with Intel AMX, oneDNN's AMX
 kernels for INT8 and bfloat16 (``D2LSEG_AMX=0`` turns that off).
 """
-from . import startup
+from . import compat, startup
 
+compat.restore_numpy_names()  # before MXNet loads: the numpy names MXNet 1.9.1 uses that numpy removed
 startup.configure()
+# MXNet missing: a one-line ImportError naming the install command; under the d2lseg command it is recorded
+# instead (compat.MXNET_ERROR), which prints it in one line, and `d2lseg doctor` runs without MXNet.
+if compat.import_mxnet():
+    from .errors import D2lsegError
+    from .ops import bilinear_kernel, corr2d, kernel2matrix, trans_conv
+    from .palette import VOC_CLASSES, VOC_COLORMAP, build_colormap2label, voc_label_indices
+    from .voc import VOCSegDataset, load_data_voc, read_voc_images, voc_rand_crop
+    from .download import download_voc_pascal
+    from .synthetic import make_synthetic_voc
+    from .model import build_fcn
+    from .metrics import ConfusionMatrix
+    from .chapter import evaluate_accuracy, train, try_all_gpus
+    from .config import Recipe
+    from .engine import fit
+    from .inference import label2image, predict, predict_full
+    from .version import __version__
 
-from .errors import D2lsegError  # noqa: E402
-from .ops import bilinear_kernel, corr2d, kernel2matrix, trans_conv  # noqa: E402
-from .palette import VOC_CLASSES, VOC_COLORMAP, build_colormap2label, voc_label_indices  # noqa: E402
-from .voc import VOCSegDataset, load_data_voc, read_voc_images, voc_rand_crop  # noqa: E402
-from .download import download_voc_pascal  # noqa: E402
-from .synthetic import make_synthetic_voc  # noqa: E402
-from .model import build_fcn  # noqa: E402
-from .metrics import ConfusionMatrix  # noqa: E402
-from .chapter import evaluate_accuracy, train, try_all_gpus  # noqa: E402
-from .config import Recipe  # noqa: E402
-from .engine import fit  # noqa: E402
-from .inference import label2image, predict, predict_full  # noqa: E402
-from .version import __version__  # noqa: E402
-
-startup.settle()  # MXNet is loaded: let oneDNN read the AMX cap now (see startup)
+    startup.settle()  # MXNet is loaded: let oneDNN read the AMX cap now (see startup)
 
 __all__ = [  # the chapter's names first, then the package's
     'VOC_CLASSES', 'VOC_COLORMAP', 'download_voc_pascal', 'read_voc_images', 'voc_rand_crop', 'VOCSegDataset',

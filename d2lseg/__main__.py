@@ -1,6 +1,23 @@
-"""``python -m d2lseg ...``: the same as the ``d2lseg`` command."""
+"""The ``d2lseg`` command (its console script) and ``python -m d2lseg ...``.
+
+Without MXNet, ``import d2lseg`` records the problem instead of raising (``compat.MXNET_ERROR``): the
+command then prints it in one line (exit 2), and ``d2lseg doctor`` runs all the same.
+"""
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def main(argv=None):
+    from . import compat
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if compat.MXNET_ERROR:
+        if argv[:1] == ['doctor']:
+            from . import doctor
+            return doctor.main(compat.MXNET_ERROR)
+        print(f'd2lseg: error: {compat.MXNET_ERROR}; `d2lseg doctor` checks the rest', file=sys.stderr)
+        return 2
+    from . import cli
+    return cli.main(argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -44,8 +44,8 @@ def evaluate_accuracy(data_iter, net, ctx=None):
         Xs, ys, _ = split_batch(batch, ctx)
         for X, y in zip(Xs, ys):
             right, count = correct_and_count(net(X), y)
-            acc_sum += right.asscalar()
-            n += count.asscalar()
+            acc_sum += float(right.asscalar())
+            n += float(count.asscalar())
     return acc_sum / n if n else float('nan')
 
 
@@ -60,13 +60,14 @@ def forward_backward(net, loss, Xs, ys):
 
 
 def step_figures(ls, y_hats, ys):
-    """(summed loss, pixels right, pixels counted) of one step over its shards, as Python numbers."""
+    """(summed loss, pixels right, pixels counted) of one step over its shards, as Python numbers (float64:
+    under numpy 2, float32 scalars added to Python floats stay float32, under numpy 1 they did not)."""
     right = count = 0.0
     for y_hat, y in zip(y_hats, ys):
         r, c = correct_and_count(y_hat, y)
-        right += r.asscalar()
-        count += c.asscalar()
-    return sum(l.sum().asscalar() for l in ls), right, count
+        right += float(r.asscalar())
+        count += float(c.asscalar())
+    return float(sum(l.sum().asscalar() for l in ls)), right, count
 
 
 def train(train_iter, test_iter, net, loss, trainer, ctx, num_epochs, history=None):

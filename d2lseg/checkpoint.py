@@ -38,10 +38,21 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
+def plain_number(o):
+    """json's ``default`` for numpy values: numpy scalars as plain Python numbers, arrays as lists. Under
+    numpy 2 (NEP 50) float32 arithmetic stays float32, which json cannot write, and numpy 2 scalars print
+    as ``np.float32(...)``: every JSON file d2lseg writes holds plain numbers on every numpy."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f'Object of type {type(o).__name__} is not JSON serializable')
+
+
 def atomic_write_json(path, obj):
     def write(tmp):
         with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1)
+            json.dump(obj, f, indent=1, default=plain_number)
     atomic_write(path, write)
 
 

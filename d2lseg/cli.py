@@ -1,4 +1,4 @@
-"""The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch.
+"""The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch | doctor.
 
 About 330 lines: one short parser function per subcommand (seven), kept together so every flag is in one
 place. The only module that parses arguments: the train flags are generated from ``config.Recipe``, the work
@@ -9,12 +9,12 @@ import os
 import sys
 import typing
 
-from . import app, photos
+from . import app, doctor, photos
 from .config import Recipe, help_text, recipe_field, recipe_fields, resolve_ctx
 from .errors import D2lsegError
 from .launcher import launch
 from .quantization import DTYPES, to_bfloat16
-from .synthetic import make_synthetic_voc
+from .synthetic import make_synthetic_voc, tree_digest
 from .version import __version__
 from .voc import DATA_DIR, SYNTHETIC_DIR
 
@@ -117,6 +117,8 @@ def cmd_synth(args):
     path = make_synthetic_voc(args.root, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
                               overwrite=args.overwrite)
     print(path)
+    if args.digest:
+        print('sha256', tree_digest(args.root))
     return 0
 
 
@@ -177,7 +179,7 @@ def build_parser():
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_OneLineParser)
 
     for add in (_synth_parser, _train_parser, _evaluate_parser, _predict_parser, _reproduce_parser, _compare_parser,
-                _launch_parser):
+                _launch_parser, _doctor_parser):
         add(sub)
     return parser
 
@@ -195,7 +197,15 @@ def _synth_parser(sub):
     p.add_argument('--n-val', type=_positive_int, default=150, help='validation scenes (default %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='random seed of the scenes (default %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace a VOC tree already under --root (default: refuse)')
+    p.add_argument('--digest', action='store_true', help='also print the SHA-256 of the set as training reads it (the '
+                   'same on every supported Python, numpy and CPU: docs/pythons.md)')
     p.set_defaults(func=cmd_synth)
+
+
+def _doctor_parser(sub):
+    p = _command(sub, 'doctor', 'check this machine for d2lseg: Python, numpy, MXNet, oneDNN, AMX, threads, kernels, '
+                 'disk, Chromium; each problem with its fix (exit 1 when something required is missing)')
+    p.set_defaults(func=lambda args: doctor.main())
 
 
 def _train_parser(sub):

@@ -17,7 +17,7 @@ import mxnet as mx
 import numpy as np
 import PIL
 
-from . import native, startup
+from . import compat, native, startup
 from .version import __version__
 
 # The CPU flags that decide oneDNN's and the kernels' code paths.
@@ -67,7 +67,7 @@ def onednn_isa():
     if cap:
         env['DNNL_MAX_CPU_ISA'] = cap
     env.update(DNNL_VERBOSE='1', MKLDNN_VERBOSE='1')
-    probe = (_AMX_PERMISSION if startup.amx()['enabled'] else '') + _ISA_PROBE
+    probe = compat.CHILD_PRELUDE + (_AMX_PERMISSION if startup.amx()['enabled'] else '') + _ISA_PROBE
     try:
         out = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True,
                              timeout=120).stdout

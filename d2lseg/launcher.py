@@ -19,8 +19,9 @@ import time
 from .errors import D2lsegError
 
 # A process started with DMLC_ROLE=scheduler or server runs ps-lite inside ``import mxnet``
-# (mxnet/kvstore/kvstore_server.py) and exits when the workers are done.
-SERVER_CODE = 'import mxnet'
+# (mxnet/kvstore/kvstore_server.py) and exits when the workers are done; ``import d2lseg`` restores the
+# numpy names MXNet uses (d2lseg.compat) before it imports MXNet.
+SERVER_CODE = 'import d2lseg'
 # Environment variables forwarded to remote processes (local ones inherit the whole environment).
 FORWARD_ENV_PREFIXES = ('DMLC_', 'PS_', 'MXNET_', 'OMP_', 'KMP_')
 

@@ -2,6 +2,7 @@
 
 Kept as data next to the recipe that produced them (as torchvision keeps its model cards).
 """
+import math
 from dataclasses import dataclass, field
 
 from .config import ADDED_FIELDS, RESULT_KEYS, Recipe
@@ -85,9 +86,11 @@ class UnusableHistory(D2lsegError):
 
 
 def _stats(values):
+    """Mean, sd, min, max, n. Sums are math.fsum (correctly rounded): Python 3.12's sum() of floats is
+    compensated and 3.11's is not, so sum() gives other last digits on other Pythons."""
     n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    mean = math.fsum(values) / n
+    sd = (math.fsum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
     return {'mean': mean, 'sd': sd, 'min': min(values), 'max': max(values), 'n': n}
 
 
@@ -103,7 +106,7 @@ def band_of(runs):
 def judged_stats(runs, epochs):
     """Per figure, the spread over runs of each run's mean over ``epochs`` (1-based epoch numbers)."""
     def mean(run, k):
-        return sum(run['epochs'][e - 1][k] for e in epochs) / len(epochs)
+        return math.fsum(run['epochs'][e - 1][k] for e in epochs) / len(epochs)
     return {k: _stats([mean(r, k) for r in runs]) for k in FIGURES
             if all(k in r['epochs'][e - 1] for r in runs for e in epochs)}
 
@@ -185,7 +188,7 @@ def _compare(history, bands, judged_epochs, judged_band, margin, against, path, 
     label = _epoch_label(judged_epochs) + (' mean' if len(judged_epochs) > 1 else '')
     for key, band in judged_band.items():
         if all(key in ours[e] for e in judged_epochs):
-            value = sum(ours[e][key] for e in judged_epochs) / len(judged_epochs)
+            value = math.fsum(ours[e][key] for e in judged_epochs) / len(judged_epochs)
             status = judge(value, band, margin[key], HIGHER_IS_BETTER[key])
             cmp.ok &= status != 'REGRESSION'
             cmp.rows.append((label, key, value, _band_text(band), status))

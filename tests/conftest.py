@@ -40,8 +40,30 @@ def c2l_void():
     return build_colormap2label(ignore_boundary=True)
 
 
+# What CI also runs on every other supported Python (`make tier`, .ci/run), besides the tests marked tier in
+# their own files (test_compat, test_pythons, the synthetic digests): the chapter's cells, a tiny train /
+# resume / evaluate / predict, INT8, the native kernels, notebook 01 in quick mode, the regression band.
+TIER = (
+    'test_chapter_cells.py::',
+    'test_cli.py::test_train_writes_history_curves_checkpoints_and_params',
+    'test_cli.py::test_resume_continues_to_the_same_parameters',
+    'test_cli.py::test_evaluate_prints_metrics_table_and_writes_json[published]',
+    'test_cli.py::test_predict_writes_palette_pngs_overlays_a_legend_and_what_it_found',
+    'test_cli.py::test_console_script_exit_codes',
+    'test_quantization.py::test_int8_quantisation_runs_and_tracks_fp32',
+    'test_kernels.py::test_softmax_ce_values_and_gradients',
+    'test_kernels.py::test_upsample_argmax_equals_argmax_of_the_upsampling',
+    'test_kernels.py::test_train_step_native_equals_mxnet_operators',
+    'test_notebooks.py::test_01_transposed_convolution',
+    'test_regression.py::test_the_recipe_stays_inside_its_band_on_simulated_machines[machine-default]',
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip, visibly and with the reason, what this machine cannot run."""
+    """Mark the tier; skip, visibly and with the reason, what this machine cannot run."""
+    for item in items:
+        if item.nodeid.split('/')[-1].startswith(TIER):
+            item.add_marker(pytest.mark.tier)
     no_gpu = pytest.mark.skip(reason='needs a GPU visible to MXNet; none here')
     real_voc = os.environ.get('D2LSEG_VOC_ROOT', os.path.join(os.path.dirname(__file__), '..', 'data'))
     no_voc = pytest.mark.skip(reason=f'needs the real Pascal VOC2012 under {real_voc} (set D2LSEG_VOC_ROOT)')

@@ -110,7 +110,7 @@ def _gluoncv_segmentation():
     """
     spec = importlib.util.find_spec('gluoncv')
     if spec is None:
-        pytest.skip('gluoncv is not installed')
+        pytest.skip('gluoncv is not installed (it needs numpy 1.x: Python 3.9-3.12)')
     path = os.path.join(os.path.dirname(spec.origin), 'utils', 'metrics', 'segmentation.py')
     module_spec = importlib.util.spec_from_file_location('gluoncv_segmentation_metrics', path)
     module = importlib.util.module_from_spec(module_spec)

@@ -1,5 +1,6 @@
 """The synthetic VOC-format data set: layout, palette PNG labels, void outlines, sizes, determinism, CLI."""
 import hashlib
+import json
 import os
 import shutil
 
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from d2lseg.cli import main
-from d2lseg.synthetic import DEFAULT_SIZES, choose_data, make_synthetic_voc
+from d2lseg.errors import D2lsegError
+from d2lseg.synthetic import DEFAULT_SIZES, GENERATOR, choose_data, make_synthetic_voc, scenes_digest, tree_digest
 from d2lseg.voc import has_real_voc, has_voc
 from d2lseg.palette import voc_palette
 from d2lseg.voc import VOCSegDataset, VOC_SUBDIR
@@ -141,3 +143,60 @@ def test_synth_defaults_to_its_own_folder_and_choose_data_says_what_it_found(tmp
     assert has_real_voc('data') and not has_real_voc(os.path.join('data', 'synthetic'))
     assert choose_data('data') == 'data'                                       # a VOC tree without the marker
     assert capsys.readouterr().out.strip() == 'data: the real Pascal VOC2012 under data'
+
+
+DIGESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'd2lseg', 'baselines',
+                       'synthetic-digests.json')
+
+
+def _stored(name):
+    with open(DIGESTS) as f:
+        return json.load(f)[name]
+
+
+@pytest.mark.tier
+def test_the_regression_set_is_bit_for_bit_the_stored_one(tmp_path, capsys):
+    """Drawn with numpy's elementwise float64 arithmetic and PCG64 only: the same arrays and files on every
+    supported Python, numpy and CPU (the digests were made on 3.11 / numpy 1.23.5)."""
+    ref = _stored('regression')
+    assert scenes_digest(ref['n_train'], ref['n_val'], seed=ref['seed']) == ref['scenes_sha256']
+    root = str(tmp_path / 'reg')
+    assert main(['synth', '--root', root, '--n-train', str(ref['n_train']), '--n-val', str(ref['n_val']),
+                 '--seed', str(ref['seed']), '--digest']) == 0
+    assert capsys.readouterr().out.split()[-1] == ref['tree_sha256'] == tree_digest(root)
+
+
+@pytest.mark.tier
+def test_the_demo_sets_scenes_are_bit_for_bit_the_stored_ones():
+    ref = _stored('demo')
+    assert (ref['n_train'], ref['n_val'], ref['seed']) == (600, 150, 0)   # make demo's set: d2lseg synth's defaults
+    assert scenes_digest(ref['n_train'], ref['n_val'], seed=ref['seed']) == ref['scenes_sha256']
+
+
+def test_digests_tell_sets_apart():
+    a, b = scenes_digest(2, 1, seed=0), scenes_digest(2, 1, seed=1)
+    assert a != b and len(a) == 64 and scenes_digest(2, 1, seed=0) == a
+
+
+def test_a_set_drawn_by_the_older_generator_is_named_as_such(tmp_path):
+    root = str(tmp_path)
+    make_synthetic_voc(root, n_train=2, n_val=1, sizes=SIZES, seed=0, progress=False)
+    marker = os.path.join(root, 'VOCdevkit', 'd2lseg-synthetic.json')
+    with open(marker) as f:
+        made = json.load(f)
+    assert made['generator'] == GENERATOR
+    del made['generator']  # as the opencv-based generator (d2lseg before generator 2) wrote it
+    with open(marker, 'w') as f:
+        json.dump(made, f)
+    with pytest.raises(D2lsegError, match=r'drawn by an older d2lseg .* d2lseg synth --root .* --overwrite'):
+        make_synthetic_voc(root, n_train=2, n_val=1, sizes=SIZES, seed=0, progress=False)
+    make_synthetic_voc(root, n_train=2, n_val=1, sizes=SIZES, seed=0, progress=False, overwrite=True)
+
+
+def test_the_generator_uses_no_opencv_and_no_vectorised_transcendental():
+    import inspect
+    from d2lseg import synthetic
+    source = inspect.getsource(synthetic)
+    assert 'cv2' not in source
+    for fn in ('np.sin', 'np.cos', 'np.exp', 'np.log', 'np.sqrt', '@', 'np.dot', 'np.matmul', '.sum('):
+        assert fn not in source, fn

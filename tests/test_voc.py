@@ -70,7 +70,8 @@ def test_read_voc_images_returns_uint8_images_and_colour_labels(voc_dir, c2l_voi
 def test_labels_agree_with_gluoncv_reader(data_root, voc_dir, monkeypatch):
     # gluoncv 0.11's __init__ refuses torch >= 2 when torch is importable; it needs only its mxnet half here
     monkeypatch.setitem(sys.modules, 'torch', None)
-    from gluoncv.data import VOCSegmentation
+    VOCSegmentation = pytest.importorskip(
+        'gluoncv.data', reason='gluoncv is not installed (it needs numpy 1.x: Python 3.9-3.12)').VOCSegmentation
     # gluoncv wants the VOCdevkit folder; its 'val' split reads ImageSets/Segmentation/val.txt
     ref = VOCSegmentation(root=os.path.join(data_root, 'VOCdevkit'), split='val', mode='testval')
     ours = list(iter_split(voc_dir, is_train=False, ignore_boundary=True))

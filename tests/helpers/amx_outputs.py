@@ -13,6 +13,8 @@ import os
 import sys
 import warnings
 
+import numpy_names
+
 warnings.simplefilter('ignore')
 
 
@@ -24,6 +26,7 @@ def digest(*arrays):
 
 
 def bare():
+    numpy_names.restore()  # numpy >= 1.24 lacks names MXNet uses: as d2lseg would, without d2lseg
     import mxnet as mx
     from mxnet import nd
     from mxnet.contrib import amp

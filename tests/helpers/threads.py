@@ -2,7 +2,11 @@
 import importlib
 import sys
 
+import numpy_names
+
 first, second = ('d2lseg', 'mxnet') if sys.argv[1] == 'd2lseg-first' else ('mxnet', 'd2lseg')
+if first == 'mxnet':
+    numpy_names.restore()  # on numpy >= 1.24 MXNet cannot be imported first otherwise
 importlib.import_module(first)
 importlib.import_module(second)
 from d2lseg.environment import mxnet_threads  # noqa: E402
