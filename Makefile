@@ -52,8 +52,9 @@ test: kernels
 
 # What CI runs on each other Python (.ci/run): the tests marked tier (chapter cells, a tiny train / resume /
 # evaluate / predict, INT8, native kernels, notebook 01 quick, the data digests, the regression band), then doctor.
+TIER ?= tier
 tier: kernels
-	$(BIN)/python -m pytest -m tier
+	$(BIN)/python -m pytest -m "$(TIER)"
 	$(BIN)/d2lseg doctor
 
 # What this machine has for d2lseg, each problem with its fix (exit 1 when something required is missing).

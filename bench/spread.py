@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import d2lseg  # noqa: E402,F401  (before MXNet: the thread count)
 from d2lseg.environment import environment  # noqa: E402
 from d2lseg.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
-from d2lseg.synthetic import make_synthetic_voc  # noqa: E402
+from d2lseg.synthetic import GENERATOR, make_synthetic_voc  # noqa: E402
 from d2lseg.voc import has_voc
 
 ISAS = ('default', 'AVX512_CORE', 'AVX2')
@@ -174,7 +174,8 @@ def main(argv=None):
     margin = {k: math.ceil(1000 * (judged[k]['max'] - judged[k]['min'])) / 1000 for k in FIGURES}
     if args.margin:
         margin.update({k: float(v) for k, v in (item.split('=') for item in args.margin.split(','))})
-    result = {'preset': args.preset, 'synth': preset['synth'], 'train': preset['train'], 'recipe': recipe,
+    result = {'preset': args.preset, 'synth': preset['synth'], 'generator': GENERATOR, 'train': preset['train'],
+              'recipe': recipe,
               'command': 'bench/spread.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
               'seeds': seeds, 'judged_epochs': judged_epochs,
               'judged': judged, 'margin': margin, 'runs': runs, 'epochs': bands,

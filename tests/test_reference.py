@@ -13,6 +13,7 @@ import pytest
 import d2lseg
 from d2lseg.cli import main
 from d2lseg.voc import VOC_SUBDIR
+from d2lseg.synthetic import GENERATOR
 from d2lseg.reference import (CHAPTER_RECIPE, FIGURES, PRESETS, PUBLISHED, SPREAD, UnusableHistory, band_of,
                               compare_baseline, compare_published, judge, judged_stats)
 
@@ -41,6 +42,7 @@ def test_band_file_records_its_runs_environments_margin_and_command():
     band = load_band()
     assert band['preset'] == 'regression' and band['train'] == PRESETS['regression']['train']
     assert band['command'].startswith('bench/spread.py --preset regression')
+    assert band['generator'] == GENERATOR  # measured on the synthetic set the preset makes today
     runs = band['runs']
     variants = {(r['variant']['isa'], r['variant']['native'], r['variant']['threads']) for r in runs}
     assert {(isa, native, t) for isa in ('default', 'AVX512_CORE', 'AVX2') for native in (True, False)

@@ -89,14 +89,17 @@ def test_makefile_demo_is_the_demo_preset():
 
 
 def test_the_stored_demo_spread_clears_the_bar_on_every_variant():
-    """The measurement behind the README's demo claim: the Makefile's recipe, every simulated machine
-    for seed 0 and seeds 0-2 on the machine default, final val mIoU >= 0.35 (docs/reproducibility.md)."""
+    """The measurement behind the README's demo claim: the Makefile's recipe on the synthetic set it makes,
+    seeds 0-2 on the machine default and seed 0 under the AVX2 cap (the instruction set of the AMD EPYC
+    machines), final val mIoU >= 0.35 (docs/reproducibility.md)."""
     with open(os.path.join(os.path.dirname(BAND), 'demo-spread.json')) as f:
         demo = json.load(f)
     assert demo['train'] == PRESETS['demo']['train'] and demo['synth'] == PRESETS['demo']['synth']
     variants = {(r['seed'], r['variant']['isa'], r['variant']['native'], r['variant']['threads']) for r in demo['runs']}
-    assert {(0, isa, native, t) for isa in ('default', 'AVX512_CORE', 'AVX2') for native in (True, False)
-            for t in (1, 2)} | {(s, 'default', True, 2) for s in (0, 1, 2)} <= variants
+    assert {(0, 'AVX2', True, 2)} | {(s, 'default', True, 2) for s in (0, 1, 2)} <= variants
+    with open(os.path.join(os.path.dirname(BAND), 'synthetic-digests.json')) as f:
+        generator = json.load(f)['generator']
+    assert demo['generator'] == generator  # measured on the data make demo makes today
     finals = [r['epochs'][-1]['val_miou'] for r in demo['runs']]
     assert len(finals) == len(variants) and min(finals) >= 0.35
     assert all(len(r['epochs']) == 9 and r['environment']['mxnet_threads'] == r['variant']['threads']
