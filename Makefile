@@ -41,7 +41,7 @@ lab: venv
 # Re-execute every notebook in full mode and store it with its outputs (about 10-11 min on 2 cores;
 # NB=04 runs one). tests/test_notebooks.py fails when a code cell changed since its stored run.
 notebooks: kernels
-	$(BIN)/python tools/notebooks.py run $(NB)
+	$(BIN)/python tools/notebooks.py run "$$NB"
 
 # The stored notebooks as a static HTML site under build/book (nothing is executed): open build/book/index.html.
 book: venv

@@ -34,6 +34,9 @@ TEST = ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipyke
         f'gluoncv==0.10.5.post0; {GLUONCV}', f'scipy<1.12; {GLUONCV}',
         'pandas<2.1; python_version < "3.12"', 'pandas<2.3; python_version == "3.12"']
 MXNET_PYTHONS = 'python_version < "3.13"'
+# d2lseg export (onnx; MXNet 1.9.1's exporter imports onnx.mapping, which onnx 1.19 removed) and inference
+# without MXNet (onnxruntime): docs/deployment.md. In the tests too, so CI checks ONNX Runtime's parity.
+ONNX = ['onnxruntime>=1.16', 'onnx>=1.14,<1.19']
 
 setup(
     name='d2lseg',
@@ -48,7 +51,8 @@ setup(
     extras_require={
         'cpu': [f'mxnet==1.9.1; {MXNET_PYTHONS}'],
         'cu112': [f'mxnet-cu112==1.9.1; {MXNET_PYTHONS}'],
-        'test': TEST,
+        'test': TEST + ONNX,
+        'onnx': ONNX,
         'lab': ['jupyterlab'],
     },
     entry_points={'console_scripts': ['d2lseg=d2lseg.__main__:main']},

@@ -13,6 +13,9 @@ def main(argv=None):
         if argv[:1] == ['doctor']:
             from . import doctor
             return doctor.main(compat.MXNET_ERROR)
+        if argv[:1] in (['predict'], ['evaluate']) and any(a.split('=')[0] == '--onnx' for a in argv):
+            from . import onnxcli  # an exported model runs on ONNX Runtime: no MXNet needed
+            return onnxcli.main(argv)
         print(f'd2lseg: error: {compat.MXNET_ERROR}; `d2lseg doctor` checks the rest', file=sys.stderr)
         return 2
     from . import cli

@@ -15,16 +15,18 @@ from .download import download_voc_pascal
 from .engine import fit, prepare, resume_recipe
 from .environment import environment, summary
 from .errors import D2lsegError
+from .images import MAX_PIXELS
 from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
 from .model import OUTPUT_STRIDE, build_fcn, load_params
-from .classes import ClassList, model_classes
+from .classes import ClassList, model_classes, model_inputs
 from .progress import bar
 from .reference import PUBLISHED_NAMES, compare_baseline, compare_published, fcn_paper_table
-from .runfolder import RunFolder, clear_run, existing_run, writable_file
-from .viz import CurvesCallback, confusion_figure
-from .voc import iter_split, read_split, voc_root
+from .runfolder import RUN_OUTPUTS, RunFolder, adopt, check_outputs, clear_run, existing_run, writable_file
+from .outputs import Output, check_paths, claim, refuse_foreign
+from .viz import CurvesCallback, confusion_figure, figure_format
+from .voc import iter_split, read_split, split_files, voc_root
 
 
 def _announce(run, recipe, ctx):
@@ -77,10 +79,14 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
         if replace and not overwrite:
             raise D2lsegError(f"--out {out}: holds a run ({', '.join(existing_run(out)[:3])}); continue it with "
                               f"--resume {out}, choose another --out, or replace it with --overwrite")
+        if chief and not resume:
+            check_outputs(out, overwrite)
         with run_log(os.path.join(out, 'train.log'), preamble=notes) if chief else contextlib.nullcontext() as log:
             run = prepare(recipe, ctx=ctx, kv=kv, stored=meta.get('history') if resume else None)
             if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
                 clear_run(out)
+            if chief:  # recorded before they are written: what --overwrite and rotation may remove later
+                adopt(out, RUN_OUTPUTS + ((meta['params'], meta['states']) if resume else ()))
             if log is not None:
                 log.start()  # what was printed so far, then everything after it
             history = _train(run, recipe, ctx, out, resume, progress and chief, log_interval)
@@ -118,8 +124,11 @@ PROTOCOLS = {
 }
 
 
-def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False):
-    """What ``evaluate_split`` refuses, checked before the network is loaded."""
+def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, params=None, data_dir=None, split='val',
+                   label_dir='SegmentationClass', max_images=None, overwrite=False):
+    """What ``evaluate_split`` refuses, checked before the network is loaded: the flags, and the outputs
+    (``--json``, ``--plot``): writable, not an input (``params`` and the files beside it, the split's
+    list, images and labels), not each other, not a file evaluate did not write unless ``overwrite``."""
     h, w = crop
     if protocol == 'chapter' and (tuple(scales) != (1.0,) or flip):
         raise D2lsegError("--scales/--flip: whole-image evaluation only; drop --chapter-protocol")
@@ -128,18 +137,32 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False):
     if protocol == 'chapter' and (h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE):
         raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE}, e.g. 320x480")
     writable_file(out, '--json')
+    outs = [Output.of('--json', out)]
     if plot:
         writable_file(plot, '--plot')
+        outs.append(Output.of('--plot', plot))
+    inputs = model_inputs(params) if params else []
+    if data_dir is not None:
+        inputs += split_files(voc_root(data_dir), split, max_images, label_dir)
+    check_paths(outs, inputs)
+    if plot:
+        figure_format(plot, '--plot')
+    refuse_foreign(outs, 'evaluate', overwrite)
+    return outs
 
 
 def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', crop=(320, 480), max_images=None,
                    progress=True, extra=None, plot=None, tile=(320, 480), scales=(1.0,), flip=False, split='val',
-                   label_dir='SegmentationClass', unknown='error'):
+                   label_dir='SegmentationClass', unknown='error', params=None, overwrite=False, max_pixels=MAX_PIXELS):
     """Metrics of ``net`` on the validation split of ``data_dir`` under ``protocol`` (``PROTOCOLS``):
     printed as a table and written to ``out`` (JSON: the protocol, the metrics, per-class IoU, the
     confusion matrix, and ``extra``); ``plot``: the confusion matrix figure. scales / flip: average
-    the class scores over resized and mirrored images (published protocol only). -> the record."""
-    check_evaluate(out, protocol, crop, plot, scales, flip)
+    the class scores over resized and mirrored images (published protocol only). params: the network's
+    file (an input no output may land on); overwrite: replace an ``out`` or ``plot`` of one's own
+    (``check_evaluate``); max_pixels: refuse larger images before decoding them. Nothing is written when
+    nothing could be counted. -> the record."""
+    outs = check_evaluate(out, protocol, crop, plot, scales, flip, params, data_dir, split, label_dir, max_images,
+                          overwrite)
     full = protocol == 'published'
     text = PROTOCOLS[protocol].format(tile='x'.join(map(str, tile)), crop='x'.join(map(str, crop)))
     if tuple(scales) != (1.0,) or flip:
@@ -150,12 +173,10 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
     cm = ConfusionMatrix(len(classes))
     total = len(read_split(voc_dir, split=split)[:max_images])
     items = iter_split(voc_dir, ignore_boundary=full, limit=max_images, split=split, label_dir=label_dir,
-                       colors=classes.colors, unknown=unknown)
+                       colors=classes.colors, unknown=unknown, max_pixels=max_pixels)
     skipped = eval_images(net, bar(items, progress, total=total, desc='evaluate'), cm, ctx, full=full,
                           crop=tuple(crop), tile=tile, scales=scales, flip=flip)  # one image in memory at a time
-    if skipped == total:
-        raise D2lsegError(f"--crop {crop[0]}x{crop[1]}: every one of the {total} validation images is smaller, nothing "
-                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller --crop")
+    _check_counted(cm, total, skipped, crop, out)
     print(cm.table(list(classes.names)))
     if skipped:
         print(f'{skipped} images smaller than the {crop[0]}x{crop[1]} crop were skipped (the published protocol '
@@ -163,15 +184,34 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
     record = dict(cm.compute(), protocol=protocol, protocol_text=text, classes=list(classes.names),
                   confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, scales=list(scales),
                   flip=flip, **(extra or {}))
+    _write_evaluation(record, outs, out, plot, cm, classes, f'{protocol} protocol, {total - skipped} images')
+    return record
+
+
+def _check_counted(cm, total, skipped, crop, out):
+    """One-line D2lsegError when the evaluation counted nothing (every image skipped, or every label pixel
+    void): no metrics to write, ``out`` left as it was."""
+    if skipped == total:
+        raise D2lsegError(f"--crop {crop[0]}x{crop[1]}: every one of the {total} validation images is smaller, nothing "
+                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller --crop")
+    if not cm.mat.sum():
+        raise D2lsegError(f"every label pixel of the {total - skipped} evaluated images is void (255) or no class: "
+                          f"nothing to count, no metrics (and {out} was left as it was); check the labels and "
+                          "--label-dir")
+
+
+def _write_evaluation(record, outs, out, plot, cm, classes, title):
+    """The metrics JSON and the confusion figure, recorded as evaluate's outputs, each written whole."""
+    for o in outs:
+        claim(os.path.dirname(os.path.abspath(o.path)), [os.path.basename(o.path)], 'evaluate')
     try:
         checkpoint.atomic_write_json(out, record)
-    except OSError as e:
-        raise D2lsegError(f"--json {out}: writing the metrics failed ({e.strerror}); they are printed above") from None
+    except D2lsegError as e:
+        raise D2lsegError(f"--json {e}; the metrics are printed above") from None
     print(f'wrote {out}')
     if plot:
-        confusion_figure(cm.mat, list(classes.names), f'{protocol} protocol, {total - skipped} images', plot)
+        confusion_figure(cm.mat, list(classes.names), title, plot)
         print(f'wrote {plot}')
-    return record
 
 
 def reproduce(recipe, out, progress=True, overwrite=False):

@@ -5,12 +5,12 @@ A callback is any ``cb(state: engine.TrainState)``; plots are ``viz.CurvesCallba
 lives in ``viz`` only).
 """
 import contextlib
-import json
 import os
 import sys
 
 from . import checkpoint
-from .errors import D2lsegError, first_line
+from .errors import D2lsegError
+from .textfiles import FileMissing, read_json
 
 
 def print_epoch(state):
@@ -144,14 +144,9 @@ def save_final(out_dir, net, history):
 
 def load_history(path):
     """Read a ``history.json`` written by ``fit`` (or the chapter-format list); clear error otherwise."""
+    if os.path.isdir(path):
+        raise D2lsegError(f"{path}: a folder; give its history.json")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
+        return read_json(path, what='a history (JSON)')
+    except FileMissing:
         raise D2lsegError(f"{path}: history file not found") from None
-    except IsADirectoryError:
-        raise D2lsegError(f"{path}: a folder; give its history.json") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise D2lsegError(f"{path}: not JSON ({first_line(e)})") from None
-    except OSError as e:
-        raise D2lsegError(f"{path}: cannot be read ({e.strerror})") from None

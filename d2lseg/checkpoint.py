@@ -14,6 +14,8 @@ from mxnet import nd
 from mxnet.base import MXNetError
 
 from .errors import D2lsegError, first_line
+from .outputs import claim, clean_temporaries, owners, remove_owned, write_atomically
+from .textfiles import read_json
 from .model import load_params
 
 POINTER = 'checkpoint.json'
@@ -22,20 +24,14 @@ _STATE_KEY = re.compile(r'state:(\d+):(\d+)$')
 
 
 def atomic_write(path, write):
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see old or new, never half."""
-    tmp = f'{path}.tmp-{os.getpid()}'
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see old or new, never half
+    (``outputs.write_atomically``); a failure is a one-line D2lsegError naming ``path``."""
     try:
-        try:
-            write(tmp)
-            with open(tmp, 'rb') as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except (OSError, MXNetError) as e:  # e.g. a full disk (MXNet's writers raise MXNetError)
-            raise D2lsegError(f"{path}: writing failed ({first_line(e)}); free disk space (a full disk?) and "
-                              "run again: what was there before is kept") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        write_atomically(path, write)
+    except (OSError, MXNetError) as e:  # e.g. a full disk (MXNet's writers raise MXNetError)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise D2lsegError(f"{path}: writing failed ({reason}); free disk space (a full disk?) or make the place "
+                          "writable and run again: what was there before is kept") from None
 
 
 def plain_number(o):
@@ -57,17 +53,19 @@ def atomic_write_json(path, obj):
 
 
 def save(out_dir, epoch, net, trainer, meta, keep=2):
-    """Write checkpoint ``epoch`` (1-based count of finished epochs) into ``out_dir``."""
+    """Write checkpoint ``epoch`` (1-based count of finished epochs) into ``out_dir``; remove the checkpoints
+    before the last ``keep`` that this folder's manifest records (``outputs``: never a file of the user's)."""
     os.makedirs(out_dir, exist_ok=True)
     params = f'ckpt-epoch{epoch:04d}.params'
     states = f'ckpt-epoch{epoch:04d}{OPTIMIZER_SUFFIX}'
+    claim(out_dir, [params, states, POINTER], 'train')  # recorded first: a killed write leaves nothing unknown
     atomic_write(os.path.join(out_dir, params), net.save_parameters)
     atomic_write(os.path.join(out_dir, states), lambda path: save_optimizer(trainer, path))
     atomic_write_json(os.path.join(out_dir, POINTER), dict(meta, epoch=epoch, params=params, states=states))
-    for name in os.listdir(out_dir):  # old checkpoints beyond the last ``keep``, and halves of killed writes
-        stale = name.startswith('ckpt-epoch') and name.split('.')[0] < f'ckpt-epoch{epoch - keep + 1:04d}'
-        if stale or (name.startswith(('ckpt-epoch', POINTER, 'history.json')) and '.tmp-' in name):
-            os.remove(os.path.join(out_dir, name))
+    stale = [name for name, kind in owners(out_dir).items() if kind == 'train' and any(
+        p.match(name) for p in _CKPT_NAME.values()) and int(name[10:].split('.')[0]) <= epoch - keep]
+    remove_owned(out_dir, stale, ('train',))
+    clean_temporaries(out_dir)  # halves of killed writes
 
 
 _CKPT_NAME = {'params': re.compile(r'ckpt-epoch\d{4,}\.params$'),
@@ -79,13 +77,9 @@ def load_meta(out_dir):
     type and range, every file it names a checkpoint file inside ``out_dir`` (no other path, no link
     leading out). One-line D2lsegError naming the pointer otherwise."""
     path = os.path.join(out_dir, POINTER)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise D2lsegError(f"{path}: no checkpoint to resume from (train with --out {out_dir} first)")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise D2lsegError(f"{path}: not a d2lseg checkpoint pointer ({type(e).__name__}: {first_line(e)})") from None
+    meta = read_json(path, what='a d2lseg checkpoint pointer')
     problem = _pointer_problem(meta)
     if problem:
         raise D2lsegError(f"{path}: not a d2lseg checkpoint pointer ({problem})")

@@ -1,7 +1,7 @@
-"""The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch | doctor.
+"""The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch | doctor | export.
 
-About 330 lines: one short parser function per subcommand (seven), kept together so every flag is in one
-place. The only module that parses arguments: the train flags are generated from ``config.Recipe``, the work
+About 400 lines: one short parser function per subcommand (nine), kept together so every flag is in one
+place. The module that parses arguments (onnxcli parses predict/evaluate --onnx where MXNet is missing): the train flags are generated from ``config.Recipe``, the work
 is done by ``app``. User errors print one line and exit with code 2.
 """
 import argparse
@@ -9,9 +9,11 @@ import os
 import sys
 import typing
 
-from . import app, doctor, photos
+from . import app, doctor, export, onnxrun, photos
+from .classes import ClassList
 from .config import Recipe, help_text, recipe_field, recipe_fields, resolve_ctx
 from .errors import D2lsegError
+from .images import MAX_PIXELS, allow_pixels
 from .launcher import launch
 from .quantization import DTYPES, to_bfloat16
 from .synthetic import make_synthetic_voc, tree_digest
@@ -122,29 +124,70 @@ def cmd_synth(args):
     return 0
 
 
-def cmd_evaluate(args):
-    protocol = 'chapter' if args.chapter_protocol else 'published'
-    out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.params)), f'eval-{protocol}.json')
-    app.check_evaluate(out, protocol, args.crop, args.plot, args.scales, args.flip)
-    ctx = resolve_ctx(args.ctx)[1]
+def _onnx(args):
+    """Whether an exported model (--onnx) replaces --params: one of the two is needed, and the flags that do not
+    apply to an exported model are refused."""
+    if bool(args.onnx) == bool(args.params):
+        raise D2lsegError('give --params (a model.params of d2lseg train) or --onnx (a model of d2lseg export), one '
+                          'of them')
+    given = [flag for flag, on in (('--variant', args.variant), ('--num-classes', args.num_classes),
+                                   ('--dtype bfloat16', args.dtype != 'float32'), ('--int8', getattr(args, 'int8', 0)))
+             if on]
+    if args.onnx and given:
+        raise D2lsegError(f"--onnx {args.onnx}: {', '.join(given)} do not apply to an exported model (it says its "
+                          "variant and classes; ONNX Runtime runs it in float32); drop them")
+    return bool(args.onnx)
+
+
+def _evaluated(args, ctx):
+    """The network evaluate measures -> (net, ClassList): --params's in MXNet, or --onnx's on ONNX Runtime."""
+    if _onnx(args):
+        model = onnxrun.Model(args.onnx)
+        return export.OnnxNet(model), ClassList(model.names, model.colors)
     net, classes = app.load_net(args.params, args.variant, args.num_classes, ctx)
-    if args.dtype == 'bfloat16':
-        net = to_bfloat16(net, ctx[0])
+    return (to_bfloat16(net, ctx[0]) if args.dtype == 'bfloat16' else net), classes
+
+
+def cmd_evaluate(args):
+    _onnx(args)  # first: --params or --onnx
+    protocol = 'chapter' if args.chapter_protocol else 'published'
+    model = args.params or args.onnx
+    out = args.json or os.path.join(os.path.dirname(os.path.abspath(model)), f'eval-{protocol}.json')
+    where = dict(params=model, data_dir=args.data_dir, split=args.split, label_dir=args.label_dir,
+                 max_images=args.max_images, overwrite=args.overwrite)
+    app.check_evaluate(out, protocol, args.crop, args.plot, args.scales, args.flip, **where)
+    allow_pixels(args.max_pixels)
+    ctx = resolve_ctx(args.ctx)[1]
+    net, classes = _evaluated(args, ctx)
     app.evaluate_split(net, args.data_dir, ctx[0], out, classes, protocol=protocol, crop=tuple(args.crop),
                        max_images=args.max_images, progress=not args.no_progress, plot=args.plot,
                        scales=args.scales, flip=args.flip, split=args.split, label_dir=args.label_dir,
-                       unknown=args.unknown_label, extra=dict(params=args.params, dtype=args.dtype))
+                       unknown=args.unknown_label, extra=dict(params=args.params, onnx=args.onnx, dtype=args.dtype),
+                       params=model, overwrite=args.overwrite, max_pixels=args.max_pixels)
     return 0
 
 
 def cmd_predict(args):
+    if _onnx(args):
+        allow_pixels(args.max_pixels)
+        return 1 if onnxrun.predict_files(args.onnx, args.images, args.out, args.json, full=not args.crop,
+                                          overwrite=args.overwrite, max_pixels=args.max_pixels) else 0
+    calib_dir = args.calib_data_dir if args.int8 else None
+    photos.plan_outputs(args.images, args.out, args.json, args.params, args.overwrite, calib_dir)  # before any work
+    allow_pixels(args.max_pixels)
     ctx = resolve_ctx(args.ctx)[1]
     net, classes = app.load_net(args.params, args.variant, args.num_classes, ctx)
-    calib = photos.calibration_images(args.calib_data_dir) if args.int8 and args.calib_data_dir else None
+    calib = photos.calibration_images(calib_dir) if calib_dir else None
     failed = photos.predict_files(net, args.images, args.out, ctx[0], full=not args.crop, int8=args.int8,
                                   calib=calib, dtype=args.dtype, json_path=args.json,
-                                  warn=photos.training_caveat(args.params), classes=classes)
+                                  warn=photos.training_caveat(args.params), classes=classes, params=args.params,
+                                  overwrite=args.overwrite, calib_dir=calib_dir, max_pixels=args.max_pixels)
     return 1 if failed else 0
+
+
+def cmd_export(args):
+    export.export_onnx(args.run, args.onnx, args.variant, args.num_classes, overwrite=args.overwrite)
+    return 0
 
 
 def cmd_compare(args):
@@ -178,8 +221,8 @@ def build_parser():
     parser.add_argument('--version', action='version', version=f'd2lseg {__version__}')
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_OneLineParser)
 
-    for add in (_synth_parser, _train_parser, _evaluate_parser, _predict_parser, _reproduce_parser, _compare_parser,
-                _launch_parser, _doctor_parser):
+    for add in (_synth_parser, _train_parser, _evaluate_parser, _predict_parser, _export_parser, _reproduce_parser,
+                _compare_parser, _launch_parser, _doctor_parser):
         add(sub)
     return parser
 
@@ -234,6 +277,8 @@ def _evaluate_parser(sub):
     p.add_argument('--max-images', type=_positive_int, help='only the first N validation images (default: all)')
     p.add_argument('--json', help='where to write the metrics (default: eval-PROTOCOL.json beside --params)')
     p.add_argument('--plot', metavar='FILE', help='also draw the confusion matrix into FILE (PNG; default: none)')
+    p.add_argument('--overwrite', action='store_true', help='replace a --json or --plot file that d2lseg evaluate did '
+                   'not write (default: refuse; its own earlier results are replaced)')
     p.add_argument('--scales', type=_scales, default=(1.0,), metavar='S,S,...',
                    help='average the class scores over the image resized by these factors, e.g. 0.75,1,1.25 '
                         '(default 1: one scale)')
@@ -252,6 +297,8 @@ def _predict_parser(sub):
                    '.jpg, .png, ...)')
     p.add_argument('--out', '--output-dir', default='predictions', help='output folder (default %(default)s)')
     p.add_argument('--json', metavar='FILE', help='also write what was found per image as JSON (default: none)')
+    p.add_argument('--overwrite', action='store_true', help='replace files in --out (or --json) that d2lseg predict '
+                   'did not write (default: refuse; its own earlier outputs are replaced)')
     mode = p.add_mutually_exclusive_group()
     mode.add_argument('--crop', action='store_true', help="predict only the top-left crop with sides multiples of "
                       "32, as the chapter does (a switch here: the size follows from the image; each crop is named)")
@@ -267,7 +314,9 @@ def _predict_parser(sub):
 
 def _add_network_flags(p, func):
     """The flags evaluate and predict share: which trained network, where it runs, in which precision."""
-    p.add_argument('--params', required=True, help='model.params written by d2lseg train')
+    p.add_argument('--params', help='model.params written by d2lseg train (default: none; this or --onnx)')
+    p.add_argument('--onnx', metavar='FILE', help='instead of --params: a model of d2lseg export, run by ONNX Runtime '
+                   '(no MXNet needed: docs/deployment.md) (default: none)')
     p.add_argument('--variant', help='the network the parameters belong to: fcn32s, fcn16s or fcn8s (default: '
                    'from model.json beside --params, else fcn32s)')
     p.add_argument('--num-classes', type=_positive_int, help='classes of the network (default: from model.json '
@@ -277,7 +326,24 @@ def _add_network_flags(p, func):
                    help='bfloat16: convert the network (oneDNN, CPU; fastest on CPUs with AMX, which d2lseg '
                         'enables; slower than float32 without AMX) (default %(default)s)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--max-pixels', type=_positive_int, default=MAX_PIXELS, metavar='N',
+                   help='refuse images of more pixels, before decoding them (decompression bombs; default %(default)s: '
+                        '8000x6000 photos pass; memory: docs/hardening.md)')
     p.set_defaults(func=func)
+
+
+def _export_parser(sub):
+    p = _command(sub, 'export', 'an ONNX model of trained parameters, with MODEL_CARD.md beside it (docs/deployment.md)')
+    p.add_argument('run', metavar='RUN_OR_PARAMS', help='a run folder of d2lseg train (its model.params) or a '
+                   '.params file')
+    p.add_argument('--onnx', required=True, metavar='FILE', help='the .onnx file to write')
+    p.add_argument('--variant', help='the network the parameters belong to (default: from model.json beside them, '
+                   'else fcn32s)')
+    p.add_argument('--num-classes', type=_positive_int, help='classes of the network (default: from model.json '
+                   'beside the parameters, else 21)')
+    p.add_argument('--overwrite', action='store_true', help='replace a FILE or MODEL_CARD.md that d2lseg export did '
+                   'not write (default: refuse; its own earlier outputs are replaced)')
+    p.set_defaults(func=cmd_export)
 
 
 def _reproduce_parser(sub):

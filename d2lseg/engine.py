@@ -3,6 +3,9 @@
 ``fit`` is seeded (data order and crops), validates every epoch (confusion-matrix metrics), stops on
 divergence, resumes from a checkpoint exactly, and leaves printing, checkpoints and plots to
 callbacks (``callbacks``, ``viz.CurvesCallback``). The chapter's own ``train`` is in ``chapter``.
+
+About 350 lines: the checks that stop a run (starting parameters that are not finite, divergence and the
+advice it gives, which looks at the run's inputs) read the same ``Run`` as the loop they guard.
 """
 import math
 import os
@@ -16,7 +19,7 @@ from mxnet import gluon
 
 from . import checkpoint, kvstore
 from .chapter import forward_backward, split_batch, step_figures
-from .classes import ClassList, class_weights, numbered, read_classes
+from .classes import ClassList, check_weights, class_weights, numbered, read_classes
 from .palette import VOC_CLASSES
 from .config import Recipe, resolve_ctx
 from .environment import environment
@@ -66,6 +69,7 @@ class Run:
     synced: bool = False           # distributed: the trainer's first broadcast has finished
     classes: ClassList = None      # names and colours of the classes (VOC's by default)
     class_weights: list = None     # the loss's weight per class, when the recipe asks for them
+    start_scale: float = None      # largest starting parameter, when they came from a file (divergence advice)
 
 
 class BatchState(NamedTuple):
@@ -108,6 +112,8 @@ def _load_data(run, recipe, voc_dir, stored=None):
     run.train_data = VOCSegDataset(True, augment=recipe.augment, split=recipe.train_split, **kw)
     run.val_data = VOCSegDataset(False, split=recipe.val_split, **kw)
     weights = stored.get('class_weights') if stored and recipe.class_weights else None
+    if weights is not None:  # a resumed run's: checked as a file's would be
+        weights = check_weights(weights, recipe.num_classes, "--resume: the checkpoint's history")
     weights = weights if weights is not None else class_weights(recipe, run.train_data, voc_dir, run.classes.colors)
     if weights is not None:
         run.class_weights = [float(w) for w in weights]
@@ -226,12 +232,52 @@ def learning_rate(recipe, step, total_steps, steps_per_epoch):
     return lr * (step + 1) / warmup if step + 1 < warmup else lr
 
 
+def _values(net):
+    """(name, numpy values on the first context) of every parameter whose shape is known (a layer whose
+    initialisation waits for the first batch is fresh, not loaded)."""
+    for name, p in net.collect_params().items():
+        try:
+            yield name, p.list_data()[0].asnumpy()
+        except gluon.parameter.DeferredInitializationError:
+            continue
+
+
 def _first_nonfinite(net):
     """Name of the first parameter holding NaN or infinity (first context), or None."""
-    for name, p in net.collect_params().items():
-        if not np.isfinite(p.list_data()[0].asnumpy()).all():
-            return name
-    return None
+    return next((name for name, v in _values(net) if not np.isfinite(v).all()), None)
+
+
+def _largest(net):
+    """The largest magnitude among the parameters (first context)."""
+    return max((float(np.abs(v).max(initial=0)) for _, v in _values(net)), default=0.0)
+
+
+def _check_start(run, recipe, resume):
+    """One-line D2lsegError naming where the starting parameters came from when one holds NaN or infinity
+    (a diverged run's checkpoint, a backbone file): training from them could only diverge."""
+    bad = _first_nonfinite(run.net)
+    if bad:
+        source = (f'the checkpoint of --resume {resume}' if resume else f'--init-from {recipe.init_from}'
+                  if recipe.init_from else f'--backbone-params {recipe.backbone_params}' if recipe.backbone_params
+                  else 'the initialisation')
+        raise D2lsegError(f"parameter {bad} holds NaN or infinite values before training, from {source}; start from "
+                          "parameters of a run that did not diverge")
+
+
+EXTREME_WEIGHT, EXTREME_PARAMETER = 1e3, 1e4  # beyond these a diverged run's inputs are named before --lr
+
+
+def divergence_advice(run, recipe, start_scale=None):
+    """What to change once the loss or a parameter became NaN or infinite: the inputs first (class weights
+    far from 1, starting parameters of extreme size from --init-from or --backbone-params), else --lr."""
+    w = [v for v in (run.class_weights or []) if v > 0]
+    if w and (max(w) > EXTREME_WEIGHT or max(w) / min(w) > EXTREME_WEIGHT ** 2):
+        return (f"the class weights ({recipe.class_weights}) reach {max(w):.3g}, smallest positive {min(w):.3g}: scale "
+                "them to about 1 (e.g. --class-weights auto) before lowering --lr")
+    if start_scale is not None and start_scale > EXTREME_PARAMETER:
+        source = f'--init-from {recipe.init_from}' if recipe.init_from else f'--backbone-params {recipe.backbone_params}'
+        return f"the starting parameters ({source}) reach {start_scale:.3g} in size: start from trained ones"
+    return 'lower --lr'
 
 
 def _train_epoch(run, recipe, epoch, progress, batch_callbacks=()):
@@ -246,8 +292,9 @@ def _train_epoch(run, recipe, epoch, progress, batch_callbacks=()):
             run.trainer.set_learning_rate(learning_rate(recipe, epoch * steps_per_epoch + i, total, steps_per_epoch))
         step = train_step(run, batch)
         if not math.isfinite(step.loss_sum):
+            advice = divergence_advice(run, recipe, run.start_scale)
             raise TrainingDiverged(f"loss became {step.loss_sum} in epoch {epoch + 1}, batch {i + 1}; training "
-                                   f"stopped (lower --lr; the checkpoints of finished epochs are kept)")
+                                   f"stopped ({advice}; the checkpoints of finished epochs are kept)")
         l_sum, right, count, n_img = l_sum + step.loss_sum, right + step.right, count + step.count, n_img + step.batch_size
         epoch_bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
         for cb in batch_callbacks:
@@ -256,8 +303,8 @@ def _train_epoch(run, recipe, epoch, progress, batch_callbacks=()):
     bad = _first_nonfinite(run.net)  # the last step's update is not seen by any loss: keep it out of checkpoints
     if bad:
         raise TrainingDiverged(f"parameter {bad} became NaN or infinite in epoch {epoch + 1} (by batch "
-                               f"{steps_per_epoch}); training stopped (lower --lr; the checkpoints of finished "
-                               f"epochs are kept)")
+                               f"{steps_per_epoch}); training stopped ({divergence_advice(run, recipe, run.start_scale)}; "
+                               "the checkpoints of finished epochs are kept)")
     return l_sum, right, count, n_img, train_time
 
 
@@ -290,10 +337,14 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, bat
     start_epoch = 0
     if meta is not None:
         checkpoint.restore(resume, meta, run.net, run.trainer, run.ctx)
+    _check_start(run, recipe, resume)
+    if meta is not None:
         history = dict(meta.get('history', history), recipe=recipe.to_dict())  # epochs may have been extended
         start_epoch = meta['epoch']
     elif recipe.epochs > 0:
         history['untrained'] = {k: v for k, v in _validate(run, recipe.num_classes).compute().items() if k != 'iou'}
+    if meta is None and (recipe.init_from or recipe.backbone_params):
+        run.start_scale = _largest(run.net)
     for epoch in range(start_epoch, recipe.epochs):
         tic = time.time()
         record = _epoch_record(run, recipe, epoch, _train_epoch(run, recipe, epoch, progress, batch_callbacks), tic)

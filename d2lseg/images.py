@@ -5,12 +5,14 @@ predict (``read_photo``). Errors are one line naming the file and what to do.
 """
 import os
 import threading
+import warnings
 
 import numpy as np
 from mxnet import nd
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import D2lsegError
+from .textfiles import FileMissing, open_regular
 from .palette import IGNORE_INDEX, VOC_COLORMAP, colour_lut, known_packed, voc_label_indices, voc_palette
 
 RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -45,32 +47,58 @@ def load_strict(im):
             ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _has_jpeg_end(path, window=1024):
-    """True when a JPEG's end-of-image marker (FF D9) is among its last ``window`` bytes.
+def _has_jpeg_end(f, window=1024):
+    """True when a JPEG's end-of-image marker (FF D9) is among the last ``window`` bytes of the open file ``f``.
 
     A cut file lacks it; libjpeg decodes some cut and corrupted files without an error (grey or
     garbage pixels), so this catches what ``load()`` lets through.
     """
-    with open(path, 'rb') as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - window))
-        return b'\xff\xd9' in f.read()
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - window))
+    return b'\xff\xd9' in f.read()
 
 
-def open_image(path, mode):
-    """Read ``path`` -> (H, W, 3) uint8 (``mode='rgb'``) or the PIL image of a label (``mode='label'``)."""
-    if not os.path.isfile(path):
+_ORIENTATION = 0x0112  # the EXIF tag saying how a camera was turned
+MAX_PIXELS = 50_000_000  # default cap of predict and evaluate (--max-pixels): 8000x6000 photos pass
+
+
+def allow_pixels(max_pixels):
+    """Let PIL open images up to ``max_pixels`` (its own guard refuses twice ``Image.MAX_IMAGE_PIXELS``, about
+    179 million, and warns above half that): d2lseg's cap, checked by the readers, takes its place, only ever
+    raising PIL's limit, for this process."""
+    if max_pixels and max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)  # the cap's one line says it
+
+
+def _check_pixels(path, im, max_pixels):
+    """One-line D2lsegError when ``im`` (opened, not decoded) has more than ``max_pixels`` pixels."""
+    if max_pixels and im.width * im.height > max_pixels:
+        raise D2lsegError(f"{path}: {im.width}x{im.height}, {im.width * im.height / 1e6:.0f} million pixels, more "
+                          f"than --max-pixels {max_pixels} (a decompression bomb?); raise --max-pixels to read it")
+
+
+def _bomb(path, max_pixels):
+    return D2lsegError(f"{path}: more pixels than {Image.MAX_IMAGE_PIXELS * 2} (PIL's guard; a decompression bomb?); "
+                       f"raise --max-pixels (now {max_pixels}) to read it")
+
+
+def open_image(path, mode, max_pixels=None):
+    """Read ``path`` -> (H, W, 3) uint8 (``mode='rgb'``) or the PIL image of a label (``mode='label'``); only a
+    regular file (a FIFO is refused, never waited on); ``max_pixels``: refuse larger images before decoding."""
+    if not os.path.lexists(path):
         raise D2lsegError(f"{path}: file missing (named in the split's list file); restore it or remove "
                           f"its name from the list file")
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
+            _check_pixels(path, im, max_pixels)
             load_strict(im)
             if mode == 'label':
                 if im.mode not in INDEX_LABEL_MODES + COLOUR_LABEL_MODES:
                     raise D2lsegError(f"{path}: label PNG of mode {im.mode!r} is not supported; save it as a "
                                       f"palette ('P') PNG with the VOC palette")
                 return im.copy()
-            if im.format == 'JPEG' and not _has_jpeg_end(path):
+            if im.format == 'JPEG' and not _has_jpeg_end(f):
                 raise D2lsegError(f"{path}: JPEG is truncated (no end-of-image marker); replace the file or "
                                   f"remove its name from the list file")
             if im.mode not in IMAGE_MODES:
@@ -79,6 +107,8 @@ def open_image(path, mode):
             return np.asarray(im.convert('RGB'))
     except D2lsegError:
         raise
+    except Image.DecompressionBombError:
+        raise _bomb(path, max_pixels) from None
     except Exception as e:  # PIL raises many kinds for broken files
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__}: {e}); replace the file or "
                           f"remove its name from the list file") from None
@@ -99,7 +129,7 @@ def check_same_size(img_path, img_shape, lab_path, lab_shape):
 
 
 def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=None, colors=None,
-                       unknown='background'):
+                       unknown='background', max_pixels=None):
     """Class indices (H, W) uint8 of a VOC-format label PNG.
 
     Palette PNGs (the VOC format) and grey 'L' PNGs are read by index; RGB(A) PNGs through the class
@@ -108,8 +138,9 @@ def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=N
     number of classes, or a colour not in ``colors``) becomes background and is counted in
     ``stats['unknown_pixels']`` with ``unknown='background'``, or is a one-line D2lsegError naming the
     file and the value with ``unknown='error'`` (the chapter's ``colormap2label``: always background).
+    max_pixels: refuse larger labels before decoding them.
     """
-    im = open_image(path, 'label')
+    im = open_image(path, 'label', max_pixels)
     colors = VOC_COLORMAP if colors is None else colors
     if im.mode in INDEX_LABEL_MODES and colormap2label is None:
         idx = np.asarray(im).astype(np.uint8)
@@ -139,23 +170,28 @@ def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=N
     return idx
 
 
-def read_image(path):
+def read_image(path, max_pixels=MAX_PIXELS):
     """A photo to predict as (H, W, 3) uint8, the way it is displayed (EXIF orientation applied), read as
-    strictly as training images (``open_image``: truncated files and 16-bit or float modes refused); a
-    one-line D2lsegError naming the file otherwise."""
+    strictly as training images (``open_image``: truncated files and 16-bit or float modes refused, a
+    regular file only, at most ``max_pixels`` pixels, checked before decoding); a one-line D2lsegError
+    naming the file otherwise."""
     if os.path.isdir(path):
         raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
+            _check_pixels(path, im, max_pixels)
             load_strict(im)  # (no end-marker check: phones append video after a photo's JPEG end)
             if im.mode not in IMAGE_MODES + ('1',):
                 raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
                                   "an 8-bit RGB image")
-            return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
-    except FileNotFoundError:
+            shown = ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im
+            return np.asarray(shown if shown.mode == 'RGB' else shown.convert('RGB'))  # no copy more than needed
+    except FileMissing:
         raise D2lsegError(f"{path}: no such file") from None
     except D2lsegError:
         raise
+    except Image.DecompressionBombError:
+        raise _bomb(path, max_pixels) from None
     except Exception as e:
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
 
@@ -165,4 +201,4 @@ def save_label_png(label, path, palette=None):
     VOC's)."""
     im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode='P')
     im.putpalette((voc_palette() if palette is None else np.asarray(palette, np.uint8)).reshape(-1).tolist())
-    im.save(path)
+    im.save(path, format='PNG')  # whatever the name says (a temporary's name says nothing)

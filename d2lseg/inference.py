@@ -2,7 +2,8 @@
 
 ``predict_full`` is the chapter's exercise 4: cover the image with overlapping tiles whose sides are
 multiples of 32, sum every tile's logits into the image frame with a coverage count, divide, argmax
-(the tiled evaluation of gluoncv's ``MultiEvalModel``).
+(the tiled evaluation of gluoncv's ``MultiEvalModel``). Both it and the multi-scale ``predict_multiscale``
+stream scores by bands of rows, so memory grows with the image's width, not its area.
 """
 import weakref
 
@@ -109,10 +110,10 @@ def logit_bands(net, img, tile=(320, 480), ctx=None, batch_size=4):
     """Averaged logits over overlapping tiles, streamed top to bottom: yields (y0, y1, (C, y1 - y0, W)
     float32 numpy) for consecutive row bands of an (H, W, 3) uint8 image, each final once yielded.
 
-    Only the rows that tiles still to come may overlap are kept, and each tile row is normalised
-    when it is needed, so memory grows with the image's width, not its area: about
-    (3 + C + 1) x 4 bytes x tile height x W, plus one tile batch. Images smaller than a tile are
-    padded with zeros in normalised space (the mean colour).
+    Only the rows that tiles still to come may overlap are kept (one tile height, in arrays allocated
+    once), and each tile row is normalised when it is needed, so memory grows with the image's width,
+    not its area: about (3 + C + 1) x 4 bytes x tile height x W, plus the band handed out and one tile
+    batch. Images smaller than a tile are padded with zeros in normalised space (the mean colour).
     """
     th, tw = tile
     if th % OUTPUT_STRIDE or tw % OUTPUT_STRIDE or th <= 0 or tw <= 0:
@@ -122,7 +123,7 @@ def logit_bands(net, img, tile=(320, 480), ctx=None, batch_size=4):
     ph, pw = max(H, th), max(W, tw)
     ys, xs = tile_starts(ph, th), tile_starts(pw, tw)
     acc = cnt = None
-    base = 0  # image row of acc's first row
+    base = 0  # image row of acc's first row: always the start of the tile row being added
     for k, y in enumerate(ys):
         rows = img[y:min(y + th, H)]
         X = _to_batch(rows, ctx)[0] if len(rows) else nd.zeros((3, 0, W), ctx=ctx)
@@ -132,21 +133,30 @@ def logit_bands(net, img, tile=(320, 480), ctx=None, batch_size=4):
         for i in range(0, len(xs), batch_size):
             chunk = xs[i:i + batch_size]
             out = net(nd.stack(*[X[:, :, x:x + tw] for x in chunk])).asnumpy()
-            if acc is None:
-                acc, cnt = np.zeros((out.shape[1], 0, pw), np.float32), np.zeros((0, pw), np.float32)
-            need = y + th - base - acc.shape[1]
-            if need > 0:
-                acc = np.concatenate([acc, np.zeros((acc.shape[0], need, pw), np.float32)], axis=1)
-                cnt = np.concatenate([cnt, np.zeros((need, pw), np.float32)], axis=0)
+            if acc is None:  # one tile height of rows, allocated once: a tile row starts at acc's first row
+                acc, cnt = np.zeros((out.shape[1], th, pw), np.float32), np.zeros((th, pw), np.float32)
             for x, o in zip(chunk, out):
-                acc[:, y - base:y - base + th, x:x + tw] += o
-                cnt[y - base:y - base + th, x:x + tw] += 1
-        done = (ys[k + 1] if k + 1 < len(ys) else ph) - base  # rows no later tile touches
+                acc[:, :, x:x + tw] += o
+                cnt[:, x:x + tw] += 1
+        done = (ys[k + 1] if k + 1 < len(ys) else ph) - base  # rows no later tile touches (at most th)
         assert cnt[:done].min() >= 1, 'tiling left pixels uncovered'
         y1 = min(base + done, H)
         if y1 > base:
-            yield base, y1, (acc[:, :y1 - base] / cnt[:y1 - base])[:, :, :W]
-        acc, cnt, base = acc[:, done:], cnt[done:], base + done
+            yield base, y1, acc[:, :y1 - base, :W] / cnt[:y1 - base, :W]
+        _drop_rows(acc, cnt, done)
+        base += done
+
+
+def _drop_rows(acc, cnt, n):
+    """Move the rows after the first ``n`` of ``acc`` (C, R, W) and ``cnt`` (R, W) up by ``n``, in place, and
+    zero the freed rows: ``n`` rows at a time, so no copy of the arrays is made."""
+    rest = acc.shape[1] - n
+    for i in range(0, rest, n):
+        m = min(n, rest - i)
+        acc[:, i:i + m] = acc[:, n + i:n + i + m]
+        cnt[i:i + m] = cnt[n + i:n + i + m]
+    acc[:, rest:] = 0
+    cnt[rest:] = 0
 
 
 def predict_logits_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
@@ -155,38 +165,104 @@ def predict_logits_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
     return np.concatenate([band for _, _, band in logit_bands(net, img, tile, ctx, batch_size)], axis=1)
 
 
-def predict_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
-    """Class indices of a whole image of any size by tiled logit averaging: -> (H, W) int64 numpy.
+def predict_full(net, img, tile=(320, 480), ctx=None, batch_size=4, dtype=np.int64):
+    """Class indices of a whole image of any size by tiled logit averaging: -> (H, W) numpy of ``dtype``
+    (uint8 holds up to 256 classes in an eighth of int64's memory).
 
     For an image exactly one tile in size this equals ``predict``. Memory is bounded by the image's
     width (``logit_bands``) besides the label map itself. Source: D2L 10.10 exercise 4.
     """
-    labels = np.empty(img.shape[:2], np.int64)
+    labels = np.empty(img.shape[:2], dtype)
     for y0, y1, band in logit_bands(net, img, tile, ctx, batch_size):
         labels[y0:y1] = band.argmax(axis=0)
     return labels
 
 
-def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(320, 480), ctx=None):
+def _linear(n_out, n_in):
+    """Bilinear resampling of ``n_in`` samples to ``n_out`` along one axis, with OpenCV's INTER_LINEAR rule
+    (half-pixel centres, edges repeated) -> (first source index, second source index, weight of the second)."""
+    pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    first = np.floor(pos).astype(np.int64)
+    return first, np.minimum(first + 1, n_in - 1), (pos - first).astype(np.float32)
+
+
+def resized_bands(bands, size_in, size_out, chunk=32):
+    """Bilinearly resize a stream of row bands, keeping only the input rows still needed.
+
+    bands: (y0, y1, (C, y1 - y0, w)) consecutive bands of a (C, h, w) map, as ``logit_bands`` yields;
+    size_in (h, w), size_out (H, W) -> yields (Y0, Y1, (C, Y1 - Y0, W)) consecutive bands of the resized map
+    (the values of OpenCV's INTER_LINEAR resize of the whole map), computed ``chunk`` rows at a time."""
+    (h, w), (H, W) = size_in, size_out
+    r0, r1, rw = _linear(H, h)
+    c0, c1, cw = _linear(W, w)
+    buf, base, y = None, 0, 0  # buf holds input rows [base, base + buf.shape[1])
+    for _, b1, band in bands:
+        buf = band if buf is None else np.concatenate([buf, band], axis=1)
+        end = int(np.searchsorted(r1, b1))  # output rows whose source rows have all arrived
+        out = np.empty((buf.shape[0], end - y, W), np.float32)
+        for a in range(y, end, chunk):
+            b = min(a + chunk, end)
+            rows = _mix(buf[:, r0[a:b] - base], buf[:, r1[a:b] - base], rw[a:b][None, :, None])
+            out[:, a - y:b - y] = _mix(rows[:, :, c0], rows[:, :, c1], cw)
+        keep = int(r0[end]) if end < H else b1  # the first input row a later output row reads
+        buf, base = buf[:, keep - base:].copy(), keep  # a copy: the rows passed are freed before the yield
+        if end > y:
+            yield y, end, out
+            y = end
+
+
+def _mix(a, b, weight):
+    """``a * (1 - weight) + b * weight`` in place in ``a`` (both fresh copies)."""
+    a *= 1 - weight
+    b *= weight
+    a += b
+    return a
+
+
+def _variant_bands(net, img, scale, mirrored, tile, ctx):
+    """Logit bands of ``img`` resized by ``scale`` (and mirrored), brought back to the image's rows and columns."""
+    H, W = img.shape[:2]
+    x = img if scale == 1 else cv2.resize(img, (max(1, round(W * scale)), max(1, round(H * scale))),
+                                          interpolation=cv2.INTER_LINEAR)
+    x = np.ascontiguousarray(x[:, ::-1]) if mirrored else x
+    bands = logit_bands(net, x, tile, ctx)
+    if mirrored:
+        bands = ((y0, y1, band[:, :, ::-1]) for y0, y1, band in bands)
+    return bands if x.shape[:2] == (H, W) else resized_bands(bands, x.shape[:2], (H, W))
+
+
+def _summed(streams):
+    """The sum of band streams over the same rows (each consecutive from row 0, cut differently), in bands."""
+    iters, pending, y = [iter(s) for s in streams], [None] * len(streams), 0
+    while True:
+        for i, it in enumerate(iters):
+            while pending[i] is None or pending[i].shape[1] == 0:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                pending[i] = nxt[2]
+        n = min(p.shape[1] for p in pending)
+        total = pending[0][:, :n].copy()
+        for p in pending[1:]:
+            total += p[:, :n]
+        pending = [p[:, n:] for p in pending]
+        yield y, y + n, total
+        y += n
+
+
+def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(320, 480), ctx=None, dtype=np.int64):
     """Class indices of a whole image from its class scores averaged over ``scales`` (the image resized
     bilinearly, each scale's scores resized back) and, with ``flip``, over its mirror image too:
-    (H, W, 3) uint8 -> (H, W) int64. One scale of 1 without flip is ``predict_full`` exactly.
+    (H, W, 3) uint8 -> (H, W) of ``dtype``. One scale of 1 without flip is ``predict_full`` exactly.
+
+    Streamed by row bands like ``predict_full``: beyond the resized images and the label map it holds
+    scores for bands of rows only (``resized_bands``), never a whole (C, H, W) score map.
     Source: gluoncv ``MultiEvalModel``; mmsegmentation's test-time augmentation."""
-    H, W = img.shape[:2]
-    total = None
-    for s in scales:
-        scaled = img if s == 1 else cv2.resize(img, (max(1, round(W * s)), max(1, round(H * s))),
-                                               interpolation=cv2.INTER_LINEAR)
-        for mirrored in ((False, True) if flip else (False,)):
-            x = np.ascontiguousarray(scaled[:, ::-1]) if mirrored else scaled
-            logits = predict_logits_full(net, x, tile, ctx)
-            if mirrored:
-                logits = logits[:, :, ::-1]
-            if s != 1:
-                logits = np.stack([cv2.resize(np.ascontiguousarray(c), (W, H), interpolation=cv2.INTER_LINEAR)
-                                   for c in logits])
-            total = logits if total is None else total + logits
-    return total.argmax(axis=0)
+    labels = np.empty(img.shape[:2], dtype)
+    streams = [_variant_bands(net, img, s, m, tile, ctx) for s in scales for m in ((False, True) if flip else (False,))]
+    for y0, y1, total in _summed(streams):
+        labels[y0:y1] = total.argmax(axis=0)
+    return labels
 
 
 def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320, 480), scales=(1.0,), flip=False):
@@ -199,11 +275,11 @@ def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320
     skipped = 0
     h, w = crop
     tta = tuple(scales) != (1.0,) or flip
-    for _, img, lab in items:
+    for _, img, lab in items:  # uint8 labels (at most 255 classes): an eighth of int64's memory
         if full and tta:
-            cm.update(predict_multiscale(net, img, scales, flip, tile, ctx), lab)
+            cm.update(predict_multiscale(net, img, scales, flip, tile, ctx, dtype=np.uint8), lab)
         elif full:
-            cm.update(predict_full(net, img, tile, ctx), lab)
+            cm.update(predict_full(net, img, tile, ctx, dtype=np.uint8), lab)
         elif img.shape[0] < h or img.shape[1] < w:
             skipped += 1
         else:

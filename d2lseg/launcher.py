@@ -2,10 +2,16 @@
 
 ``launch`` starts ps-lite's scheduler, the servers and the workers with the ``DMLC_*`` environment
 MXNet reads (as ``mxnet/tools/launch.py`` / ``dmlc_tracker`` do), locally on 127.0.0.1 or over ssh
-from a host file, streams every worker's output with a ``[worker i]`` prefix, and stops the whole job
-when any process fails or the time runs out. The workers' side (kvstore, gradient semantics) is in
-``kvstore``.
+from a host file, streams every worker's output with a ``[worker i]`` prefix (read in bounded chunks:
+a line longer than ``LINE_LIMIT`` comes out in pieces), and stops the whole job when any process fails
+or the time runs out. Every process it starts leads its own process group and is killed by the kernel
+when the launcher dies, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)`` on Linux). The workers' side
+(kvstore, gradient semantics) is in ``kvstore``.
+
+About 320 lines: starting, watching and stopping one job's processes (local and over ssh) share its state.
 """
+import ctypes
+import functools
 import math
 import os
 import shlex
@@ -17,6 +23,7 @@ import threading
 import time
 
 from .errors import D2lsegError
+from .textfiles import read_lines
 
 # A process started with DMLC_ROLE=scheduler or server runs ps-lite inside ``import mxnet``
 # (mxnet/kvstore/kvstore_server.py) and exits when the workers are done; ``import d2lseg`` restores the
@@ -28,11 +35,7 @@ FORWARD_ENV_PREFIXES = ('DMLC_', 'PS_', 'MXNET_', 'OMP_', 'KMP_')
 
 def read_hostfile(path):
     """Hosts of a host file -> [(host, ssh_port)]: one ``HOST`` or ``HOST:SSH_PORT`` per line, # comments."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise D2lsegError(f"--hostfile {path}: cannot read it ({e.strerror})") from None
+    lines = read_lines(path, '--hostfile', limit=1 << 20)
     hosts = []
     for n, line in enumerate(lines, 1):
         line = line.split('#', 1)[0].strip()
@@ -106,18 +109,49 @@ class _Proc:
         return f'exited with code {rc}'
 
 
+LINE_LIMIT = 64 << 10  # bytes of one output line kept: a worker printing without newlines cannot grow memory
+
+
+def _lines(read, limit=LINE_LIMIT):
+    """Lines (bytes, without their end) of a stream read in chunks by ``read(n)``: at most ``limit`` bytes held;
+    a longer line comes out in pieces of ``limit`` bytes."""
+    pending = b''
+    for chunk in iter(lambda: read(limit), b''):
+        pending += chunk
+        *lines, pending = pending.split(b'\n')
+        yield from lines
+        while len(pending) >= limit:
+            yield pending[:limit]
+            pending = pending[limit:]
+    if pending:
+        yield pending
+
+
 def _pump(proc, sink, lock):
     """Copy a process's output to ``sink``, every line prefixed with ``[name] ``; of a line that
-    progress bars redrew with carriage returns only the last state is kept."""
+    progress bars redrew with carriage returns only the last state is kept. Read in bounded chunks."""
     prefix = f'[{proc.name}] '
-    for raw in iter(proc.popen.stdout.readline, b''):
-        parts = [p for p in raw.decode('utf-8', errors='replace').rstrip('\r\n').split('\r') if p.strip()]
+    for raw in _lines(proc.popen.stdout.read1):  # what has arrived, at most LINE_LIMIT bytes at a time
+        parts = [p for p in raw.decode('utf-8', errors='replace').rstrip('\r').split('\r') if p.strip()]
         if not parts:
             continue
         with lock:
             sink.write(prefix + parts[-1] + '\n')
             sink.flush()
     proc.popen.stdout.close()
+
+
+def _die_with(launcher_pid):
+    """Runs in each child between fork and exec (``preexec_fn``): SIGKILL it when the launcher dies, even by
+    SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``; the setting survives exec); elsewhere nothing."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != launcher_pid:  # the launcher died before the signal was asked for
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith('linux') else None
 
 
 def _stop(procs, grace=5.0):
@@ -177,8 +211,8 @@ class Job:
     def start(self, role, index, argv):
         args, env, stdin = self._command(role, index, argv)
         try:
-            popen = subprocess.Popen(args, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(args, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=functools.partial(_die_with, os.getpid()))
         except OSError as e:
             raise D2lsegError(f"launch: cannot start {args[0]} ({e.strerror})") from None
         p = _Proc(role, index, popen)

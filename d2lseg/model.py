@@ -9,6 +9,7 @@ import os
 import tempfile
 
 import mxnet as mx
+import numpy as np
 from mxnet import init, nd
 from mxnet.gluon import HybridBlock, model_zoo, nn
 
@@ -203,6 +204,19 @@ def load_params(net, path, ctx=None):
     return net
 
 
+def _starting_value(array, dtype, name, path):
+    """A parameter of an --init-from file in the network's ``dtype``: other float types converted, finite values
+    only; a one-line D2lsegError naming the file and parameter otherwise (integers are no trained weights)."""
+    if not np.issubdtype(np.dtype(array.dtype), np.floating):
+        raise D2lsegError(f"--init-from {path}: parameter {name} is {np.dtype(array.dtype).name}, not floating point; "
+                          "give the parameters of a trained network (d2lseg train writes float32)")
+    values = array.asnumpy()
+    if not np.isfinite(values).all():
+        raise D2lsegError(f"--init-from {path}: parameter {name} holds NaN or infinite values; start from the "
+                          "parameters of a run that did not diverge (its best.params, or an earlier checkpoint)")
+    return array.astype(dtype) if np.dtype(array.dtype) != np.dtype(dtype) else array
+
+
 def init_from(net, path, ctx=None):
     """Start ``net`` from the trained d2lseg parameters in ``path`` (a model.params or checkpoint, any class
     count): every array with the same name and shape is copied, the rest (the score layers, the
@@ -226,7 +240,7 @@ def init_from(net, path, ctx=None):
         if not copied:
             raise D2lsegError(f"--init-from {path}: no parameter of it fits this network; is it a d2lseg model of "
                               "the same --variant?")
-        target.update({k: source[k] for k in copied})
+        target.update({k: _starting_value(source[k], target[k].dtype, k, path) for k in copied})
         nd.save(mine, target)
         net.load_parameters(mine, ctx=ctx)
     fresh = sorted({k.rsplit('.', 1)[0] for k in target if k not in copied})

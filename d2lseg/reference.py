@@ -158,10 +158,13 @@ def _epochs_of(history, path='history'):
     epochs = history.get('epochs') if isinstance(history, dict) else history
     if not isinstance(epochs, list) or not epochs or not all(isinstance(r, dict) for r in epochs):
         raise UnusableHistory(f"{path}: no per-epoch records (expected a d2lseg history.json)")
-    for r in epochs:
+    for i, r in enumerate(epochs, 1):
         bad = [k for k in FIGURES if k in r and not isinstance(r[k], (int, float, dict))]
         if bad:
             raise UnusableHistory(f"{path}: epoch {r.get('epoch', '?')}: {bad[0]} is not a number")
+        if 'epoch' in r and (type(r['epoch']) is not int or r['epoch'] < 1):
+            raise UnusableHistory(f"{path}: record {i}: \"epoch\" must be a whole number from 1, not "
+                                  f"{repr(r['epoch'])[:40]}")
     return epochs
 
 
@@ -238,6 +241,10 @@ def compare_baseline(history, baseline, path='history', baseline_path='baseline'
                                         for k in FIGURES if k in r}
     judged_epochs = baseline.get('judged_epochs') or [max(bands)]
     runs = baseline.get('runs') or [baseline]  # a single history is a band of one run
+    if not (isinstance(judged_epochs, list) and all(type(e) is int and e >= 1 for e in judged_epochs)
+            and isinstance(runs, list) and all(_epochs_of(r, baseline_path) for r in runs)):
+        raise UnusableHistory(f"{baseline_path}: \"judged_epochs\" must be whole numbers from 1 and \"runs\" a list of "
+                              "histories")
     judged_band = baseline.get('judged') or judged_stats(runs, judged_epochs)
     margin = dict(SINGLE_RUN_MARGIN, **baseline.get('margin', {}))
     notes = [f"judged: the mean of epochs {_epoch_label(judged_epochs)} against the band of {len(runs)} run(s); "

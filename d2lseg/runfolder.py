@@ -1,23 +1,30 @@
-"""A training run's folder: one writer at a time, never a run replaced without being asked.
+"""A training run's folder: one writer at a time, never a run or a file of the user's replaced without being asked.
 
 ``RunFolder(out)`` (a context manager around ``d2lseg train``) creates the folder, takes an exclusive
 ``flock`` on ``.d2lseg.lock`` in it for the whole run (the kernel releases it when the process ends in
 any way, SIGKILL included, so a lock is never stale; the file holds the holder's PID for the
-message), removes temporaries a killed writer left (``*.tmp-PID``), and, when the run fails before
-writing anything, removes the folder it created. ``existing_run`` says what run files a folder holds.
+message), removes temporaries a killed writer left (``*.tmp-PID`` of files the folder's manifest
+records), and, when the run fails before writing anything, removes the folder it created.
+``existing_run`` says what run files a folder holds; ``check_outputs`` refuses a fresh run whose files
+would replace files d2lseg did not write; ``clear_run`` (``--overwrite``) removes only what the manifest
+records (``outputs``).
 """
 import errno
 import fcntl
 import os
+import re
 import shutil
 import sys
 
 from .errors import D2lsegError
+from .outputs import LOCK, MANIFEST, Output, claim, clean_temporaries, owners, refuse_foreign, remove_owned
 
-LOCK = '.d2lseg.lock'
 RUN_FILES = ('checkpoint.json', 'model.params', 'history.json')  # a folder with any of these holds a run
-PRODUCED = RUN_FILES + ('best.params', 'model.json', 'curves.png', 'train.log', 'eval-crop.json', 'eval-full.json',
-                        'eval-published.json', 'eval-chapter.json')
+# What a run writes besides its checkpoints, recorded in the folder's manifest (``outputs``) as ``train``'s
+RUN_OUTPUTS = RUN_FILES + ('best.params', 'model.json', 'curves.png', 'train.log')
+# What ``train --overwrite`` removes: what the run and the evaluations of its parameters recorded
+REPLACED_KINDS = ('train', 'evaluate')
+CHECKPOINT_FILE = re.compile(r'ckpt-epoch\d{4,}\.(params|optimizer|states)$')  # checkpoint.save's names
 
 
 def writable_folder(path, flag):
@@ -50,22 +57,32 @@ def existing_run(out):
         names = os.listdir(out)
     except OSError:
         return []
-    return sorted(n for n in names if n in RUN_FILES or (n.startswith('ckpt-epoch') and '.tmp-' not in n))
+    return sorted(n for n in names if n in RUN_FILES or CHECKPOINT_FILE.match(n))
+
+
+def check_outputs(out, overwrite):
+    """One-line D2lsegError when a fresh run would write over a file in ``out`` that d2lseg did not record as a
+    run's (``outputs.refuse_foreign``): without ``overwrite`` any such file, with it only another command's."""
+    refuse_foreign([Output.of('--out', os.path.join(out, n), 'a file a run writes', out) for n in RUN_OUTPUTS],
+                   'train', overwrite)
 
 
 def clear_run(out):
-    """Remove what a run wrote into ``out`` (``--overwrite``); other files are left alone."""
-    for name in os.listdir(out):
-        if name in PRODUCED or name.startswith('ckpt-epoch'):
-            os.remove(os.path.join(out, name))
+    """Remove what a run and evaluations of it recorded in ``out``'s manifest (``--overwrite``); every other
+    file is left alone (the new run's files replace those of RUN_OUTPUTS; others named like checkpoints are
+    named on stderr)."""
+    owned = owners(out)
+    remove_owned(out, [n for n, kind in owned.items() if kind in REPLACED_KINDS], REPLACED_KINDS)
+    kept = sorted(n for n in os.listdir(out) if CHECKPOINT_FILE.match(n))
+    if kept:
+        print(f"d2lseg: warning: --out {out}: kept {', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''}: not "
+              "recorded as written by d2lseg (a run of an older version, or files of your own); remove them by hand "
+              "if they are old checkpoints", file=sys.stderr)
 
 
-def clean_temporaries(out):
-    """Remove ``NAME.tmp-PID`` files of run files: only the lock holder writes here, so they are stale."""
-    for name in os.listdir(out):
-        base, sep, _ = name.partition('.tmp-')
-        if sep and (base in PRODUCED or base.startswith('ckpt-epoch')):
-            os.remove(os.path.join(out, name))
+def adopt(out, names):
+    """Record ``names`` in ``out`` as the run's (before the run writes them; a resumed run's checkpoint too)."""
+    claim(out, names, 'train')
 
 
 class RunFolder:
@@ -102,7 +119,7 @@ class RunFolder:
 
     def __exit__(self, *exc):
         try:
-            if self.created and os.listdir(self.out) == [LOCK]:  # the run failed before writing anything
+            if self.created and set(os.listdir(self.out)) <= {LOCK, MANIFEST}:  # failed before writing anything
                 shutil.rmtree(self.out, ignore_errors=True)
         finally:
             if self.fd is not None:

@@ -2,7 +2,8 @@
 
 Threads: MXNet reads ``OMP_NUM_THREADS`` once, when it loads, and otherwise runs its CPU operators
 on one thread per two cores (or one), so ``configure`` sets it to the CPUs this process may use
-when the user has not.
+when the user has not, and replaces a value MXNet would abort on (not a whole number, 0, more than
+``max_threads``) with that, saying so in one warning.
 
 AMX: MXNet 1.9.1's oneDNN (v2.4) has kernels for Intel AMX (the matrix units of 4th-generation and
 later Xeons) but caps itself at AVX-512 unless ``DNNL_MAX_CPU_ISA=AVX512_CORE_AMX``, and predates
@@ -103,9 +104,32 @@ def _decide_amx(environ, flags, mxnet_loaded):
     return AMX_CAP, {'enabled': True, 'reason': 'the CPU has AMX; enabled by d2lseg (D2LSEG_AMX=0 turns it off)'}
 
 
+def max_threads():
+    """The most OpenMP threads d2lseg lets MXNet start: far more than cores only slows it down, and at about
+    100000 thread creation fails and MXNet aborts (exit 134)."""
+    return max(256, 4 * default_threads())
+
+
+def checked_threads(value):
+    """``OMP_NUM_THREADS`` as MXNet may read it -> (value to set, warning or None). Unset: the CPUs this
+    process may use. MXNet parses the variable as one whole number and aborts the process on anything else
+    (``abc``, ``1.5``, OpenMP's ``4,2``); libgomp ignores 0 and negative values with a message of its own."""
+    sane = str(default_threads())
+    if value is None:
+        return sane, None
+    text = value.strip()
+    if text.isdigit() and 1 <= int(text) <= max_threads():
+        return str(int(text)), None
+    return sane, (f"d2lseg: warning: OMP_NUM_THREADS={value[:20]!r} is not a whole number from 1 to {max_threads()}; "
+                  f"using {sane} (the CPUs this process may use)")
+
+
 def configure():
     """Set the thread count and decide AMX; call before MXNet loads (``d2lseg/__init__`` does)."""
-    os.environ.setdefault('OMP_NUM_THREADS', str(default_threads()))
+    threads, warning = checked_threads(os.environ.get('OMP_NUM_THREADS'))
+    if warning:
+        print(warning, file=sys.stderr)
+    os.environ['OMP_NUM_THREADS'] = threads
     given = next((os.environ[k] for k in CAP_VARS if os.environ.get(k)), None)
     cap, status = _decide_amx(os.environ, cpu_flags(), 'mxnet' in sys.modules)
     if cap:

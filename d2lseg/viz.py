@@ -3,15 +3,42 @@
 The only module of the package that imports matplotlib, so every figure helper lives here (over
 300 lines for that reason).
 """
+import os
 import sys
 
 import numpy as np
 from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from mxnet import nd
 
+from .errors import D2lsegError
+from .outputs import write_atomically
+from .textfiles import who
 from .palette import VOC_CLASSES, VOC_COLORMAP
+
+
+def figure_format(path, flag=None):
+    """The image format a figure file's name asks for (its extension; none: PNG); one-line D2lsegError naming
+    ``flag`` when matplotlib cannot write it (checked before the work whose figure it is)."""
+    ext = os.path.splitext(path)[1].lower().lstrip('.') or 'png'
+    if ext not in FigureCanvasBase.get_supported_filetypes():
+        raise D2lsegError(f"{who(path, flag)}: figures are written as .png, .svg or .pdf files, not .{ext}; name "
+                          "the file so")
+    return ext
+
+
+def save_figure(fig, path, dpi=100, **kw):
+    """Write ``fig`` to ``path`` whole or not at all (a temporary beside it, renamed: ``outputs``), closed."""
+    try:
+        fmt = figure_format(path)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, **kw))
+    except OSError as e:
+        raise D2lsegError(f"{path}: writing the figure failed ({e.strerror}); free disk space or choose another "
+                          "place") from None
+    finally:
+        plt.close(fig)
 
 
 def _np_img(img):
@@ -58,14 +85,20 @@ def show_images(imgs, num_rows, num_cols, scale=2):
     return axes
 
 
-def overlay(img, pred, alpha=0.5, colors=None):
-    """Blend class colours (default VOC's) over an image: (H, W, 3) uint8 and (H, W) indices -> (H, W, 3) uint8."""
-    img = _np_img(img).astype(np.float32)
-    pred = _np_img(pred).astype(np.int64)
+def overlay(img, pred, alpha=0.5, colors=None, rows=256):
+    """Blend class colours (default VOC's) over an image: (H, W, 3) uint8 and (H, W) indices -> (H, W, 3) uint8.
+
+    Computed ``rows`` image rows at a time, so beyond the result it holds float copies of a band only
+    (a whole-image float blend needs about 60 bytes per pixel)."""
+    img, pred = _np_img(img), _np_img(pred)
     table = np.asarray(VOC_COLORMAP if colors is None else colors, dtype=np.float32)
-    colors = table[np.clip(pred, 0, len(table) - 1)]
-    out = np.where((pred > 0)[..., None], (1 - alpha) * img + alpha * colors, img)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    out = np.empty(img.shape[:2] + (3,), np.uint8)
+    for y in range(0, img.shape[0], rows):
+        band, labels = img[y:y + rows].astype(np.float32), pred[y:y + rows].astype(np.int64)
+        colored = (1 - alpha) * band + alpha * table[np.clip(labels, 0, len(table) - 1)]
+        blend = np.where((labels > 0)[..., None], colored, band)
+        out[y:y + rows] = np.clip(blend, 0, 255).astype(np.uint8)
+    return out
 
 
 def _handles(classes=None, class_list=None):
@@ -101,8 +134,7 @@ def legend_figure(classes, path=None, class_list=None):
     ax.get_legend().set_bbox_to_anchor((0, 0.5))
     ax.get_legend().set_title('class colours')
     if path:
-        fig.savefig(path, dpi=100, bbox_inches='tight')
-        plt.close(fig)
+        save_figure(fig, path, bbox_inches='tight')
     return fig
 
 
@@ -131,8 +163,7 @@ def confusion_figure(mat, classes, title, path):
     plot_confusion(mat, classes, ax)
     ax.set_title(f'confusion matrix (share of each true class): {title}', fontsize=9)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=100)
-    plt.close(ax.figure)
+    save_figure(ax.figure, path)
 
 
 def plot_history(history, path=None):
@@ -156,8 +187,7 @@ def plot_history(history, path=None):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
     return fig
 
 
@@ -188,8 +218,7 @@ def plot_band(band, history=None, path=None):
     axes[0][0].legend(fontsize='small')
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
     return fig
 
 
@@ -241,8 +270,7 @@ def plot_sweep(runs, baseline=None, path=None):
     a2.legend(fontsize='x-small')
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
     return fig
 
 
@@ -342,6 +370,5 @@ def label_grid(rows, row_titles, col_titles=None, class_list=None, extra=None, c
     fig.legend(handles=handles, loc='center right', fontsize='small', frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 2.1 / fig.get_figwidth(), 1))
     if path:
-        fig.savefig(path, dpi=100, bbox_inches='tight')
-        plt.close(fig)
+        save_figure(fig, path, bbox_inches='tight')
     return fig

@@ -5,7 +5,6 @@ with its behaviour, plus what the chapter glosses over: palette PNG labels, the 
 255), uint8 storage, seeded crops and shardable samplers. Colours and classes are in ``palette``,
 strict file readers in ``images``, the download in ``download``.
 """
-import json
 import logging
 import os
 import random
@@ -14,6 +13,7 @@ import numpy as np
 from mxnet import gluon, image, nd
 
 from .errors import D2lsegError
+from .textfiles import read_json, read_lines
 from .augment import augmented_crop
 from .images import check_same_size, label_rgb, normalize_image, open_image, read_label_indices
 
@@ -53,9 +53,8 @@ def synthetic_marker(root):
     """The arguments the synthetic tree under ``root`` was made with (``make_synthetic_voc``), or None for
     any other tree."""
     try:
-        with open(os.path.join(root, MARKER)) as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
+        marker = read_json(os.path.join(root, MARKER), limit=1 << 20)
+    except D2lsegError:
         return None
     return marker if isinstance(marker, dict) else None
 
@@ -89,12 +88,7 @@ def read_split(root, is_train=True, split=None):
                               f"{os.path.join(root, VOC_SUBDIR)} instead")
         raise D2lsegError(f"{txt}: list file missing; the VOC tree under {root} is incomplete: "
                           f"download it again or re-run `d2lseg synth`")
-    try:
-        with open(txt, encoding='utf-8') as f:
-            names = [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise D2lsegError(f"{txt}: list file unreadable ({type(e).__name__}); it must be text, "
-                          f"one image name per line") from None
+    names = [line.strip() for line in read_lines(txt) if line.strip()]
     if not names:
         raise D2lsegError(f"{txt}: list file is empty; it must name the split's images, one per line")
     for lineno, name in enumerate(names, 1):  # ids name files inside the tree, never paths leading out
@@ -114,17 +108,31 @@ def _sample_paths(voc_dir, name, label_dir='SegmentationClass'):
             os.path.join(voc_dir, label_dir, f'{name}.png'))
 
 
+def split_files(voc_dir, split='val', limit=None, label_dir='SegmentationClass'):
+    """Every file reading a split reads -> [(what, path)]: its list file, and each named image and label (the
+    inputs that ``outputs.check_paths`` keeps outputs off). Nothing when there is no such split."""
+    txt = os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt')
+    if not os.path.isfile(txt):
+        return []
+    files = [('the list file', txt)]
+    for name in read_split(voc_dir, split=split)[:limit]:
+        image, label = _sample_paths(voc_dir, name, label_dir)
+        files += [('the image', image), ('the label', label)]
+    return files
+
+
 def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None, colormap2label=None, stats=None,
-               split=None, label_dir='SegmentationClass', colors=None, unknown='background'):
+               split=None, label_dir='SegmentationClass', colors=None, unknown='background', max_pixels=None):
     """Yield (name, image (H, W, 3) uint8, label indices (H, W) uint8) of a split, one at a time.
 
     split: the list file's name (default 'train' or 'val'); label_dir: the labels' folder (e.g.
-    SegmentationClassAug); ``colormap2label``, ``stats``, ``colors``, ``unknown``: ``read_label_indices``.
+    SegmentationClassAug); ``colormap2label``, ``stats``, ``colors``, ``unknown``: ``read_label_indices``;
+    max_pixels: refuse larger images before decoding them (``images.open_image``).
     """
     for name in read_split(voc_dir, is_train, split)[:limit]:
         img_path, lab_path = _sample_paths(voc_dir, name, label_dir)
-        img = open_image(img_path, 'rgb')
-        lab = read_label_indices(lab_path, ignore_boundary, colormap2label, stats, colors, unknown)
+        img = open_image(img_path, 'rgb', max_pixels)
+        lab = read_label_indices(lab_path, ignore_boundary, colormap2label, stats, colors, unknown, max_pixels)
         check_same_size(img_path, img.shape, lab_path, lab.shape)
         yield name, img, lab
 

@@ -3,6 +3,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
+from d2lseg.cli import main
 from d2lseg.config import Recipe
 from d2lseg.model import build_fcn
 
@@ -34,3 +35,17 @@ def network_pair(variant='fcn32s'):
     for net in (plain, fast):
         net(nd.zeros((1, 3, 64, 96)))  # finish the backbone's deferred initialisation
     return plain, fast
+
+
+def tiny_train_argv(data_root, out, *extra, epochs=1):
+    """`d2lseg train` flags of a tiny run: 64x96 crops, 4 images, batch 2, seed 0."""
+    return ['train', '--data-dir', data_root, '--synthetic', '--no-pretrained', '--ctx', 'cpu', '--crop', '64x96',
+            '--batch-size', '2', '--epochs', str(epochs), '--max-images', '4', '--workers', '0', '--seed', '0',
+            '--lr', '0.05', '--momentum', '0.9', '--no-progress', '--out', out, *extra]
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr lines) of ``d2lseg.cli.main(argv)``."""
+    code = main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err.strip().splitlines()

@@ -15,6 +15,7 @@ from PIL import Image
 from d2lseg import checkpoint
 from d2lseg.cli import main
 from d2lseg.model import build_fcn
+from d2lseg.outputs import MANIFEST
 from d2lseg.palette import VOC_CLASSES
 from d2lseg.voc import VOC_SUBDIR, read_split
 
@@ -213,7 +214,7 @@ def test_predict_writes_palette_pngs_overlays_a_legend_and_what_it_found(trained
         top = max(shares, key=shares.get)
         assert f'{top} {shares[top]:.1%}' in line
     assert sorted(os.listdir(pred_dir)) == sorted([f'{os.path.splitext(n)[0]}{k}.png' for n in names
-                                                   for k in ('', '_overlay')] + ['legend.png', 'found.json'])
+                                                   for k in ('', '_overlay')] + ['legend.png', 'found.json', MANIFEST])
 
 
 def test_predict_takes_folders_and_names_any_crop(trained, voc_dir, tmp_path):
@@ -230,8 +231,8 @@ def test_predict_takes_folders_and_names_any_crop(trained, voc_dir, tmp_path):
     code, stdout, stderr = run_main(['predict', str(photos), '--params', os.path.join(out, 'model.params'),
                                      '--out', str(pred), '--crop', '--no-progress'])
     assert code == 0, stderr
-    assert sorted(os.listdir(pred)) == ['a.png', 'a_overlay.png', 'b.png', 'b_overlay.png', 'c.png',
-                                        'c_overlay.png', 'legend.png']
+    assert sorted(os.listdir(pred)) == [MANIFEST, 'a.png', 'a_overlay.png', 'b.png', 'b_overlay.png', 'c.png',
+                                        'c_overlay.png', 'legend.png']  # the manifest: what predict wrote there
     notice = [line for line in stdout.splitlines() if 'cropped' in line]
     assert len(notice) == 1 and '70x100 cropped to its top-left 64x96' in notice[0]
     assert Image.open(pred / 'c.png').size == (64, 96)

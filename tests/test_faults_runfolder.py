@@ -10,24 +10,15 @@ from PIL import Image
 
 from d2lseg import runfolder
 from d2lseg.cli import main
+from d2lseg.outputs import MANIFEST
 from d2lseg.photos import output_stems
+
+from recipes import run_cli as run, tiny_train_argv as tiny
 
 pytestmark = pytest.mark.fault
 
 EXE = os.path.join(os.path.dirname(sys.executable), 'd2lseg')
 HOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'helpers', 'runfolder_holder.py')
-
-
-def tiny(data_root, out, *extra, epochs=1):
-    return ['train', '--data-dir', data_root, '--synthetic', '--no-pretrained', '--ctx', 'cpu', '--crop', '64x96',
-            '--batch-size', '2', '--epochs', str(epochs), '--max-images', '4', '--workers', '0', '--seed', '0',
-            '--lr', '0.05', '--momentum', '0.9', '--no-progress', '--out', out, *extra]
-
-
-def run(argv, capsys):
-    code = main(argv)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err.strip().splitlines()
 
 
 @pytest.fixture(scope='module')
@@ -158,7 +149,8 @@ def test_predict_gives_inputs_sharing_a_stem_distinct_outputs(done, tmp_path, ca
     out = tmp_path / 'pred'
     code, _, _ = run(['predict', *paths, '--params', os.path.join(done, 'model.params'), '--out', str(out)], capsys)
     assert code == 0
-    assert sorted(os.listdir(out)) == ['a_jpg.png', 'a_jpg_overlay.png', 'a_png.png', 'a_png_overlay.png', 'legend.png']
+    assert sorted(os.listdir(out)) == [MANIFEST, 'a_jpg.png', 'a_jpg_overlay.png', 'a_png.png', 'a_png_overlay.png',
+                                       'legend.png']
     code, _, err = run(['predict', paths[0], '--params', os.path.join(done, 'model.params'), '--out', paths[1]], capsys)
     assert code == 2 and len(err) == 1 and 'a file, not a folder' in err[0]
 
@@ -167,8 +159,11 @@ def test_evaluate_keeps_good_results_and_checks_its_output_first(done, data_root
     params = os.path.join(done, 'model.params')
     good = tmp_path / 'eval.json'
     good.write_text('{"miou": 0.5}')
+    code, _, err = run(['evaluate', '--params', params, '--data-dir', data_root, '--json', str(good), '--no-progress'],
+                       capsys)  # a file evaluate did not write: replaced only with --overwrite
+    assert code == 2 and len(err) == 1 and 'exists and was not written by d2lseg evaluate' in err[0], err
     code, _, err = run(['evaluate', '--params', params, '--data-dir', data_root, '--chapter-protocol', '--crop',
-                        '3200x3200', '--json', str(good), '--no-progress'], capsys)
+                        '3200x3200', '--json', str(good), '--no-progress', '--overwrite'], capsys)
     assert code == 2 and len(err) == 1 and 'nothing was evaluated' in err[0] and 'published protocol' in err[0]
     assert good.read_text() == '{"miou": 0.5}'
     for argv, says in ((['--chapter-protocol', '--crop', '50x50'], '--crop 50x50: both sides must be positive multiples of 32'),

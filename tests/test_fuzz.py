@@ -203,4 +203,4 @@ def test_list_naming_a_folder_or_a_path_outside(base):
         with open(os.path.join(tree, 'ImageSets', 'Segmentation', 'train.txt'), 'w') as f:
             f.write('adir\n')
     ds, msg = only_user_errors(base, damage)
-    assert ds is None and 'adir.jpg: file missing' in msg
+    assert ds is None and 'adir.jpg: a folder, not a regular file' in msg

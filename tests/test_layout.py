@@ -104,6 +104,8 @@ def test_install_requires_is_what_the_package_imports():
                 imported.add(node.module.split('.')[0])
     third_party = imported - set(sys.stdlib_module_names) - {'d2lseg'}
     # mxnet comes from the cpu / cu112 extra; matplotlib_inline with Jupyter (viz uses it only there)
-    distribution = {'cv2': 'opencv-python', 'PIL': 'Pillow', 'mxnet': None, 'matplotlib_inline': None}
+    # onnx and onnxruntime come from the onnx extra (d2lseg export, inference without MXNet)
+    distribution = {'cv2': 'opencv-python', 'PIL': 'Pillow', 'mxnet': None, 'matplotlib_inline': None, 'onnx': None,
+                    'onnxruntime': None}
     needed = {distribution.get(m, m) for m in third_party} - {None}
     assert needed == names, (sorted(needed), sorted(names))

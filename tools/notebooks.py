@@ -8,7 +8,12 @@ that fails is left as it was, and the command names it and its failing cell (exi
 
 ``book`` renders the stored notebooks, without executing anything, into a static site: one page per
 notebook with its figures and formulas embedded (formulas typeset by matplotlib's mathtext, so the
-pages need no network), and ``index.html``, the contents in the chapter's order.
+pages need no network), and ``index.html``, the contents in the chapter's order. What a notebook's text
+and outputs put into a page is sanitised (an allow-list of markdown's HTML: no script, event handler or
+javascript: URL runs in the reader's browser), and notebook names given to ``run`` are checked before use.
+
+About 440 lines: running the notebooks and rendering them (with the sanitiser) share how notebooks are
+found, named and checked for stale outputs.
 """
 import argparse
 import copy
@@ -21,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, 'notebooks')
@@ -37,9 +43,25 @@ class UnknownNotebook(ToolError):
     exit_code = 2
 
 
+NOTEBOOK_NAME = re.compile(r'\d\d(_[A-Za-z0-9_]+)?(\.ipynb)?$', re.ASCII)
+
+
+def notebook_names(args):
+    """The notebook names given on the command line (``make notebooks NB="04 05"`` passes them as one
+    argument: split at spaces and commas), each checked to be a notebook's number or file name -- nothing
+    else (a path, a shell command) is ever taken; UnknownNotebook (exit 2) otherwise."""
+    names = [n for arg in args for n in re.split(r'[\s,]+', arg) if n]
+    bad = [n for n in names if not NOTEBOOK_NAME.match(n)]
+    if bad:
+        raise UnknownNotebook(f'notebooks: {bad[0][:60]!r} is not a notebook name: give its number (04) or file '
+                              'name (04_training), e.g. make notebooks NB=04')
+    return names
+
+
 def notebook_paths(names=(), notebook_dir=NOTEBOOK_DIR):
     """The notebooks in order; ``names`` picks some, each by file name (with or without .ipynb) or number."""
     paths = sorted(glob.glob(os.path.join(notebook_dir, '[0-9][0-9]_*.ipynb')))
+    names = notebook_names(names)
     if not names:
         return paths
     chosen, missing = [], []
@@ -193,12 +215,131 @@ def _math_svg(tex):
             f'vertical-align:middle" src="data:image/svg+xml;base64,{data}">')
 
 
+def _math(tex):
+    """``_math_svg``, or the TeX as code when matplotlib's mathtext cannot typeset it (malformed TeX)."""
+    try:
+        return _math_svg(tex)
+    except Exception:  # mathtext raises ValueError, and others, for what it cannot parse
+        return f'<code class="math-error">{html.escape(tex)}</code>'
+
+
 def typeset_math(markdown):
     """Markdown with every $...$ and $$...$$ outside code replaced by its typeset <img>."""
     parts = CODE.split(markdown)
     for i in range(0, len(parts), 2):  # even parts lie outside code
-        parts[i] = MATH.sub(lambda m: _math_svg((m.group(1) or m.group(2)).strip()), parts[i])
+        parts[i] = MATH.sub(lambda m: _math((m.group(1) or m.group(2)).strip()), parts[i])
     return ''.join(parts)
+
+
+# What the notebooks' text may put into a page (an allow-list): markdown's own tags and attributes, links to
+# the web, mail or this site, images embedded as data. Everything else a notebook's markdown or HTML output
+# holds is dropped (script and style with their content; event handlers, javascript: URLs, other tags).
+ALLOWED_TAGS = {'p', 'br', 'hr', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'em', 'strong', 'b', 'i', 'u', 'code', 'pre',
+                'blockquote', 'ul', 'ol', 'li', 'a', 'img', 'table', 'thead', 'tbody', 'tr', 'th', 'td', 'span',
+                'div', 'sup', 'sub', 'del', 's', 'dl', 'dt', 'dd', 'kbd', 'details', 'summary'}
+DROPPED_WITH_CONTENT = {'script', 'style', 'iframe', 'object', 'embed', 'template', 'noscript', 'textarea',
+                        'title', 'svg', 'math', 'xmp', 'noembed', 'noframes', 'plaintext', 'select', 'frameset'}
+ALLOWED_ATTRIBUTES = {'*': {'id', 'class', 'title'}, 'a': {'href'}, 'img': {'src', 'alt', 'width', 'height', 'style'},
+                      'th': {'style', 'align'}, 'td': {'style', 'align'}, 'ol': {'start'}}
+ALLOWED_STYLE = re.compile(r'(height:[\d.]+em;vertical-align:middle|text-align:\s*(left|right|center);?)$')
+VOID_TAGS = {'br', 'hr', 'img'}
+IMAGE_DATA = re.compile(r'data:image/(png|jpeg|gif|webp|svg\+xml)[;,]')
+
+
+def safe_url(url, image=False):
+    """Whether a link (or, ``image``, an image source) may stay: no scheme (a page or anchor of this site),
+    http(s), mailto; images also data:image/... Browsers ignore tabs, newlines and control characters in
+    URLs (``java\tscript:`` is ``javascript:``), so they are ignored here too."""
+    flat = re.sub(r'[\x00-\x20\x7f]', '', url).lower()
+    scheme = re.match(r'([a-z][a-z0-9+.-]*):', flat)
+    if scheme is None:
+        return ':' not in flat.split('/')[0]
+    return scheme.group(1) in ('http', 'https', 'mailto') or bool(image and IMAGE_DATA.match(flat))
+
+
+class _Sanitizer(HTMLParser):
+    """Rebuilds HTML from what it parsed, keeping only the allow-list; text is escaped again."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out, self.open, self.dropping = [], [], 0
+
+    def _attrs(self, tag, attrs):
+        kept = []
+        for name, value in attrs:
+            value = value or ''
+            if name not in ALLOWED_ATTRIBUTES['*'] | ALLOWED_ATTRIBUTES.get(tag, set()):
+                continue
+            if (name in ('href', 'src') and not safe_url(value, image=name == 'src')) or \
+                    (name == 'style' and not ALLOWED_STYLE.match(value.replace(' ', ''))):
+                continue
+            kept.append(f' {name}="{html.escape(value, quote=True)}"')
+        return ''.join(kept)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in DROPPED_WITH_CONTENT and tag not in VOID_TAGS:
+            self.dropping += 1
+        elif not self.dropping and tag in ALLOWED_TAGS:
+            self.out.append(f'<{tag}{self._attrs(tag, attrs)}>')
+            if tag not in VOID_TAGS:
+                self.open.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        if not self.dropping and tag in ALLOWED_TAGS:
+            self.out.append(f'<{tag}{self._attrs(tag, attrs)}>' + ('' if tag in VOID_TAGS else f'</{tag}>'))
+
+    def handle_endtag(self, tag):
+        if tag in DROPPED_WITH_CONTENT:
+            self.dropping = max(0, self.dropping - 1)
+        elif not self.dropping and tag in self.open:
+            while self.open:
+                last = self.open.pop()
+                self.out.append(f'</{last}>')
+                if last == tag:
+                    break
+
+    def handle_data(self, data):
+        if not self.dropping:
+            self.out.append(html.escape(data, quote=False))
+
+    def result(self):
+        self.close()
+        return ''.join(self.out) + ''.join(f'</{t}>' for t in reversed(self.open))
+
+
+def sanitize_html(text):
+    """``text`` (HTML) with only the allow-list kept: no script, no event handler, no javascript: URL."""
+    parser = _Sanitizer()
+    parser.feed(text)
+    return parser.result()
+
+
+def _exporter():
+    """nbconvert's HTMLExporter (lab template) whose markdown is sanitised after rendering: raw HTML in a
+    notebook's text cannot run in the reader's browser."""
+    from jinja2 import pass_context
+    from nbconvert import HTMLExporter
+
+    class BookExporter(HTMLExporter):
+        @pass_context
+        def markdown2html(self, context, source):
+            return sanitize_html(HTMLExporter.markdown2html(self, context, source))
+    return BookExporter(template_name='lab')
+
+
+KEPT_OUTPUTS = ('text/plain', 'image/png', 'image/jpeg', 'image/gif', 'image/svg+xml', 'text/html', 'text/markdown')
+
+
+def _safe_outputs(nb):
+    """The outputs' data limited to ``KEPT_OUTPUTS`` (no JavaScript, no widgets), their HTML sanitised."""
+    for cell in nb.cells:
+        for output in cell.get('outputs', []):
+            data = output.get('data')
+            if data:
+                for key in [k for k in data if k not in KEPT_OUTPUTS]:
+                    del data[key]
+                if 'text/html' in data:
+                    data['text/html'] = sanitize_html(''.join(data['text/html']))
 
 
 def _page(exporter, nb, prev_, next_):
@@ -206,6 +347,7 @@ def _page(exporter, nb, prev_, next_):
     for cell in nb.cells:
         if cell.cell_type == 'markdown':
             cell.source = typeset_math(cell.source)
+    _safe_outputs(nb)
     body, _ = exporter.from_notebook_node(nb)
     body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb', r'href="\1.html', body)  # links between notebooks
     nav = PAGE_NAV.format(prev=f' · <a href="{prev_}">previous</a>' if prev_ else '',
@@ -232,32 +374,52 @@ its last full run ({html.escape(total)} for all of them, with <code>make noteboo
 '''
 
 
+def _writable(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, 'Permission denied')
+    except OSError as e:
+        raise ToolError(f'book: --out {out}: cannot write there ({e.strerror}); choose another --out') from None
+
+
+def _write(path, text):
+    """Write a page whole (a temporary beside it, renamed)."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ToolError(f'book: {path}: writing failed ({e.strerror})') from None
+    finally:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+
+
 def book(out, notebook_dir=NOTEBOOK_DIR):
     """Render the notebooks under ``notebook_dir`` into ``out``; returns the pages' paths, index first."""
     import nbformat
-    from nbconvert import HTMLExporter
-    exporter = HTMLExporter(template_name='lab')
+    exporter = _exporter()
     paths = notebook_paths(notebook_dir=notebook_dir)
     stale = {os.path.basename(p): stale_cells(nbformat.read(p, as_version=4)) for p in paths}
     stale = {k: v for k, v in stale.items() if v}
     if stale:
         raise ToolError('book: these notebooks have cells without outputs from their current source: '
                          + ', '.join(stale) + '; run `make notebooks` first')
-    os.makedirs(out, exist_ok=True)
+    _writable(out)
     pages = [os.path.splitext(os.path.basename(p))[0] + '.html' for p in paths]
     entries, total = [], 0.0
     for i, path in enumerate(paths):
         nb = nbformat.read(path, as_version=4)
         page = _page(exporter, nb, pages[i - 1] if i else None, pages[i + 1] if i + 1 < len(pages) else None)
-        with open(os.path.join(out, pages[i]), 'w', encoding='utf-8') as f:
-            f.write(page)
+        _write(os.path.join(out, pages[i]), page)
         executed = nb.metadata.get('d2lseg', {}).get('executed', {})
         ran = (f"ran in {_minutes(executed['seconds'])} on a {executed['machine']}, {executed['date']}"
                if executed else '')
         entries.append((pages[i], _title(nb), _intro(nb), ran))
         total += executed.get('seconds', 0)
-    with open(os.path.join(out, 'index.html'), 'w', encoding='utf-8') as f:
-        f.write(_index(entries, _minutes(total)))
+    _write(os.path.join(out, 'index.html'), _index(entries, _minutes(total)))
     print(f'book: {len(pages)} pages and index.html under {os.path.relpath(out)}')
     return [os.path.join(out, p) for p in ['index.html'] + pages]
 

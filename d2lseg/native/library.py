@@ -24,7 +24,8 @@ import warnings
 import mxnet as mx
 
 from .. import startup
-from ..errors import first_line
+from ..errors import D2lsegError, first_line
+from ..textfiles import read_text, sha256_of
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'kernels.cc')
 _state = {}
@@ -54,22 +55,13 @@ def library_path():
     return os.path.join(cache_dir(), f'kernels-{h.hexdigest()[:16]}.so')
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verified(path):
     """True when ``path`` is a regular file (not a link) whose SHA-256 is the digest its build wrote."""
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
-        with open(path + '.sha256') as f:
-            return f.read().strip() == _sha256(path)
-    except (OSError, UnicodeDecodeError):
+        return read_text(path + '.sha256', limit=1024).strip() == sha256_of(path)  # bounded: a FIFO there never hangs
+    except (OSError, D2lsegError):
         return False
 
 
@@ -110,7 +102,7 @@ def build(path=None):
             if proc.returncode != 0:
                 errors = [line for line in proc.stderr.splitlines() if 'error' in line] or ['unknown error']
                 raise RuntimeError(f'compiling {SOURCE} failed: {errors[0].strip()}')
-            digest = _sha256(tmp)
+            digest = sha256_of(tmp)
             os.replace(tmp, path)  # replaces a planted or broken file (a link is replaced, not followed)
             _write_private(path + '.sha256', digest + '\n')
         finally:
