@@ -3,7 +3,8 @@
 ``import d2lseg as d2l`` exposes every name the chapter's code uses. Importing the package first sets
 what MXNet reads once, when it loads or runs its first operator (``startup``): ``OMP_NUM_THREADS``
 (MXNet otherwise uses one thread per two cores on CPU) and, on CPUs with Intel AMX, oneDNN's AMX
-kernels for INT8 and bfloat16 (``D2LSEG_AMX=0`` turns that off).
+kernels for INT8 and bfloat16 (``D2LSEG_AMX=0`` turns that off). Before that, ``compat`` gives numpy back
+the names MXNet 1.9.1 uses that numpy 1.24 and 2.0 removed (Python 3.12 and 3.13: docs/pythons.md).
 """
 from . import compat, startup
 
