@@ -85,6 +85,16 @@ def test_a_venv_of_another_python_or_half_made_is_rebuilt(tmp_path, bin_dir):
     assert plan(tmp_path, venv, py311, path=bin_dir)[1].endswith('action=rebuild')
 
 
+def test_a_folder_that_is_no_venv_is_never_removed(tmp_path):
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'notes.txt').write_text('mine')
+    out = subprocess.run(['bash', VENV_SH, str(folder), sys.executable, 'cpu'], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and 'is no virtual environment' in out.stderr and out.stderr.count('\n') == 1
+    assert (folder / 'notes.txt').read_text() == 'mine'
+
+
 def test_make_clean_never_removes_runs_or_data():
     out = subprocess.run(['make', '-n', 'clean'], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == 'rm -rf .venv build'

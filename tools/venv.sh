@@ -68,7 +68,10 @@ if [ -n "$PLAN" ]; then
 fi
 case $action in
     keep) exit 0 ;;
-    rebuild) say "$why"; rm -rf "$VENV" ;;
+    rebuild)  # only ever a virtual environment (or an empty folder): never a folder of the user's
+        [ -f "$VENV/pyvenv.cfg" ] || [ -z "$(ls -A "$VENV" 2>/dev/null)" ] || \
+            fail "$VENV exists and is no virtual environment (no pyvenv.cfg); move it or choose another VENV="
+        say "$why"; rm -rf "$VENV" ;;
     install) say "$why" ;;
 esac
 
