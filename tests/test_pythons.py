@@ -96,7 +96,9 @@ def test_a_folder_that_is_no_venv_is_never_removed(tmp_path):
 
 
 def test_make_clean_never_removes_runs_or_data():
-    out = subprocess.run(['make', '-n', 'clean'], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS')}  # under make test
+    out = subprocess.run(['make', '--no-print-directory', '-n', 'clean'], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env=env).stdout
     assert out.strip() == 'rm -rf .venv build'
 
 
