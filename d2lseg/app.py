@@ -7,19 +7,20 @@ import contextlib
 import os
 import sys
 
-from . import checkpoint
+from . import checkpoint, outputs
 from .callbacks import (BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final,
                         save_model_info)
 from .config import resolve_ctx
 from .download import download_voc_pascal
 from .engine import fit, prepare, resume_recipe
 from .environment import environment, summary
+from .constants import CHAPTER_CROP, check_sides, crop_text
 from .errors import D2lsegError
 from .images import MAX_PIXELS
 from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
-from .model import OUTPUT_STRIDE, build_fcn, load_params
+from .model import build_fcn, load_params
 from .classes import ClassList, model_classes, model_inputs
 from .progress import bar
 from .reference import PUBLISHED_NAMES, compare_baseline, compare_published, fcn_paper_table
@@ -134,8 +135,8 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
         raise D2lsegError("--scales/--flip: whole-image evaluation only; drop --chapter-protocol")
     if not scales or not all(0.1 <= s <= 4 for s in scales):
         raise D2lsegError(f"--scales {','.join(map(str, scales))}: scale factors between 0.1 and 4, e.g. 0.75,1,1.25")
-    if protocol == 'chapter' and (h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE):
-        raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE}, e.g. 320x480")
+    if protocol == 'chapter':
+        check_sides(h, w, f"--crop {h}x{w}:", f", e.g. {crop_text()}")
     writable_file(out, '--json')
     outs = [Output.of('--json', out)]
     if plot:
@@ -151,8 +152,8 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
     return outs
 
 
-def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', crop=(320, 480), max_images=None,
-                   progress=True, extra=None, plot=None, tile=(320, 480), scales=(1.0,), flip=False, split='val',
+def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', crop=CHAPTER_CROP, max_images=None,
+                   progress=True, extra=None, plot=None, tile=CHAPTER_CROP, scales=(1.0,), flip=False, split='val',
                    label_dir='SegmentationClass', unknown='error', params=None, overwrite=False, max_pixels=MAX_PIXELS):
     """Metrics of ``net`` on the validation split of ``data_dir`` under ``protocol`` (``PROTOCOLS``):
     printed as a table and written to ``out`` (JSON: the protocol, the metrics, per-class IoU, the
@@ -205,7 +206,7 @@ def _write_evaluation(record, outs, out, plot, cm, classes, title):
     for o in outs:
         claim(os.path.dirname(os.path.abspath(o.path)), [os.path.basename(o.path)], 'evaluate')
     try:
-        checkpoint.atomic_write_json(out, record)
+        outputs.atomic_write_json(out, record)
     except D2lsegError as e:
         raise D2lsegError(f"--json {e}; the metrics are printed above") from None
     print(f'wrote {out}')

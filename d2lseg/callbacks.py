@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 
-from . import checkpoint
+from . import checkpoint, outputs
 from .errors import D2lsegError
 from .textfiles import FileMissing, read_json
 
@@ -33,7 +33,7 @@ class Checkpointer:
             return
         meta = {'recipe': state.recipe.to_dict(), 'seed': state.recipe.seed, 'history': state.history}
         checkpoint.save(self.out_dir, state.epoch, state.net, state.trainer, meta)
-        checkpoint.atomic_write_json(os.path.join(self.out_dir, 'history.json'), state.history)
+        outputs.atomic_write_json(os.path.join(self.out_dir, 'history.json'), state.history)
 
 
 class BestParams:
@@ -49,7 +49,7 @@ class BestParams:
             return
         state.history['best'] = {'epoch': state.epoch, 'val_miou': state.record['val_miou'], 'params': 'best.params'}
         if state.is_chief:
-            checkpoint.atomic_write(os.path.join(self.out_dir, 'best.params'), state.net.save_parameters)
+            outputs.atomic_write(os.path.join(self.out_dir, 'best.params'), state.net.save_parameters)
 
 
 class BatchLogger:
@@ -130,7 +130,7 @@ MODEL_INFO = 'model.json'  # beside model.params: what evaluate and predict need
 
 def save_model_info(out_dir, recipe, classes):
     """Write ``model.json``: the variant and classes (names, colours) of the run's parameter files."""
-    checkpoint.atomic_write_json(os.path.join(out_dir, MODEL_INFO), {
+    outputs.atomic_write_json(os.path.join(out_dir, MODEL_INFO), {
         'variant': recipe.variant, 'num_classes': len(classes), 'classes': classes.to_dict(),
         'synthetic': recipe.synthetic, 'pretrained': recipe.pretrained})
 
@@ -138,8 +138,8 @@ def save_model_info(out_dir, recipe, classes):
 def save_final(out_dir, net, history):
     """Write ``model.params`` (parameters alone) and the final ``history.json``."""
     os.makedirs(out_dir, exist_ok=True)
-    checkpoint.atomic_write(os.path.join(out_dir, 'model.params'), net.save_parameters)
-    checkpoint.atomic_write_json(os.path.join(out_dir, 'history.json'), history)
+    outputs.atomic_write(os.path.join(out_dir, 'model.params'), net.save_parameters)
+    outputs.atomic_write_json(os.path.join(out_dir, 'history.json'), history)
 
 
 def load_history(path):

@@ -5,51 +5,21 @@ checkpoint holds can run code when read: the optimizer state is an MXNet NDArray
 buffers and update counters, ``save_optimizer``), not ``Trainer.save_states``' Python pickle, and
 pickled ``.states`` files of older versions are refused, never unpickled.
 """
-import json
 import os
 import re
 
 import numpy as np
 from mxnet import nd
-from mxnet.base import MXNetError
 
 from .errors import D2lsegError, first_line
-from .outputs import claim, clean_temporaries, owners, remove_owned, write_atomically
+from . import outputs
+from .outputs import claim, clean_temporaries, owners, remove_owned
 from .textfiles import read_json
 from .model import load_params
 
 POINTER = 'checkpoint.json'
 OPTIMIZER_SUFFIX = '.optimizer'  # ckpt-epochNNNN.optimizer: an NDArray file written by save_optimizer
 _STATE_KEY = re.compile(r'state:(\d+):(\d+)$')
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see old or new, never half
-    (``outputs.write_atomically``); a failure is a one-line D2lsegError naming ``path``."""
-    try:
-        write_atomically(path, write)
-    except (OSError, MXNetError) as e:  # e.g. a full disk (MXNet's writers raise MXNetError)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        raise D2lsegError(f"{path}: writing failed ({reason}); free disk space (a full disk?) or make the place "
-                          "writable and run again: what was there before is kept") from None
-
-
-def plain_number(o):
-    """json's ``default`` for numpy values: numpy scalars as plain Python numbers, arrays as lists. Under
-    numpy 2 (NEP 50) float32 arithmetic stays float32, which json cannot write, and numpy 2 scalars print
-    as ``np.float32(...)``: every JSON file d2lseg writes holds plain numbers on every numpy."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f'Object of type {type(o).__name__} is not JSON serializable')
-
-
-def atomic_write_json(path, obj):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1, default=plain_number)
-    atomic_write(path, write)
 
 
 def save(out_dir, epoch, net, trainer, meta, keep=2):
@@ -59,9 +29,9 @@ def save(out_dir, epoch, net, trainer, meta, keep=2):
     params = f'ckpt-epoch{epoch:04d}.params'
     states = f'ckpt-epoch{epoch:04d}{OPTIMIZER_SUFFIX}'
     claim(out_dir, [params, states, POINTER], 'train')  # recorded first: a killed write leaves nothing unknown
-    atomic_write(os.path.join(out_dir, params), net.save_parameters)
-    atomic_write(os.path.join(out_dir, states), lambda path: save_optimizer(trainer, path))
-    atomic_write_json(os.path.join(out_dir, POINTER), dict(meta, epoch=epoch, params=params, states=states))
+    outputs.atomic_write(os.path.join(out_dir, params), net.save_parameters)
+    outputs.atomic_write(os.path.join(out_dir, states), lambda path: save_optimizer(trainer, path))
+    outputs.atomic_write_json(os.path.join(out_dir, POINTER), dict(meta, epoch=epoch, params=params, states=states))
     stale = [name for name, kind in owners(out_dir).items() if kind == 'train' and any(
         p.match(name) for p in _CKPT_NAME.values()) and int(name[10:].split('.')[0]) <= epoch - keep]
     remove_owned(out_dir, stale, ('train',))

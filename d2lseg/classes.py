@@ -19,9 +19,9 @@ from typing import Tuple
 
 import numpy as np
 
-from . import checkpoint
+from . import outputs
+from .constants import VARIANTS
 from .errors import D2lsegError
-from .model import VARIANTS
 from .textfiles import FileMissing, read_json, read_lines
 from .palette import VOC_CLASSES, VOC_COLORMAP, VOID_COLOR, voc_palette
 
@@ -267,6 +267,6 @@ def class_weights(recipe, dataset, voc_dir, colors):
         weights = check_weights(median_frequency_weights(dataset.labels, recipe.num_classes).tolist(),
                                 recipe.num_classes, f'--class-weights auto over {voc_dir}').tolist()
         with contextlib.suppress(D2lsegError):  # a read-only data folder: computed again next time
-            checkpoint.atomic_write_json(cache, dict(stored, **{key: weights}))
+            outputs.atomic_write_json(cache, dict(stored, **{key: weights}))
     print('class weights (median frequency, ' + cache + '): ' + ', '.join(f'{w:.3g}' for w in weights), flush=True)
     return np.asarray(weights, dtype=np.float64)

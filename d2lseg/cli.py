@@ -12,20 +12,20 @@ import typing
 from . import app, doctor, export, onnxrun, photos
 from .classes import ClassList
 from .config import Recipe, help_text, recipe_field, recipe_fields, resolve_ctx
+from .constants import CHAPTER_CROP, DATA_DIR, SYNTHETIC_DIR, crop_text
 from .errors import D2lsegError
 from .images import MAX_PIXELS, allow_pixels
 from .launcher import launch
 from .quantization import DTYPES, to_bfloat16
 from .synthetic import make_synthetic_voc, tree_digest
 from .version import __version__
-from .voc import DATA_DIR, SYNTHETIC_DIR
 
 
 def _crop(text):
     try:
         h, w = (int(v) for v in text.lower().split('x'))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 320x480") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. {crop_text()}") from None
     return h, w
 
 
@@ -272,8 +272,8 @@ def _evaluate_parser(sub):
     p.add_argument('--chapter-protocol', action='store_true',
                    help="the chapter's evaluation: top-left --crop crops, smaller images skipped, the void border "
                         "as background (default: the published protocol, whole images with the void ignored)")
-    p.add_argument('--crop', type=_crop, default=(320, 480),
-                   help="with --chapter-protocol: the crop, HEIGHTxWIDTH (default 320x480, the chapter's)")
+    p.add_argument('--crop', type=_crop, default=CHAPTER_CROP,
+                   help=f"with --chapter-protocol: the crop, HEIGHTxWIDTH (default {crop_text()}, the chapter's)")
     p.add_argument('--max-images', type=_positive_int, help='only the first N validation images (default: all)')
     p.add_argument('--json', help='where to write the metrics (default: eval-PROTOCOL.json beside --params)')
     p.add_argument('--plot', metavar='FILE', help='also draw the confusion matrix into FILE (PNG; default: none)')

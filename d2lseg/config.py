@@ -1,21 +1,18 @@
 """A training run's configuration, written once: the ``Recipe`` fields, their help text and CLI metadata.
 
 Everything else derives from the fields: ``d2lseg train``'s flags (``cli``), the chapter's recipe
-and the keys compared between histories (``reference``), the README's flag table (tested). Also the
-one home of the device rule: ``resolve_ctx``.
+and the keys compared between histories (``reference``), the README's flag table (tested). Imports no
+MXNet: the device rule (``parse_ctx``, ``resolve_ctx``, re-exported here) lives in ``device``.
 """
 import dataclasses
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-import mxnet as mx
-
+from .constants import CHAPTER_CROP, DATA_DIR, SYNTHETIC_DIR, VARIANTS, check_sides, crop_text
+from .device import parse_ctx, resolve_ctx  # noqa: F401 (the device rule, where callers have found it)
 from .errors import D2lsegError
-from .model import OUTPUT_STRIDE, VARIANTS
-from .voc import DATA_DIR, SYNTHETIC_DIR
 
 MAX_WORKERS = 64
 KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync')
@@ -37,7 +34,7 @@ class Recipe:
     data_dir: Optional[str] = _f(None, f'folder holding VOCdevkit/VOC2012 (default {DATA_DIR}, or {SYNTHETIC_DIR} with '
                                  '--synthetic)')
     synthetic: bool = _f(False, 'use (making it when missing) the synthetic set under --data-dir', result=True)
-    crop: Tuple[int, int] = _f((320, 480), 'HEIGHTxWIDTH, multiples of 32 (default 320x480)', result=True)
+    crop: Tuple[int, int] = _f(CHAPTER_CROP, f'HEIGHTxWIDTH, multiples of 32 (default {crop_text()})', result=True)
     batch_size: int = _f(32, 'images per step, over all contexts (default %(default)s)', result=True, positive=True,
                          aliases=('-b',))
     epochs: int = _f(5, 'passes over the training split (default %(default)s); with --resume, only a larger value '
@@ -93,9 +90,7 @@ class Recipe:
     def validate(self):
         """Raise D2lsegError naming the flag for any value the run cannot use."""
         h, w = self.crop
-        if h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE:
-            raise D2lsegError(f"--crop {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE} "
-                              f"(the network's output stride), e.g. 320x480")
+        check_sides(h, w, f"--crop {h}x{w}:", f" (the network's output stride), e.g. {crop_text()}")
         for name in ('batch_size', 'epochs', 'workers'):
             v = getattr(self, name)
             if v < (0 if name == 'workers' else 1):
@@ -220,43 +215,3 @@ def _type_name(hint):
     if typing.get_origin(hint) is tuple:
         return f'a list of {len(typing.get_args(hint))} integers'
     return _TYPE_NAMES.get(hint, hint.__name__)
-
-
-def parse_ctx(spec):
-    """'cpu' -> [cpu(0)], 'cpu:2' -> [cpu(0), cpu(1)], 'gpu:0,1' -> [gpu(0), gpu(1)], 'gpu' -> all GPUs.
-
-    One-line D2lsegError for anything else, and for more CPU contexts than this process has CPUs
-    (each context holds a copy of the network and its batch shard)."""
-    spec = (spec or 'cpu').strip().lower()
-    kind, _, rest = spec.partition(':')
-    try:
-        numbers = [int(i) for i in rest.split(',')] if rest else []
-    except ValueError:
-        raise D2lsegError(f"--ctx {spec}: expected cpu, cpu:N, gpu or gpu:0,1 (N, 0, 1: whole numbers)") from None
-    if kind == 'cpu':
-        if len(numbers) > 1:
-            raise D2lsegError(f"--ctx {spec}: expected cpu or cpu:N (N contexts)")
-        n = numbers[0] if numbers else 1
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-        if not 1 <= n <= cpus:
-            raise D2lsegError(f"--ctx {spec}: the CPU context count must be between 1 and the {cpus} CPUs this "
-                              "process may use")
-        return [mx.cpu(i) for i in range(n)]
-    if kind == 'gpu':
-        have = mx.context.num_gpus()
-        ids = numbers or list(range(have))
-        if not ids or max(ids) >= have or min(ids) < 0:
-            raise D2lsegError(f"--ctx {spec}: this machine has {have} GPU(s) visible to MXNet; "
-                              f"use --ctx cpu, or install the GPU build (pip install .[cu112])")
-        return [mx.gpu(i) for i in ids]
-    raise D2lsegError(f"--ctx {spec}: expected cpu, cpu:N or gpu:0,1")
-
-
-def resolve_ctx(spec):
-    """The contexts of a ``--ctx`` value -> (spec as resolved, contexts, note or None). 'auto' (the
-    default) is every GPU, else the CPU, with a note saying so; a requested GPU that is missing is an error."""
-    if (spec or 'auto') == 'auto':
-        spec = 'gpu' if mx.context.num_gpus() else 'cpu'
-        note = None if spec == 'gpu' else 'no GPU visible to MXNet: training on cpu'
-        return spec, parse_ctx(spec), note
-    return spec, parse_ctx(spec), None

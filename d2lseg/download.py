@@ -10,7 +10,8 @@ import urllib.request
 from .errors import D2lsegError, first_line
 from .progress import bar
 from .runfolder import writable_folder
-from .voc import SYNTHETIC_DIR, VOC_SUBDIR, has_voc, require_real_voc
+from .constants import SYNTHETIC_DIR
+from .voc import VOC_SUBDIR, has_voc, require_real_voc
 
 VOC_URLS = (  # the official host first, then a long-standing mirror of the same file
     'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar',

@@ -21,9 +21,10 @@ import numpy as np
 
 from . import native
 from .classes import model_classes, model_inputs
+from .constants import OUTPUT_STRIDE
 from .errors import D2lsegError, first_line
 from .images import RGB_MEAN, RGB_STD
-from .model import OUTPUT_STRIDE, build_fcn
+from .model import build_fcn
 from .onnxrun import FORMAT, PREFIX, TILE, metadata_digest
 from .outputs import Output, check_paths, claim, refuse_foreign, write_atomically
 from .runfolder import writable_file

@@ -13,8 +13,9 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 from . import native
+from .constants import CHAPTER_CROP, check_sides
 from .errors import D2lsegError
-from .model import OUTPUT_STRIDE, SegmentationNet
+from .model import SegmentationNet
 from .images import normalize_image
 from .palette import VOC_COLORMAP
 
@@ -75,9 +76,7 @@ def predict(net, img, ctx=None):
     img: (H, W, 3) uint8 (H, W multiples of 32) -> (H, W) float32 NDArray. Source: D2L 10.10.6.
     """
     h, w = img.shape[:2]
-    if h % OUTPUT_STRIDE or w % OUTPUT_STRIDE or not h or not w:
-        raise D2lsegError(f"predict: a {h}x{w} image; both sides must be multiples of {OUTPUT_STRIDE} (crop it, "
-                          "as the chapter does, or use predict_full for any size)")
+    check_sides(h, w, f"predict: a {h}x{w} image;", " (crop it, as the chapter does, or use predict_full for any size)")
     pred = predict_batch(net, _to_batch(img, _ctx0(ctx)))
     return pred.reshape((pred.shape[1], pred.shape[2]))
 
@@ -106,7 +105,7 @@ def tile_starts(length, tile):
     return sorted({int(round(i * (length - tile) / (n - 1))) for i in range(n)})
 
 
-def logit_bands(net, img, tile=(320, 480), ctx=None, batch_size=4):
+def logit_bands(net, img, tile=CHAPTER_CROP, ctx=None, batch_size=4):
     """Averaged logits over overlapping tiles, streamed top to bottom: yields (y0, y1, (C, y1 - y0, W)
     float32 numpy) for consecutive row bands of an (H, W, 3) uint8 image, each final once yielded.
 
@@ -116,8 +115,7 @@ def logit_bands(net, img, tile=(320, 480), ctx=None, batch_size=4):
     batch. Images smaller than a tile are padded with zeros in normalised space (the mean colour).
     """
     th, tw = tile
-    if th % OUTPUT_STRIDE or tw % OUTPUT_STRIDE or th <= 0 or tw <= 0:
-        raise D2lsegError(f"tile {th}x{tw}: sides must be positive multiples of {OUTPUT_STRIDE}")
+    check_sides(th, tw, f"tile {th}x{tw}:")
     ctx = _ctx0(ctx)
     H, W = img.shape[:2]
     ph, pw = max(H, th), max(W, tw)
@@ -159,13 +157,13 @@ def _drop_rows(acc, cnt, n):
     cnt[rest:] = 0
 
 
-def predict_logits_full(net, img, tile=(320, 480), ctx=None, batch_size=4):
+def predict_logits_full(net, img, tile=CHAPTER_CROP, ctx=None, batch_size=4):
     """Averaged logits over overlapping tiles: (H, W, 3) uint8 image -> (C, H, W) float32 numpy (the
     whole array: C x 4 bytes per pixel; ``predict_full`` streams instead)."""
     return np.concatenate([band for _, _, band in logit_bands(net, img, tile, ctx, batch_size)], axis=1)
 
 
-def predict_full(net, img, tile=(320, 480), ctx=None, batch_size=4, dtype=np.int64):
+def predict_full(net, img, tile=CHAPTER_CROP, ctx=None, batch_size=4, dtype=np.int64):
     """Class indices of a whole image of any size by tiled logit averaging: -> (H, W) numpy of ``dtype``
     (uint8 holds up to 256 classes in an eighth of int64's memory).
 
@@ -250,7 +248,7 @@ def _summed(streams):
         y += n
 
 
-def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(320, 480), ctx=None, dtype=np.int64):
+def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=CHAPTER_CROP, ctx=None, dtype=np.int64):
     """Class indices of a whole image from its class scores averaged over ``scales`` (the image resized
     bilinearly, each scale's scores resized back) and, with ``flip``, over its mirror image too:
     (H, W, 3) uint8 -> (H, W) of ``dtype``. One scale of 1 without flip is ``predict_full`` exactly.
@@ -265,7 +263,7 @@ def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(320, 480), ctx
     return labels
 
 
-def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320, 480), scales=(1.0,), flip=False):
+def eval_images(net, items, cm, ctx=None, full=False, crop=CHAPTER_CROP, tile=CHAPTER_CROP, scales=(1.0,), flip=False):
     """Update ``cm`` with predictions for (name, image, label) items; returns how many were skipped.
 
     Crop mode: the chapter's fixed top-left ``crop`` (images smaller than it are skipped).

@@ -13,13 +13,12 @@ import numpy as np
 from mxnet import init, nd
 from mxnet.gluon import HybridBlock, model_zoo, nn
 
+from .constants import OUTPUT_STRIDE, VARIANTS
 from .errors import D2lsegError, first_line
 from . import native
 from .ops import bilinear_kernel
 from .upsampling import FastLayoutParams, FastUpsampling
 
-VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s')
-OUTPUT_STRIDE = 32  # input sides must be multiples of this
 
 
 def _as_ctx_list(ctx):

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
 
+from .constants import CHAPTER_CROP, OUTPUT_STRIDE, check_sides
 from .errors import D2lsegError
 from .outputs import Output, check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
 from .textfiles import FileMissing, open_regular, read_lines
@@ -38,8 +39,8 @@ PREFIX = 'd2lseg.'
 KEYS = ('format', 'variant', 'classes', 'input', 'output', 'recipe', 'version', 'environment', 'metrics',
         'source', 'caveat')
 JSON_KEYS = ('classes', 'input', 'output', 'recipe', 'environment', 'metrics', 'source')
-MULTIPLE = 32  # the networks' output stride: input sides are multiples of it
-TILE = (320, 480)  # the chapter's crop, predict_full's default tile
+MULTIPLE = OUTPUT_STRIDE  # the networks' output stride: input sides are multiples of it
+TILE = CHAPTER_CROP  # the chapter's crop, predict_full's default tile
 IGNORE_INDEX = 255
 VOID_COLOR = (224, 224, 192)
 MAX_PIXELS = 50_000_000  # as images.MAX_PIXELS
@@ -115,9 +116,7 @@ class Model:
         """Class scores of a normalised batch: (N, 3, H, W) float32, H and W multiples of 32 -> (N, C, H, W)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         h, w = batch.shape[2:]
-        if h % MULTIPLE or w % MULTIPLE or not h or not w:
-            raise D2lsegError(f"{self.path}: a {h}x{w} input; both sides must be multiples of {MULTIPLE} (predict_full "
-                              "tiles images of any size)")
+        check_sides(h, w, f"{self.path}: a {h}x{w} input;", " (predict_full tiles images of any size)")
         out = self.session.run(None, {self.input_name: batch})[0]
         if out.shape[1] != len(self.names):
             raise D2lsegError(f"{self.path}: the network gives {out.shape[1]} class scores, its metadata names "
@@ -160,8 +159,7 @@ def logit_bands(model, img, tile=TILE, batch_size=4):
     """Averaged logits over overlapping tiles, streamed top to bottom, as ``inference.logit_bands``: yields
     (y0, y1, (C, y1 - y0, W) float32) for consecutive row bands of an (H, W, 3) uint8 image."""
     th, tw = tile
-    if th % MULTIPLE or tw % MULTIPLE or th <= 0 or tw <= 0:
-        raise D2lsegError(f"tile {th}x{tw}: sides must be positive multiples of {MULTIPLE}")
+    check_sides(th, tw, f"tile {th}x{tw}:")
     H, W = img.shape[:2]
     ph, pw = max(H, th), max(W, tw)
     ys, xs = tile_starts(ph, th), tile_starts(pw, tw)

@@ -12,14 +12,18 @@ under its own name, every one written whole.
   files. A name is recorded before its file is written, so a killed write leaves nothing unrecorded.
 - ``write_atomically(path, write)``: the file is written under a temporary name in the same folder,
   flushed to disk and renamed over ``path``: a kill leaves the old file or the new one, never half.
+  ``atomic_write`` / ``atomic_write_json``: the same, a failure (a full disk) one line naming the file.
 """
 import contextlib
 import json
 import os
 import stat
+import sys
 from typing import NamedTuple
 
-from .errors import D2lsegError
+import numpy as np
+
+from .errors import D2lsegError, first_line
 from .textfiles import read_json
 
 MANIFEST = '.d2lseg-manifest.json'
@@ -39,6 +43,42 @@ def write_atomically(path, write):
         os.replace(tmp, path)
     finally:
         remove_file(tmp)
+
+
+def _write_errors():
+    """OSError, and MXNet's MXNetError when MXNet is loaded (its writers raise it, e.g. on a full disk):
+    this module runs without MXNet (``onnxrun``), and a writer of MXNet's needs MXNet loaded."""
+    base = sys.modules.get('mxnet.base')
+    return (OSError, base.MXNetError) if base is not None else (OSError,)
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see old or new, never half
+    (``outputs.write_atomically``); a failure is a one-line D2lsegError naming ``path``."""
+    try:
+        write_atomically(path, write)
+    except _write_errors() as e:  # e.g. a full disk (MXNet's writers raise MXNetError)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise D2lsegError(f"{path}: writing failed ({reason}); free disk space (a full disk?) or make the place "
+                          "writable and run again: what was there before is kept") from None
+
+
+def plain_number(o):
+    """json's ``default`` for numpy values: numpy scalars as plain Python numbers, arrays as lists. Under
+    numpy 2 (NEP 50) float32 arithmetic stays float32, which json cannot write, and numpy 2 scalars print
+    as ``np.float32(...)``: every JSON file d2lseg writes holds plain numbers on every numpy."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f'Object of type {type(o).__name__} is not JSON serializable')
+
+
+def atomic_write_json(path, obj):
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1, default=plain_number)
+    atomic_write(path, write)
 
 
 def remove_file(path):

@@ -10,11 +10,11 @@ import mxnet as mx
 import numpy as np
 from PIL import Image
 
-from . import checkpoint
+from . import outputs
+from .constants import CHAPTER_CROP, OUTPUT_STRIDE
 from .errors import D2lsegError
 from .images import MAX_PIXELS, read_image, save_label_png
 from .inference import predict, predict_full
-from .model import OUTPUT_STRIDE
 from .classes import ClassList, model_inputs
 from .palette import VOC_CLASSES
 from .quantization import calibration_batch, quantize, to_bfloat16
@@ -33,7 +33,7 @@ def calibration_images(data_dir):
     return [img for _, img, _ in iter_split(voc_dir, is_train=True, limit=8)]
 
 
-def low_precision(net, paths, ctx, tile=(320, 480), int8=False, dtype='float32', calib=None):
+def low_precision(net, paths, ctx, tile=CHAPTER_CROP, int8=False, dtype='float32', calib=None):
     """``net`` for prediction: INT8 (calibrated on ``calib`` images, else the first 8 readable of
     ``paths``), bfloat16, or as it is."""
     if int8 and dtype != 'float32':
@@ -174,7 +174,7 @@ def _claim(plan):
         clean_temporaries(folder)
 
 
-def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int8=False, log=print, calib=None,
+def predict_files(net, paths, out_dir, ctx=None, full=True, tile=CHAPTER_CROP, int8=False, log=print, calib=None,
                   dtype='float32', json_path=None, warn=None, classes=None, params=None, overwrite=False,
                   calib_dir=None, max_pixels=MAX_PIXELS):
     """Predict image files and folders: per image ``<stem>.png`` (class indices, VOC palette) and
@@ -204,7 +204,7 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=(320, 480), int
     if found:
         legend_figure([classes.names.index(c) for c in found], os.path.join(out_dir, 'legend.png'), classes)
     if json_path:
-        checkpoint.atomic_write_json(json_path, {'images': report})
+        outputs.atomic_write_json(json_path, {'images': report})
     return sum('error' in r for r in report)
 
 

@@ -28,6 +28,7 @@ from mxnet.contrib.quantization import quantize_net
 from mxnet.gluon import nn
 
 from .environment import onednn_isa
+from .constants import CHAPTER_CROP
 from .errors import D2lsegError
 from .model import SequentialFCN
 from .images import normalize_image
@@ -35,7 +36,7 @@ from .images import normalize_image
 DTYPES = ('float32', 'bfloat16')  # what --dtype accepts
 
 
-def calibration_batch(images, shape=(320, 480), limit=8):
+def calibration_batch(images, shape=CHAPTER_CROP, limit=8):
     """Normalised (N, 3, h, w) float32 NDArray of up to ``limit`` images for calibration.
 
     images: (H, W, 3) uint8 arrays of any size; each is cropped to its top-left ``shape`` and padded

@@ -18,17 +18,18 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from .constants import CHAPTER_CROP, DATA_DIR, SYNTHETIC_DIR
 from .errors import D2lsegError
 from .progress import bar
 from .runfolder import writable_folder
 from .images import save_label_png
 from .palette import IGNORE_INDEX
-from .voc import (DATA_DIR, MARKER, SYNTHETIC_DIR, VOC_SUBDIR, has_real_voc, has_voc, require_real_voc, split_lists,
+from .voc import (MARKER, VOC_SUBDIR, has_real_voc, has_voc, require_real_voc, split_lists,
                   synthetic_marker, voc_root)
 
 # Two sizes hold the chapter's 320x480 crop; the others are nearer the demo's 128x192 crop, so that a
 # crop shows a good part of a scene (and of its objects).
-DEFAULT_SIZES = ((320, 480), (352, 512), (192, 256), (160, 240), (224, 320), (176, 288))
+DEFAULT_SIZES = (CHAPTER_CROP, (352, 512), (192, 256), (160, 240), (224, 320), (176, 288))
 
 # Ten base colours, one per pair of classes (class 2j+1 striped, class 2j+2 dotted).
 PAIR_COLORS = np.array([[200, 60, 50], [60, 170, 70], [60, 80, 200], [210, 190, 60], [170, 70, 180],

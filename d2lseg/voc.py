@@ -12,6 +12,7 @@ import random
 import numpy as np
 from mxnet import gluon, image, nd
 
+from .constants import DATA_DIR, SYNTHETIC_DIR
 from .errors import D2lsegError
 from .textfiles import read_json, read_lines
 from .augment import augmented_crop
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 VOC_SUBDIR = os.path.join('VOCdevkit', 'VOC2012')
 SPLITS = ('train', 'val')
-DATA_DIR = 'data'                                # every command's default: the real VOC2012 goes here
-SYNTHETIC_DIR = os.path.join(DATA_DIR, 'synthetic')  # and the synthetic set here, never in its place
 
 
 def voc_root(data_dir):

@@ -8,7 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from d2lseg import checkpoint
+from d2lseg import checkpoint, outputs
 from d2lseg.callbacks import Checkpointer
 from d2lseg.config import Recipe
 from d2lseg.engine import TrainingDiverged, fit, learning_rate, prepare
@@ -34,11 +34,11 @@ def test_learning_rate_warm_up_then_poly_or_constant():
 def test_fit_callbacks_history_and_checkpoint_every_epoch(data_root, tmp_path, monkeypatch):
     out = str(tmp_path / 'run')
     written = []
-    real = checkpoint.atomic_write
+    real = outputs.atomic_write
     def spy(path, write):
         written.append(os.path.basename(path))
         return real(path, write)
-    monkeypatch.setattr(checkpoint, 'atomic_write', spy)
+    monkeypatch.setattr(outputs, 'atomic_write', spy)
     seen = []
     def after(state):
         meta = checkpoint.load_meta(out)

@@ -67,7 +67,7 @@ def test_build_fcn_class_counts(num_classes):
 
 def test_predict_refuses_sides_that_are_not_multiples_of_32():
     net = build_fcn(21, pretrained=False, fast_upsampling=True)
-    with pytest.raises(D2lsegError, match='a 64x100 image; both sides must be multiples of 32'):
+    with pytest.raises(D2lsegError, match='a 64x100 image; both sides must be positive multiples of 32'):
         predict(net, np.zeros((64, 100, 3), np.uint8), mx.cpu())
 
 
@@ -133,7 +133,7 @@ def test_data_is_checked_before_any_download(tmp_path, capsys):
 @pytest.mark.parametrize('error', [OSError(28, 'No space left on device'),
                                    mx.base.MXNetError('\nTraceback (most recent call last):\n  FileStream.Write failed')])
 def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, error):
-    from d2lseg import checkpoint
+    from d2lseg import outputs
     target = tmp_path / 'model.params'
     target.write_bytes(b'the good one')
 
@@ -141,7 +141,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, error):
         open(tmp, 'wb').write(b'half')
         raise error
     with pytest.raises(D2lsegError, match='model.params: writing failed .*free disk space') as info:
-        checkpoint.atomic_write(str(target), write)
+        outputs.atomic_write(str(target), write)
     assert '\n' not in str(info.value) and 'Traceback' not in str(info.value)
     assert target.read_bytes() == b'the good one' and os.listdir(tmp_path) == ['model.params']
 

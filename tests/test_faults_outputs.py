@@ -220,5 +220,5 @@ def test_the_manifest_and_temporaries(tmp_path):
     (tmp_path / 'y').mkdir()
     for name in ('x', 'y'):
         with pytest.raises(D2lsegError, match=f'{name}: writing failed'):
-            checkpoint.atomic_write_json(str(tmp_path / name), {'a': 1})
+            outputs.atomic_write_json(str(tmp_path / name), {'a': 1})
     assert (tmp_path / f'x.tmp-{os.getpid()}').is_dir() and (tmp_path / 'y').is_dir()

@@ -118,7 +118,7 @@ def test_any_multiple_of_32_runs_and_matches_mxnet(variant, exported):
         assert got.shape == ref.shape == shape[:1] + (21,) + shape[2:]
         assert float(np.abs(ref - got).max()) < 1e-3
         assert float((ref.argmax(1) == got.argmax(1)).mean()) >= 0.999
-    with pytest.raises(D2lsegError, match=r'a 100x96 input; both sides must be multiples of 32'):
+    with pytest.raises(D2lsegError, match=r'a 100x96 input; both sides must be positive multiples of 32'):
         model.logits(np.zeros((1, 3, 100, 96), np.float32))
 
 
