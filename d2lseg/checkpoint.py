@@ -12,7 +12,7 @@ import numpy as np
 from mxnet import nd
 
 from .errors import D2lsegError, first_line
-from . import outputs
+from . import mxinternals, outputs
 from .outputs import claim, clean_temporaries, owners, remove_owned
 from .textfiles import read_json
 from .model import load_params
@@ -91,23 +91,12 @@ def restore(out_dir, meta, net, trainer, ctx):
     load_optimizer(trainer, os.path.join(out_dir, meta['states']))
 
 
-def _updaters(trainer):
-    """The Updaters holding ``trainer``'s optimizer state (MXNet 1.9.1's gluon.Trainer keeps them in
-    ``_updaters``, or in its kvstore's ``_updater`` when it updates on the kvstore); initialises the
-    trainer's kvstore first, as ``Trainer.save_states`` / ``load_states`` do."""
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
-    return [trainer._kvstore._updater] if trainer._update_on_kvstore else list(trainer._updaters)
-
-
 def save_optimizer(trainer, path):
     """Write ``trainer``'s optimizer state as an NDArray file (``mx.nd.save``; nothing executable):
     ``state:I:J`` the J-th state array of parameter I (momentum), ``tuple:I`` how many parts a
     parameter's state has (absent parts were None), ``num_update`` and ``index_update_count``
     (I, count) rows. ``load_optimizer`` restores it exactly (resume stays bit for bit equal)."""
-    updater = _updaters(trainer)[0]
+    updater = mxinternals.updaters(trainer)[0]
     opt = updater.optimizer
     arrays = {}
     for idx, state in updater.states.items():
@@ -116,7 +105,7 @@ def save_optimizer(trainer, path):
         for j, part in enumerate(parts):
             if part is not None:
                 arrays[f'state:{idx}:{j}'] = part
-    counts = [(dev, idx, n) for dev, per in sorted(opt._all_index_update_counts.items())
+    counts = [(dev, idx, n) for dev, per in sorted(mxinternals.update_counts(opt).items())
               for idx, n in sorted(per.items())]
     arrays['num_update'] = nd.array([opt.num_update, opt.begin_num_update], dtype='int64')
     arrays['index_update_count'] = nd.array(np.array(counts, dtype=np.int64).reshape(-1, 3), dtype='int64')
@@ -137,10 +126,10 @@ def load_optimizer(trainer, path):
     except Exception as e:
         raise D2lsegError(f"{path}: cannot load trainer states, not an optimizer state file of d2lseg "
                           f"({first_line(e)})") from None
-    params = dict(enumerate(trainer._params))
+    params = dict(enumerate(mxinternals.trainer_params(trainer)))
     try:
         states = _states_from(arrays, params)
-        if trainer._optimizer.momentum:  # every trained parameter has its momentum, else resume would differ
+        if mxinternals.trainer_optimizer(trainer).momentum:  # every trained parameter has momentum, else resume differs
             missing = [p.name for i, p in params.items() if p.grad_req != 'null'
                        and (i not in states or any(part is None for part in states[i]))]
             if missing:
@@ -151,14 +140,13 @@ def load_optimizer(trainer, path):
             counts.setdefault(int(dev), {})[int(i)] = int(c)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise D2lsegError(f"{path}: cannot load trainer states, they do not fit this network ({first_line(e)})") from None
-    for updater in _updaters(trainer):
+    for updater in mxinternals.updaters(trainer):
         updater.states = {i: tuple(p.copy() if p is not None else None for p in parts) if len(parts) > 1
                           else (parts[0].copy() if parts[0] is not None else None) for i, parts in states.items()}
         updater.states_synced = dict.fromkeys(updater.states, False)
         opt = updater.optimizer  # the trainer's own (one object for all updaters), made from the recipe
         opt.num_update, opt.begin_num_update = num_update, begin
-        opt._all_index_update_counts = {dev: dict(per) for dev, per in counts.items()} or {0: {}}
-        opt._index_update_count = opt._all_index_update_counts.setdefault(0, {})
+        mxinternals.set_update_counts(opt, counts)
 
 
 def _states_from(arrays, params):

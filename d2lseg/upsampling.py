@@ -14,7 +14,7 @@ exported from such a layer holds that operator, so load it after ``d2lseg.native
 export within ``native.override(False)``).
 
 ``FastLayoutParams`` names parameters as gluon's ``save_parameters`` does (structural names, from
-``_collect_params_with_prefix``: gluon 1.9 has no public API for them) and loads a converted file
+``mxinternals.structural_params``: gluon 1.9 has no public API for them) and loads a converted file
 through a temporary copy, so gluon's own checks of names, shapes and contexts apply unchanged.
 """
 import os
@@ -25,7 +25,7 @@ import mxnet as mx
 from mxnet import init, nd
 from mxnet.gluon import HybridBlock
 
-from . import native
+from . import mxinternals, native
 
 
 # MXNet 1.9.1's oneDNN Deconvolution backward dies with SIGFPE for kernel == stride 2 or 4 and some
@@ -154,7 +154,7 @@ class FastLayoutParams:
 
     def save_parameters(self, filename, deduplicate=False):
         fast = _fast_weights(self)
-        params = self._collect_params_with_prefix()  # gluon's own naming of save_parameters
+        params = mxinternals.structural_params(self)  # gluon's own naming of save_parameters
         if deduplicate:
             params = {v: k for k, v in {v: k for k, v in params.items()}.items()}
         arrays = {}
@@ -168,7 +168,7 @@ class FastLayoutParams:
 
     def load_parameters(self, filename, ctx=None, allow_missing=False, ignore_extra=False, **kwargs):
         fast = _fast_weights(self)
-        params = self._collect_params_with_prefix()
+        params = mxinternals.structural_params(self)
         loaded = nd.load(os.fspath(filename)) if fast else {}
         converted = False
         if isinstance(loaded, dict):
