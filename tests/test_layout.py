@@ -1,10 +1,13 @@
-"""The package's shape holds: one home for the native operators and the flag table, functions that fit
-on a screen, modules of one job (~300 lines or a docstring saying why), imports at module top, and a
-README layout that names every module."""
+"""The package's shape holds: imports point down through the named layers (``tools.restructure.LAYOUT``),
+the ground floor and ``config`` load no MXNet, private MXNet attributes only in ``mxinternals``, one home for
+the native operators and the flag table, functions that fit on a screen, modules of one job (~300 lines or a
+docstring saying why), imports at module top, and a README layout that names every module where it lives."""
 import ast
 import glob
 import os
 import re
+
+from tools.restructure import LAYERS, LAYOUT, TOP, layer_of, target
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 PACKAGE = sorted(glob.glob(os.path.join(ROOT, 'd2lseg', '**', '*.py'), recursive=True))
@@ -64,6 +67,8 @@ def test_package_imports_are_at_module_top():
         ('doctor.py', 'mxnet'),
         ('doctor.py', 'native'),
         ('doctor.py', 'native.library'),
+        ('device.py', 'mxnet'),               # the device rule is on the ground floor: MXNet when a context is made
+        ('__init__.py', 'fcn'),               # the same lazy viz, once the modules live in subpackages
     }
     found = []
     for path in PACKAGE:
@@ -77,13 +82,116 @@ def test_package_imports_are_at_module_top():
     assert not found, f'imports inside functions: {found}'
 
 
+def _package_imports(path):
+    """(line, imported d2lseg module as a path inside d2lseg/, e.g. 'voc.py' or 'data/voc.py') of a package file,
+    module-top and inside functions, relative and absolute."""
+    rel = os.path.relpath(path, os.path.join(ROOT, 'd2lseg')).replace(os.sep, '/')
+    here = ['d2lseg'] + rel.split('/')[:-1]
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').split('.')[0] == 'd2lseg'):
+            base = here[:len(here) - node.level + 1] if node.level else []
+            parts = base + (node.module.split('.') if node.module else [])
+            for a in node.names if node.module is None or len(parts) == 1 else [None]:
+                yield node.lineno, _as_file(parts + ([a.name] if a else []))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split('.')[0] == 'd2lseg':
+                    yield node.lineno, _as_file(a.name.split('.'))
+
+
+def _as_file(parts):
+    """['d2lseg', 'data', 'voc', ...] -> the module's file inside d2lseg/ (a package: its __init__.py)."""
+    root = os.path.join(ROOT, 'd2lseg')
+    for n in range(len(parts), 1, -1):
+        rel = '/'.join(parts[1:n])
+        if os.path.isfile(os.path.join(root, rel + '.py')):
+            return rel + '.py'
+        if os.path.isfile(os.path.join(root, rel, '__init__.py')):
+            return rel + '/__init__.py'
+    return '__init__.py'
+
+
+def _layer_name(i):
+    return LAYERS[i] if i < len(LAYERS) else 'the package (' + '/'.join(TOP) + ')'
+
+
+def test_imports_point_down_through_the_layers():
+    """A module imports only from its own layer or one below: core < native < data < fcn < deploy < training
+    < command (docs/architecture.md says what each holds; tools/restructure.py moves them into those folders)."""
+    unassigned, upward = [], []
+    for path in PACKAGE:
+        rel = os.path.relpath(path, os.path.join(ROOT, 'd2lseg')).replace(os.sep, '/')
+        mine = layer_of(rel)
+        if mine is None:
+            unassigned.append(rel)
+            continue
+        for line, imported in _package_imports(path):
+            theirs = layer_of(imported)
+            if theirs is not None and theirs > mine:
+                upward.append(f'd2lseg/{rel}:{line} ({_layer_name(mine)}) imports d2lseg/{imported} '
+                              f'({_layer_name(theirs)}), a layer above')
+    assert not unassigned, f'modules without a layer (add each to LAYOUT in tools/restructure.py): {unassigned}'
+    assert not upward, '\n'.join(upward)
+
+
+def _mxnet_at_import(rel, seen):
+    """The chain of module-top package imports from ``rel`` that reaches ``import mxnet``, or None."""
+    if rel in seen:
+        return None
+    seen.add(rel)
+    tree = _tree(os.path.join(ROOT, 'd2lseg', rel))
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ''] if isinstance(node, ast.ImportFrom) and not node.level else []
+        if any(n.split('.')[0] == 'mxnet' for n in names):
+            return [rel]
+    top = {n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    for line, imported in _package_imports(os.path.join(ROOT, 'd2lseg', rel)):
+        chain = _mxnet_at_import(imported, seen) if line in top and imported != '__init__.py' else None
+        if chain:
+            return [rel] + chain
+    return None
+
+
+def test_the_ground_floor_and_config_load_no_mxnet():
+    """Every core module and config import without MXNet (the device rule imports it when a context is made)."""
+    core = [target(f'{name}.py') for name in LAYOUT[0][2]] + [target('config.py')]
+    found = {}
+    for rel in core:
+        rel = rel if os.path.exists(os.path.join(ROOT, 'd2lseg', rel)) else rel.split('/')[-1]
+        chain = _mxnet_at_import(rel, set())
+        if chain:
+            found[rel] = ' -> '.join(chain) + ' -> mxnet'
+    assert not found, found
+
+
+def test_private_mxnet_attributes_only_in_mxinternals():
+    """Every underscored attribute of MXNet's that the package uses goes through ``mxinternals``."""
+    from d2lseg import mxinternals
+    private = {a for names in mxinternals.ATTRIBUTES.values() for a in names}
+    found = []
+    for path in PACKAGE:
+        if path.endswith('mxinternals.py'):
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Attribute) and node.attr in private:  # also self._x: a subclass of MXNet's
+                found.append(f'{_rel(path)}:{node.lineno} .{node.attr}')
+    assert not found, f'private MXNet attributes outside d2lseg/mxinternals.py: {found}'
+
+
 def test_readme_layout_names_every_module():
+    """Every module, at the path it has once tools/restructure.py has run (d2lseg/LAYER/NAME.py)."""
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
     layout = readme[readme.index('\nd2lseg/ ', readme.index('## Layout')):readme.index('\nnotebooks/ ')]
-    modules = {os.path.relpath(p, os.path.join(ROOT, 'd2lseg')) for p in PACKAGE if not p.endswith('__main__.py')}
-    modules -= {'__init__.py'}
-    listed = set(re.findall(r'(?<![\w/])((?:native/)?\w+\.py)', layout))
+    modules = {target(os.path.relpath(p, os.path.join(ROOT, 'd2lseg')).replace(os.sep, '/')) for p in PACKAGE
+               if os.path.basename(p) != '__main__.py'}
+    modules = {m for m in modules if m == 'native/__init__.py' or not m.endswith('__init__.py')}
+    listed, folder = set(), ''
+    for line in layout.split('\n'):
+        heading = re.match(r'  (\w+)/ ', line)
+        folder = heading.group(1) + '/' if heading else folder  # a folder's modules, on its lines
+        listed |= {m if '/' in m else folder + m for m in re.findall(r'(?<![\w/])((?:\w+/)?\w+\.py)', line)}
     assert listed == modules, (f'README layout lacks {sorted(modules - listed)}, '
                                f'names missing {sorted(listed - modules)}')
 

@@ -202,8 +202,8 @@ def test_predict_and_evaluate_without_mxnet_write_what_the_mxnet_path_writes(tra
     found, stderr = _run_without_mxnet('command', path, str(tmp_path / 'onnx'), str(tmp_path / 'onnx.json'), *images,
                                        '--evaluate', data_root)
     assert found['failed'] == 0 and not found['mxnet_loaded']
-    assert set(found['modules']) == {'d2lseg', 'd2lseg.compat', 'd2lseg.startup', 'd2lseg.onnxrun', 'd2lseg.errors',
-                                     'd2lseg.outputs', 'd2lseg.textfiles'}
+    assert set(found['modules']) == {'d2lseg.compat', 'd2lseg.startup', 'd2lseg.onnxrun', 'd2lseg.errors',
+                                     'd2lseg.outputs', 'd2lseg.textfiles', 'd2lseg.constants'}
     assert stderr.count('warning') == 1 and 'without history.json' in stderr  # its card's caveat, once
     net = _mxnet_net(os.path.join(run, 'model.params'))
     assert photos.predict_files(net, images, str(tmp_path / 'mx'), json_path=str(tmp_path / 'mx.json'),

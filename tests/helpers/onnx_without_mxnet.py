@@ -5,7 +5,7 @@
 command: import it as the ``d2lseg`` command does (``import d2lseg`` then records the missing MXNet);
 file: load it without running the package's ``__init__`` (a bare package object whose path is the
 d2lseg folder: the way a script imports it where the package cannot be imported). Prints what
-predict_files returned, the evaluation (with --evaluate) and the d2lseg modules loaded.
+predict_files returned, the evaluation (with --evaluate) and the d2lseg modules (not packages) loaded.
 """
 import json
 import os
@@ -40,7 +40,8 @@ def main(argv):
     failed = onnxrun.predict_files(model, rest, out_dir, json_path=json_path, log=lambda line: None)
     record = onnxrun.evaluate(model, data_dir) if data_dir else None
     print(json.dumps({'failed': failed, 'evaluation': record, 'mxnet_loaded': sys.modules.get('mxnet') is not None,
-                      'modules': sorted(m for m in sys.modules if m.startswith('d2lseg'))}))
+                      'modules': sorted(m for m, mod in sys.modules.items()  # modules, not (sub)packages
+                                         if m.startswith('d2lseg') and not hasattr(mod, '__path__'))}))
     return 0
 
 
