@@ -63,6 +63,8 @@ def test_package_imports_are_at_module_top():
         ('startup.py', 'mxnet'),              # startup runs before MXNet loads; settle() runs after
         ('compat.py', 'mxnet'),               # imported only after the numpy names MXNet uses are restored
         ('__main__.py', ''),                  # the command: without MXNet it says so in one line, or runs doctor
+        ('__main__.py', 'core'),              # (the same, once the modules live in subpackages)
+        ('__main__.py', 'command'),
         ('doctor.py', ''),                    # doctor runs without MXNet: its MXNet checks import on demand
         ('doctor.py', 'mxnet'),
         ('doctor.py', 'native'),

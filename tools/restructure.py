@@ -163,8 +163,8 @@ def rewrite_text(text):
 
 
 FINDER = '''{start}
-# The modules moved into subpackages (tools/restructure.py) keep their old paths: ``import d2lseg.voc``,
-# ``from d2lseg.voc import X`` and ``d2lseg.voc`` give the module d2lseg.data.voc itself (one object).
+# The modules moved into subpackages keep their old paths: ``import d2lseg.NAME``, ``from d2lseg.NAME import X``
+# and ``d2lseg.NAME`` give the module d2lseg.LAYER.NAME itself (one object, registered under both names).
 MOVED = {moved}
 
 
@@ -204,9 +204,10 @@ def _write_finder(init_path):
     else:
         head = text.index('\nfrom ') + 1  # after the docstring: before the package's first import
         text = text[:head] + 'import importlib.abc\nimport importlib.util\nimport sys\n\n' + block + '\n\n' + text[head:]
-    text = text.replace("    raise AttributeError(f\"module 'd2lseg' has no attribute {name!r}\")",
-                        "    if name in MOVED:\n        return importlib.import_module(f'{__name__}.{name}')\n"
-                        "    raise AttributeError(f\"module 'd2lseg' has no attribute {name!r}\")")
+    if "    if name in MOVED:" not in text:
+        text = text.replace("    raise AttributeError(f\"module 'd2lseg' has no attribute {name!r}\")",
+                            "    if name in MOVED:\n        return importlib.import_module(f'{__name__}.{name}')\n"
+                            "    raise AttributeError(f\"module 'd2lseg' has no attribute {name!r}\")")
     with open(init_path, 'w') as f:
         f.write(text)
 
