@@ -75,7 +75,7 @@ def parity(net, model, voc_dir, limit, num_classes):
     """Logits, labels and mIoU of MXNet (its own operators) and ONNX Runtime on the val split, published protocol."""
     cm_mx, cm_ort, worst, same, pixels = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes), 0.0, 0, 0
     with native.override(False):
-        for _, img, label in iter_split(voc_dir, ignore_boundary=True, limit=limit):
+        for _, img, label in iter_split(voc_dir, ignore_boundary=True, max_images=limit):
             ref, got = inference.predict_logits_full(net, img), onnxrun.predict_logits_full(model, img)
             worst = max(worst, float(np.abs(ref - got).max()))
             same, pixels = same + int((ref.argmax(0) == got.argmax(0)).sum()), pixels + label.size
@@ -87,7 +87,7 @@ def parity(net, model, voc_dir, limit, num_classes):
 
 def miou(model, voc_dir, limit, num_classes):
     cm = ConfusionMatrix(num_classes)
-    for _, img, label in iter_split(voc_dir, ignore_boundary=True, limit=limit):
+    for _, img, label in iter_split(voc_dir, ignore_boundary=True, max_images=limit):
         cm.update(onnxrun.predict_full(model, img), label)
     return cm.compute()['miou']
 
@@ -95,7 +95,7 @@ def miou(model, voc_dir, limit, num_classes):
 def calibration_tiles(model, voc_dir, n=8):
     """The first ``n`` training images as normalised 320x480 tiles (padded with the mean colour), one per batch."""
     tiles = []
-    for _, img, _ in iter_split(voc_dir, is_train=True, limit=n):
+    for _, img, _ in iter_split(voc_dir, is_train=True, max_images=n):
         x = np.zeros(SHAPE[1:], np.float32)
         part = model.normalize(img[:SHAPE[2], :SHAPE[3]])
         x[:, :part.shape[1], :part.shape[2]] = part

@@ -11,6 +11,7 @@ from . import checkpoint, outputs
 from .callbacks import (BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final,
                         save_model_info)
 from .config import resolve_ctx
+from .dataspec import DataSpec
 from .download import download_voc_pascal
 from .engine import fit, prepare, resume_recipe
 from .environment import environment, summary
@@ -28,6 +29,8 @@ from .runfolder import RUN_OUTPUTS, RunFolder, adopt, check_outputs, clear_run, 
 from .outputs import Output, check_paths, claim, refuse_foreign
 from .viz import CurvesCallback, confusion_figure, figure_format
 from .voc import iter_split, read_split, split_files, voc_root
+
+EVALUATED = DataSpec(split='val', max_pixels=MAX_PIXELS)  # evaluate's data by default: the validation list, capped
 
 
 def _announce(run, recipe, ctx):
@@ -125,8 +128,8 @@ PROTOCOLS = {
 }
 
 
-def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, params=None, data_dir=None, split='val',
-                   label_dir='SegmentationClass', max_images=None, overwrite=False):
+def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, params=None, data_dir=None, spec=None,
+                   overwrite=False):
     """What ``evaluate_split`` refuses, checked before the network is loaded: the flags, and the outputs
     (``--json``, ``--plot``): writable, not an input (``params`` and the files beside it, the split's
     list, images and labels), not each other, not a file evaluate did not write unless ``overwrite``."""
@@ -144,7 +147,8 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
         outs.append(Output.of('--plot', plot))
     inputs = model_inputs(params) if params else []
     if data_dir is not None:
-        inputs += split_files(voc_root(data_dir), split, max_images, label_dir)
+        spec = spec or EVALUATED
+        inputs += split_files(voc_root(data_dir), spec.split, spec.max_images, spec.label_dir)
     check_paths(outs, inputs)
     if plot:
         figure_format(plot, '--plot')
@@ -152,18 +156,18 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
     return outs
 
 
-def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', crop=CHAPTER_CROP, max_images=None,
-                   progress=True, extra=None, plot=None, tile=CHAPTER_CROP, scales=(1.0,), flip=False, split='val',
-                   label_dir='SegmentationClass', unknown='error', params=None, overwrite=False, max_pixels=MAX_PIXELS):
+def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', crop=CHAPTER_CROP, spec=None,
+                   progress=True, extra=None, plot=None, tile=CHAPTER_CROP, scales=(1.0,), flip=False, params=None,
+                   overwrite=False):
     """Metrics of ``net`` on the validation split of ``data_dir`` under ``protocol`` (``PROTOCOLS``):
     printed as a table and written to ``out`` (JSON: the protocol, the metrics, per-class IoU, the
     confusion matrix, and ``extra``); ``plot``: the confusion matrix figure. scales / flip: average
     the class scores over resized and mirrored images (published protocol only). params: the network's
     file (an input no output may land on); overwrite: replace an ``out`` or ``plot`` of one's own
-    (``check_evaluate``); max_pixels: refuse larger images before decoding them. Nothing is written when
-    nothing could be counted. -> the record."""
-    outs = check_evaluate(out, protocol, crop, plot, scales, flip, params, data_dir, split, label_dir, max_images,
-                          overwrite)
+    (``check_evaluate``); spec: what is read (``DataSpec``, default ``EVALUATED``; its colours are the classes',
+    its void border the protocol's). Nothing is written when nothing could be counted. -> the record."""
+    spec = spec or EVALUATED
+    outs = check_evaluate(out, protocol, crop, plot, scales, flip, params, data_dir, spec, overwrite)
     full = protocol == 'published'
     text = PROTOCOLS[protocol].format(tile='x'.join(map(str, tile)), crop='x'.join(map(str, crop)))
     if tuple(scales) != (1.0,) or flip:
@@ -172,9 +176,8 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
     classes = classes or ClassList.voc()
     voc_dir = voc_root(data_dir)
     cm = ConfusionMatrix(len(classes))
-    total = len(read_split(voc_dir, split=split)[:max_images])
-    items = iter_split(voc_dir, ignore_boundary=full, limit=max_images, split=split, label_dir=label_dir,
-                       colors=classes.colors, unknown=unknown, max_pixels=max_pixels)
+    total = len(read_split(voc_dir, split=spec.split)[:spec.max_images])
+    items = iter_split(voc_dir, spec=spec.replace(ignore_boundary=full, colors=classes.colors))
     skipped = eval_images(net, bar(items, progress, total=total, desc='evaluate'), cm, ctx, full=full,
                           crop=tuple(crop), tile=tile, scales=scales, flip=flip)  # one image in memory at a time
     _check_counted(cm, total, skipped, crop, out)

@@ -13,6 +13,7 @@ from . import app, doctor, export, onnxrun, photos
 from .classes import ClassList
 from .config import Recipe, help_text, recipe_field, recipe_fields, resolve_ctx
 from .constants import CHAPTER_CROP, DATA_DIR, SYNTHETIC_DIR, crop_text
+from .dataspec import DataSpec, LABEL_DIR, UNKNOWN
 from .errors import D2lsegError
 from .images import MAX_PIXELS, allow_pixels
 from .launcher import launch
@@ -153,17 +154,17 @@ def cmd_evaluate(args):
     protocol = 'chapter' if args.chapter_protocol else 'published'
     model = args.params or args.onnx
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(model)), f'eval-{protocol}.json')
-    where = dict(params=model, data_dir=args.data_dir, split=args.split, label_dir=args.label_dir,
-                 max_images=args.max_images, overwrite=args.overwrite)
-    app.check_evaluate(out, protocol, args.crop, args.plot, args.scales, args.flip, **where)
+    spec = DataSpec(split=args.split, label_dir=args.label_dir, unknown=args.unknown_label, max_images=args.max_images,
+                    max_pixels=args.max_pixels)
+    app.check_evaluate(out, protocol, args.crop, args.plot, args.scales, args.flip, model, args.data_dir, spec,
+                       args.overwrite)
     allow_pixels(args.max_pixels)
     ctx = resolve_ctx(args.ctx)[1]
     net, classes = _evaluated(args, ctx)
-    app.evaluate_split(net, args.data_dir, ctx[0], out, classes, protocol=protocol, crop=tuple(args.crop),
-                       max_images=args.max_images, progress=not args.no_progress, plot=args.plot,
-                       scales=args.scales, flip=args.flip, split=args.split, label_dir=args.label_dir,
-                       unknown=args.unknown_label, extra=dict(params=args.params, onnx=args.onnx, dtype=args.dtype),
-                       params=model, overwrite=args.overwrite, max_pixels=args.max_pixels)
+    app.evaluate_split(net, args.data_dir, ctx[0], out, classes, protocol=protocol, crop=tuple(args.crop), spec=spec,
+                       progress=not args.no_progress, plot=args.plot, scales=args.scales, flip=args.flip,
+                       extra=dict(params=args.params, onnx=args.onnx, dtype=args.dtype), params=model,
+                       overwrite=args.overwrite)
     return 0
 
 
@@ -285,8 +286,8 @@ def _evaluate_parser(sub):
     p.add_argument('--flip', action='store_true', help='also average over the mirrored images (default: off)')
     p.add_argument('--split', default='val', help='the list to evaluate, ImageSets/Segmentation/NAME.txt (default '
                    '%(default)s)')
-    p.add_argument('--label-dir', default='SegmentationClass', help='the labels\' folder (default %(default)s)')
-    p.add_argument('--unknown-label', choices=('error', 'background'), default='error',
+    p.add_argument('--label-dir', default=LABEL_DIR, help='the labels\' folder (default %(default)s)')
+    p.add_argument('--unknown-label', choices=UNKNOWN, default=UNKNOWN[0],
                    help='a label value that is no class: error (the default) or background')
     _add_network_flags(p, cmd_evaluate)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from .constants import CHAPTER_CROP, DATA_DIR, SYNTHETIC_DIR, VARIANTS, check_sides, crop_text
+from .dataspec import LABEL_DIR, UNKNOWN
 from .device import parse_ctx, resolve_ctx  # noqa: F401 (the device rule, where callers have found it)
 from .errors import D2lsegError
 
@@ -52,10 +53,10 @@ class Recipe:
     train_split: str = _f('train', 'the training list, ImageSets/Segmentation/NAME.txt (default %(default)s)',
                           result=True, added='train')
     val_split: str = _f('val', 'the validation list (default %(default)s)', result=True, added='val')
-    label_dir: str = _f('SegmentationClass', 'the labels\' folder, e.g. SegmentationClassAug (default %(default)s)',
-                        result=True, added='SegmentationClass')
-    unknown_label: str = _f('error', 'a label value or colour that is no class: error (default), or background',
-                            choices=('error', 'background'), added='background')
+    label_dir: str = _f(LABEL_DIR, 'the labels\' folder, e.g. SegmentationClassAug (default %(default)s)',
+                        result=True, added=LABEL_DIR)
+    unknown_label: str = _f(UNKNOWN[0], 'a label value or colour that is no class: error (default), or background',
+                            choices=UNKNOWN, added='background')
     init_from: Optional[str] = _f(None, 'start from a trained d2lseg model.params or checkpoint, also of another class '
                                   'count: layers of the same shape copied, the rest initialised (default: none)',
                                   result=True)

@@ -22,6 +22,7 @@ from .chapter import forward_backward, split_batch, step_figures
 from .classes import ClassList, check_weights, class_weights, numbered, read_classes
 from .palette import VOC_CLASSES
 from .config import Recipe, resolve_ctx
+from .dataspec import DataSpec
 from .environment import environment
 from .errors import D2lsegError
 from .inference import predict_batch
@@ -106,11 +107,10 @@ def make_trainer(net, recipe, kv=None):
 def _load_data(run, recipe, voc_dir, stored=None):
     """The recipe's datasets and loaders, sharded over the run's workers; the loss with its class weights."""
     parts = run.num_workers
-    kw = dict(crop_size=recipe.crop, voc_dir=voc_dir, ignore_boundary=recipe.ignore_boundary, seed=recipe.seed,
-              max_images=recipe.max_images, verbose=False, label_dir=recipe.label_dir, colors=run.classes.colors,
-              unknown=recipe.unknown_label)
-    run.train_data = VOCSegDataset(True, augment=recipe.augment, split=recipe.train_split, **kw)
-    run.val_data = VOCSegDataset(False, split=recipe.val_split, **kw)
+    kw = dict(crop_size=recipe.crop, voc_dir=voc_dir, seed=recipe.seed, verbose=False)
+    run.train_data = VOCSegDataset(True, spec=DataSpec.from_recipe(recipe, True, run.classes.colors),
+                                   augment=recipe.augment, **kw)
+    run.val_data = VOCSegDataset(False, spec=DataSpec.from_recipe(recipe, False, run.classes.colors), **kw)
     weights = stored.get('class_weights') if stored and recipe.class_weights else None
     if weights is not None:  # a resumed run's: checked as a file's would be
         weights = check_weights(weights, recipe.num_classes, "--resume: the checkpoint's history")

@@ -30,7 +30,7 @@ def calibration_images(data_dir):
     voc_dir = voc_root(data_dir)
     if not os.path.isdir(voc_dir):
         raise D2lsegError(f"--calib-data-dir {data_dir}: no VOCdevkit/VOC2012 there, nor a VOC-format tree")
-    return [img for _, img, _ in iter_split(voc_dir, is_train=True, limit=8)]
+    return [img for _, img, _ in iter_split(voc_dir, is_train=True, max_images=8)]
 
 
 def low_precision(net, paths, ctx, tile=CHAPTER_CROP, int8=False, dtype='float32', calib=None):

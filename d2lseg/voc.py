@@ -13,6 +13,7 @@ import numpy as np
 from mxnet import gluon, image, nd
 
 from .constants import DATA_DIR, SYNTHETIC_DIR
+from .dataspec import DataSpec
 from .errors import D2lsegError
 from .textfiles import read_json, read_lines
 from .augment import augmented_crop
@@ -120,18 +121,19 @@ def split_files(voc_dir, split='val', limit=None, label_dir='SegmentationClass')
     return files
 
 
-def iter_split(voc_dir, is_train=False, ignore_boundary=False, limit=None, colormap2label=None, stats=None,
-               split=None, label_dir='SegmentationClass', colors=None, unknown='background', max_pixels=None):
+def iter_split(voc_dir, is_train=False, spec=None, colormap2label=None, stats=None, **options):
     """Yield (name, image (H, W, 3) uint8, label indices (H, W) uint8) of a split, one at a time.
 
-    split: the list file's name (default 'train' or 'val'); label_dir: the labels' folder (e.g.
-    SegmentationClassAug); ``colormap2label``, ``stats``, ``colors``, ``unknown``: ``read_label_indices``;
-    max_pixels: refuse larger images before decoding them (``images.open_image``).
+    spec: what to read (``DataSpec``: split, labels' folder, colours, unknown labels, void border, how
+    many, largest image); ``options``: DataSpec fields that replace the spec's (``ignore_boundary=True``);
+    ``colormap2label`` (the chapter's lookup) and ``stats``: ``read_label_indices``.
     """
-    for name in read_split(voc_dir, is_train, split)[:limit]:
-        img_path, lab_path = _sample_paths(voc_dir, name, label_dir)
-        img = open_image(img_path, 'rgb', max_pixels)
-        lab = read_label_indices(lab_path, ignore_boundary, colormap2label, stats, colors, unknown, max_pixels)
+    spec = (spec or DataSpec()).replace(**options)
+    for name in read_split(voc_dir, is_train, spec.split)[:spec.max_images]:
+        img_path, lab_path = _sample_paths(voc_dir, name, spec.label_dir)
+        img = open_image(img_path, 'rgb', spec.max_pixels)
+        lab = read_label_indices(lab_path, spec.ignore_boundary, colormap2label, stats, spec.colors, spec.unknown,
+                                 spec.max_pixels)
         check_same_size(img_path, img.shape, lab_path, lab.shape)
         yield name, img, lab
 
@@ -208,9 +210,11 @@ class VOCSegDataset(gluon.data.Dataset):
     ``seed`` makes crops depend only on (seed, epoch, index). Source: D2L 10.10.4.
     """
 
-    def __init__(self, is_train, crop_size, voc_dir, colormap2label=None, ignore_boundary=False,
-                 seed=None, max_images=None, verbose=True, augment=False, split=None, label_dir='SegmentationClass',
-                 colors=None, unknown='background'):
+    def __init__(self, is_train, crop_size, voc_dir, colormap2label=None, spec=None, seed=None, verbose=True,
+                 augment=False, **options):
+        """The chapter's ``(is_train, crop_size, voc_dir)``, and: spec (``DataSpec``) with ``options`` replacing
+        its fields (``ignore_boundary=True``, ``max_images=8``); seed: crops depend only on (seed, epoch,
+        index); verbose: print the book's line; augment: random scale, flip and crop (``augment``)."""
         self.crop_size = tuple(crop_size)
         self.seed, self.epoch, self.augment = seed, 0, augment
         lut = None
@@ -218,8 +222,7 @@ class VOCSegDataset(gluon.data.Dataset):
             lut = colormap2label.asnumpy() if isinstance(colormap2label, nd.NDArray) else np.asarray(colormap2label)
         stats = {}
         features, labels, kept_names, total = [], [], [], 0
-        for name, img, lab in iter_split(voc_dir, is_train, ignore_boundary, max_images, lut, stats, split, label_dir,
-                                         colors, unknown):
+        for name, img, lab in iter_split(voc_dir, is_train, spec, lut, stats, **options):
             total += 1
             if self._fits(img):
                 features.append(np.ascontiguousarray(img))

@@ -11,6 +11,7 @@ from d2lseg.palette import build_colormap2label
 from d2lseg.synthetic import make_synthetic_voc
 from d2lseg.voc import VOC_SUBDIR
 from processes import _kill_tagged
+from recipes import TINY_EPOCHS, run_main, tiny_train_argv
 
 TINY_SIZES = ((160, 224), (128, 192), (96, 128), (320, 480))
 
@@ -26,6 +27,16 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope='session')
 def voc_dir(data_root):
     return os.path.join(data_root, VOC_SUBDIR)
+
+
+@pytest.fixture(scope='session')
+def tiny_run(data_root, tmp_path_factory):
+    """(run folder, what it printed) of the session's one tiny ``d2lseg train`` (``recipes.TINY_FLAGS``,
+    ``TINY_EPOCHS`` epochs). Read it; tests that write into or beside it take ``recipes.copy_of`` it."""
+    out = str(tmp_path_factory.mktemp('tiny') / 'run')
+    code, stdout, stderr = run_main(tiny_train_argv(data_root, out, epochs=TINY_EPOCHS))
+    assert code == 0, stderr
+    return out, stdout
 
 
 @pytest.fixture(scope='session')

@@ -1,4 +1,8 @@
-"""Small recipes, network pairs and parameter comparisons shared by the tests."""
+"""Small recipes, network pairs and parameter comparisons shared by the tests; the one tiny run's flags."""
+import contextlib
+import io
+import shutil
+
 import mxnet as mx
 import numpy as np
 from mxnet import nd
@@ -37,11 +41,34 @@ def network_pair(variant='fcn32s'):
     return plain, fast
 
 
+# The tiny run's flags, the one list: 64x96 crops, 4 images, batch 2, seed 0, momentum (so resume has optimizer
+# state to restore). ``tiny_run`` (conftest, once per session) trains TINY_EPOCHS epochs with them.
+TINY_FLAGS = ('--synthetic', '--no-pretrained', '--ctx', 'cpu', '--crop', '64x96', '--batch-size', '2', '--max-images',
+              '4', '--workers', '0', '--seed', '0', '--lr', '0.05', '--momentum', '0.9', '--no-progress')
+TINY_EPOCHS = 2
+
+
 def tiny_train_argv(data_root, out, *extra, epochs=1):
-    """`d2lseg train` flags of a tiny run: 64x96 crops, 4 images, batch 2, seed 0."""
-    return ['train', '--data-dir', data_root, '--synthetic', '--no-pretrained', '--ctx', 'cpu', '--crop', '64x96',
-            '--batch-size', '2', '--epochs', str(epochs), '--max-images', '4', '--workers', '0', '--seed', '0',
-            '--lr', '0.05', '--momentum', '0.9', '--no-progress', '--out', out, *extra]
+    """`d2lseg train` argv of a tiny run (``TINY_FLAGS``) of ``epochs`` into ``out``, then ``extra``."""
+    return ['train', '--data-dir', data_root, *TINY_FLAGS, '--epochs', str(epochs), '--out', out, *extra]
+
+
+def run_main(argv):
+    """main(argv) in this process -> (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def copy_of(run, folder):
+    """A copy of a run folder (``tiny_run``'s) at ``folder``/run, for tests that write into it or beside it."""
+    out = str(folder / 'run')
+    shutil.copytree(run, out)
+    return out
 
 
 def run_cli(argv, capsys):

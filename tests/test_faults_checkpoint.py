@@ -11,6 +11,7 @@ from d2lseg import checkpoint
 from d2lseg.cli import main
 from d2lseg.errors import D2lsegError, first_line
 from d2lseg.config import Recipe
+from recipes import copy_of
 
 pytestmark = pytest.mark.fault
 
@@ -26,14 +27,9 @@ class _Payload:
 
 
 @pytest.fixture(scope='module')
-def run_dir(data_root, tmp_path_factory):
-    """A finished 2-epoch run with momentum (so there is optimizer state to resume)."""
-    out = str(tmp_path_factory.mktemp('ckpt') / 'run')
-    code = main(['train', '--data-dir', data_root, '--synthetic', '--no-pretrained', '--ctx', 'cpu', '--crop', '64x96',
-                 '--batch-size', '2', '--epochs', '2', '--max-images', '4', '--workers', '0', '--seed', '0',
-                 '--lr', '0.05', '--momentum', '0.9', '--no-progress', '--out', out])
-    assert code == 0
-    return out
+def run_dir(tiny_run, tmp_path_factory):
+    """A finished 2-epoch run with momentum (so there is optimizer state to resume): the session's tiny run."""
+    return copy_of(tiny_run[0], tmp_path_factory.mktemp('ckpt'))
 
 
 def copy_run(run_dir, tmp_path, name='case'):

@@ -19,16 +19,15 @@ from d2lseg.engine import divergence_advice
 from d2lseg.errors import D2lsegError, first_line
 from d2lseg.model import build_fcn, load_params
 
-from recipes import run_cli as run, tiny_train_argv as tiny
+from recipes import copy_of, run_cli as run, tiny_train_argv as tiny
 
 pytestmark = pytest.mark.fault
 
 
 @pytest.fixture(scope='module')
-def done(data_root, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp('numbers') / 'run')
-    assert main(tiny(data_root, out)) == 0
-    return out
+def done(tiny_run, tmp_path_factory):
+    """A copy of the session's tiny run."""
+    return copy_of(tiny_run[0], tmp_path_factory.mktemp('numbers'))
 
 
 @pytest.mark.parametrize('line, says', [

@@ -10,20 +10,18 @@ import pytest
 from PIL import Image
 
 from d2lseg import outputs, photos
-from d2lseg.cli import main
 from d2lseg.outputs import MANIFEST
 from d2lseg.photos import output_stems
 
-from recipes import run_cli as run, tiny_train_argv as tiny
+from recipes import copy_of, run_cli as run, tiny_train_argv as tiny
 
 pytestmark = pytest.mark.fault
 
 
 @pytest.fixture(scope='module')
-def done(data_root, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp('outputs') / 'run')
-    assert main(tiny(data_root, out)) == 0
-    return out
+def done(tiny_run, tmp_path_factory):
+    """A copy of the session's tiny run."""
+    return copy_of(tiny_run[0], tmp_path_factory.mktemp('outputs'))
 
 
 def photo(path, colour=(200, 30, 30), size=(96, 64)):

@@ -36,8 +36,8 @@ def base(tmp_path_factory):
 def readers(tree):
     """Run every reader over the train split; return what VOCSegDataset built (or raise)."""
     features, labels = read_voc_images(tree, is_train=True)
-    items = list(iter_split(tree, is_train=True, ignore_boundary=True))
-    ds = VOCSegDataset(True, CROP, tree, ignore_boundary=True, verbose=False)
+    items = list(iter_split(tree, is_train=True, ignore_boundary=True, unknown='background'))
+    ds = VOCSegDataset(True, CROP, tree, ignore_boundary=True, verbose=False, unknown='background')
     assert len(features) == len(labels) == len(items)
     for f, lab in zip(features, labels):
         assert f.dtype == np.uint8 and f.shape == lab.shape and f.shape[2] == 3

@@ -29,7 +29,7 @@ from d2lseg.outputs import MANIFEST  # noqa: E402
 from d2lseg.palette import voc_palette  # noqa: E402
 from d2lseg.viz import overlay  # noqa: E402
 from d2lseg.voc import iter_split  # noqa: E402
-from test_cli import run_main, tiny_flags  # noqa: E402
+from recipes import copy_of  # noqa: E402
 
 HELPER = os.path.join(os.path.dirname(__file__), 'helpers', 'onnx_without_mxnet.py')
 VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s')
@@ -69,11 +69,9 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def trained(data_root, tmp_path_factory):
-    """A tiny fcn32s run of d2lseg train (1 epoch, 4 crops of 64x96), exported with its history and card."""
-    out = str(tmp_path_factory.mktemp('onnx-trained') / 'run')
-    code, _, stderr = run_main(tiny_flags(data_root, out, epochs=1))
-    assert code == 0, stderr
+def trained(tiny_run, tmp_path_factory):
+    """The session's tiny fcn32s run of d2lseg train (2 epochs, 4 crops of 64x96), exported with its history and card."""
+    out = copy_of(tiny_run[0], tmp_path_factory.mktemp('onnx-trained'))
     model = os.path.join(os.path.dirname(out), 'deploy', 'fcn32s.onnx')
     os.makedirs(os.path.dirname(model))
     export_onnx(out, model, log=lambda s: None)

@@ -371,7 +371,7 @@ def test_unknown_colours_become_background_counted_and_warned_once(tree, caplog)
     lab1[-2:, -4:] = 40  # 8 pixels of palette index 40 (not a VOC class)
     save_label_png(lab1, os.path.join(tree, 'SegmentationClass', names[1] + '.png'))
     with caplog.at_level(logging.WARNING, logger='d2lseg.voc'):
-        ds = VOCSegDataset(False, (64, 96), tree, ignore_boundary=True, verbose=False)
+        ds = VOCSegDataset(False, (64, 96), tree, ignore_boundary=True, verbose=False, unknown='background')
     assert ds.unknown_pixels == 35 + 8
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and '43 label pixels' in warnings[0].getMessage()

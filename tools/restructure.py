@@ -32,7 +32,7 @@ LAYOUT = (
     ('native', 'the C++ kernels, the upsampling that uses them, and the machine they run on',
      ('upsampling', 'environment')),
     ('data', 'reading data sets: VOC trees, labels, classes, augmentation, the synthetic set, the download',
-     ('palette', 'images', 'augment', 'voc', 'classes', 'synthetic', 'download')),
+     ('dataspec', 'palette', 'images', 'augment', 'voc', 'classes', 'synthetic', 'download')),
     ('fcn', "the chapter's network and what it computes: ops, model, loss, metrics, inference, train, figures",
      ('ops', 'model', 'loss', 'metrics', 'inference', 'chapter', 'viz')),
     ('deploy', 'a trained network made faster or portable: INT8 / bfloat16, ONNX export, the MXNet-free runtime',
