@@ -9,7 +9,7 @@ MXNET_EXTRA := $(if $(GPU),$(GPU),cpu)
 # The demo's recipe: d2lseg.reference.PRESETS['demo'] (tests/test_regression.py keeps the two equal).
 DEMO_RECIPE := --no-pretrained --ctx cpu --crop 128x192 --batch-size 8 --epochs 9 --lr 0.05 --warmup-epochs 1 --momentum 0.9 --lr-schedule poly
 
-.PHONY: demo test tier venv kernels flags figure lab notebooks book doctor clean
+.PHONY: demo test test-fast tier venv kernels flags figure lab notebooks book doctor clean
 
 venv:
 	@bash tools/venv.sh "$(VENV)" "$(PYTHON)" "$(MXNET_EXTRA)"
@@ -49,6 +49,10 @@ book: venv
 
 test: kernels
 	$(BIN)/python -m pytest
+
+# The inner loop while editing (docs/architecture.md): every test not marked slow, notebook, distributed or fault.
+test-fast: kernels
+	$(BIN)/python -m pytest -q -m "not slow and not notebook and not distributed and not fault"
 
 # What CI runs on each other Python (.ci/run): the tests marked tier (chapter cells, a tiny train / resume /
 # evaluate / predict, INT8, native kernels, notebook 01 quick, the data digests, the regression band), then doctor.

@@ -1,6 +1,5 @@
 """bench/run.py's bookkeeping of the paired timing (no timing here; bench/protocol.py): alternation order and
 figures, what its measuring processes run with, and that every part it can run exists."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,10 +9,9 @@ import pytest
 
 from d2lseg import startup
 
+from bench import protocol as bench
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('bench_protocol', os.path.join(ROOT, 'bench', 'protocol.py'))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
 
 
 class FakeServer:

@@ -17,7 +17,7 @@ from d2lseg.model import build_fcn
 from d2lseg.outputs import MANIFEST
 from d2lseg.palette import VOC_CLASSES
 from d2lseg.voc import VOC_SUBDIR, read_split
-from recipes import copy_of, run_main, tiny_train_argv
+from recipes import copy_of, run_main, tiny_train_argv as tiny_flags
 
 EPOCH_FIGURES = {'epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'val_mean_acc', 'val_fwiou', 'val_iou',
                  'lr', 'train_time', 'time', 'img_s'}
@@ -71,7 +71,7 @@ def test_train_writes_history_curves_checkpoints_and_params(trained):
 @pytest.mark.skipif(mx.context.num_gpus() > 0, reason='a GPU is visible: --ctx auto trains on it, without a note')
 def test_the_device_note_of_ctx_auto_is_in_the_log(data_root, tmp_path):
     out = str(tmp_path / 'run')
-    flags = tiny_train_argv(data_root, out, epochs=1)
+    flags = tiny_flags(data_root, out, epochs=1)
     flags[flags.index('--ctx') + 1] = 'auto'
     code, _, stderr = run_main(flags)
     assert code == 0, stderr
@@ -82,7 +82,7 @@ def test_the_device_note_of_ctx_auto_is_in_the_log(data_root, tmp_path):
 
 def test_log_interval_and_the_log_file_keep_batch_lines_and_errors(data_root, tmp_path):
     out = str(tmp_path / 'run')
-    code, stdout, stderr = run_main(tiny_train_argv(data_root, out, epochs=1) + ['--log-interval', '1'])
+    code, stdout, stderr = run_main(tiny_flags(data_root, out, epochs=1) + ['--log-interval', '1'])
     assert code == 0, stderr
     batch_lines = [line for line in stdout.splitlines() if ', batch ' in line]
     assert [line.split(',')[1].strip() for line in batch_lines] == ['batch 1/2', 'batch 2/2']
@@ -97,14 +97,14 @@ def test_log_interval_and_the_log_file_keep_batch_lines_and_errors(data_root, tm
 
 def test_the_synthetic_set_is_never_taken_for_voc_nor_voc_for_it(data_root, voc_dir, tmp_path):
     out = str(tmp_path / 'run')
-    flags = tiny_train_argv(data_root, out)
+    flags = tiny_flags(data_root, out, epochs=2)
     flags.remove('--synthetic')
     code, _, stderr = run_main(flags)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and 'holds the synthetic set' in lines[0] and '--synthetic' in lines[0]
     real = tmp_path / 'real'
     shutil.copytree(voc_dir, real / VOC_SUBDIR)                 # the same tree without the synthetic marker
-    code, _, stderr = run_main(tiny_train_argv(str(real), out))
+    code, _, stderr = run_main(tiny_flags(str(real), out, epochs=2))
     assert code == 2 and 'not the synthetic set' in stderr and not os.path.exists(out)
     code, _, stderr = run_main(['reproduce', '--data-dir', data_root, '--out', out, '--no-pretrained'])
     assert code == 2 and 'holds the synthetic set' in stderr and not os.path.exists(out)
@@ -113,7 +113,7 @@ def test_the_synthetic_set_is_never_taken_for_voc_nor_voc_for_it(data_root, voc_
 def test_resume_continues_to_the_same_parameters(trained, data_root, tmp_path):
     out_full, _ = trained
     out = str(tmp_path / 'half')
-    assert run_main(tiny_train_argv(data_root, out, epochs=1))[0] == 0
+    assert run_main(tiny_flags(data_root, out, epochs=1))[0] == 0
     assert checkpoint.load_meta(out)['epoch'] == 1
     code, stdout, stderr = run_main(['train', '--resume', out, '--epochs', '2', '--ctx', 'cpu', '--workers', '0',
                                      '--no-progress'])
@@ -245,7 +245,7 @@ def test_bad_flags_one_line_exit_2_nothing_written(data_root, tmp_path, flags, n
     if flags == ['--ctx', 'gpu'] and mx.context.num_gpus():
         pytest.skip('this machine has a GPU')
     out = str(tmp_path / 'never')
-    code, stdout, stderr = run_main(tiny_train_argv(data_root, out) + flags)
+    code, stdout, stderr = run_main(tiny_flags(data_root, out, epochs=2) + flags)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and 'error' in lines[0], stderr
@@ -254,7 +254,7 @@ def test_bad_flags_one_line_exit_2_nothing_written(data_root, tmp_path, flags, n
 
 def test_missing_data_dir_one_line_exit_2(tmp_path):
     out, missing = str(tmp_path / 'never'), str(tmp_path / 'nowhere')
-    flags = tiny_train_argv(missing, out)
+    flags = tiny_flags(missing, out, epochs=2)
     flags.remove('--synthetic')
     code, stdout, stderr = run_main(flags)
     assert code == 2
@@ -266,8 +266,8 @@ def test_missing_data_dir_one_line_exit_2(tmp_path):
 def test_console_script_exit_codes(data_root, tmp_path, trained):
     exe = os.path.join(os.path.dirname(sys.executable), 'd2lseg')
     out = str(tmp_path / 'never')
-    p = subprocess.run([exe] + tiny_train_argv(data_root, out) + ['--crop', '96x100'], capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run([exe] + tiny_flags(data_root, out, epochs=2) + ['--crop', '96x100'], capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and '--crop 96x100' in p.stderr
     assert not os.path.exists(out)
@@ -348,7 +348,7 @@ def test_every_flag_has_help_and_there_is_a_version(capsys):
 def test_progress_bars_stay_out_of_pipes_and_logs(data_root, tmp_path):
     """Piped (CI, `> log`), train writes its per-epoch lines and no tqdm refreshes."""
     p = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'd2lseg')]
-                       + tiny_train_argv(data_root, str(tmp_path / 'run'))[:-3] + ['--out', str(tmp_path / 'run')],
+                       + [a for a in tiny_flags(data_root, str(tmp_path / 'run'), epochs=2) if a != '--no-progress'],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert '--no-progress' not in p.args and 'epoch 2,' in p.stdout
@@ -378,7 +378,7 @@ def test_train_with_augmentation_and_median_frequency_class_weights(data_root, v
     cache = os.path.join(voc_dir, 'd2lseg-class-weights.json')
     if os.path.exists(cache):
         os.remove(cache)
-    code, stdout, stderr = run_main(tiny_train_argv(data_root, out, epochs=1) + ['--augment', '--class-weights', 'auto'])
+    code, stdout, stderr = run_main(tiny_flags(data_root, out, epochs=1) + ['--augment', '--class-weights', 'auto'])
     assert code == 0, stderr
     line = next(line for line in stdout.splitlines() if line.startswith('class weights (median frequency'))
     printed = [float(v) for v in line.split('): ')[1].split(', ')]
@@ -388,9 +388,9 @@ def test_train_with_augmentation_and_median_frequency_class_weights(data_root, v
     with open(os.path.join(out, 'history.json')) as f:
         recipe = json.load(f)['recipe']
     assert recipe['augment'] is True and recipe['class_weights'] == 'auto'
-    code, stdout, _ = run_main(tiny_train_argv(data_root, str(tmp_path / 'again'), epochs=1) + ['--class-weights', 'auto'])
+    code, stdout, _ = run_main(tiny_flags(data_root, str(tmp_path / 'again'), epochs=1) + ['--class-weights', 'auto'])
     assert code == 0 and line in stdout                   # the cached weights, the same line
     bad = tmp_path / 'w.txt'
     bad.write_text('1 2 3')
-    code, _, stderr = run_main(tiny_train_argv(data_root, str(tmp_path / 'bad'), epochs=1) + ['--class-weights', str(bad)])
+    code, _, stderr = run_main(tiny_flags(data_root, str(tmp_path / 'bad'), epochs=1) + ['--class-weights', str(bad)])
     assert code == 2 and 'needs 21 non-negative numbers' in stderr and not os.path.exists(tmp_path / 'bad')

@@ -70,7 +70,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def trained(tiny_run, tmp_path_factory):
-    """The session's tiny fcn32s run of d2lseg train (2 epochs, 4 crops of 64x96), exported with its history and card."""
+    """The session's tiny fcn32s run of d2lseg train (2 epochs, 4 crops of 64x96), exported with history and card."""
     out = copy_of(tiny_run[0], tmp_path_factory.mktemp('onnx-trained'))
     model = os.path.join(os.path.dirname(out), 'deploy', 'fcn32s.onnx')
     os.makedirs(os.path.dirname(model))

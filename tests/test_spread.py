@@ -1,14 +1,10 @@
 """bench/spread.py's bookkeeping (no training here): the grid of runs, flag changes, environments, report."""
-import importlib.util
 import json
 import os
 
 import d2lseg
+from bench import spread
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('bench_spread', os.path.join(ROOT, 'bench', 'spread.py'))
-spread = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(spread)
 BASELINES = os.path.join(os.path.dirname(d2lseg.__file__), 'baselines')
 
 

@@ -203,7 +203,8 @@ def _write_finder(init_path):
         text = text[:start] + block + text[end:]
     else:
         head = text.index('\nfrom ') + 1  # after the docstring: before the package's first import
-        text = text[:head] + 'import importlib.abc\nimport importlib.util\nimport sys\n\n' + block + '\n\n' + text[head:]
+        imports = 'import importlib.abc\nimport importlib.util\nimport sys\n\n'
+        text = text[:head] + imports + block + '\n\n' + text[head:]
     if "    if name in MOVED:" not in text:
         text = text.replace("    raise AttributeError(f\"module 'd2lseg' has no attribute {name!r}\")",
                             "    if name in MOVED:\n        return importlib.import_module(f'{__name__}.{name}')\n"
