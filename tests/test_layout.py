@@ -93,8 +93,8 @@ def _package_imports(path):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').split('.')[0] == 'd2lseg'):
             base = here[:len(here) - node.level + 1] if node.level else []
             parts = base + (node.module.split('.') if node.module else [])
-            for a in node.names if node.module is None or len(parts) == 1 else [None]:
-                yield node.lineno, _as_file(parts + ([a.name] if a else []))
+            for a in node.names:  # a name may be a module of the package imported from (from .data import voc)
+                yield node.lineno, _as_file(parts + [a.name])
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.split('.')[0] == 'd2lseg':
@@ -102,7 +102,8 @@ def _package_imports(path):
 
 
 def _as_file(parts):
-    """['d2lseg', 'data', 'voc', ...] -> the module's file inside d2lseg/ (a package: its __init__.py)."""
+    """['d2lseg', 'data', 'voc', 'NAME'] -> the file of the longest module path among them inside d2lseg/
+    (a package: its __init__.py)."""
     root = os.path.join(ROOT, 'd2lseg')
     for n in range(len(parts), 1, -1):
         rel = '/'.join(parts[1:n])
