@@ -372,3 +372,47 @@ def label_grid(rows, row_titles, col_titles=None, class_list=None, extra=None, c
     if path:
         save_figure(fig, path, bbox_inches='tight')
     return fig
+
+
+def plot_seed_sweep(comparison, baseline=None, title=None):
+    """A comparison over seeds (``teaching.seed_sweep``): left, each setting's training loss per epoch
+    (mean over its finished seeds, the band from min to max); right, the final val mIoU and val pixel
+    accuracy per setting as mean ± sd bars with every seed's value as a dot, and ``baseline`` (the
+    all-background pixel accuracy) dashed -> the figure."""
+    names = list(comparison)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw=dict(width_ratios=(1, 1.25)))
+    for k, name in enumerate(names):
+        runs = [r['epochs'] for r in comparison[name]['runs'].values() if r['diverged'] is None and r['epochs']]
+        if not runs:
+            continue
+        losses = np.array([[e['loss'] for e in eps] for eps in runs])
+        epochs = [e['epoch'] for e in runs[0]]
+        line, = a1.plot(epochs, losses.mean(0), marker='osD^vPX*'[k % 8], label=f'{name} (n = {len(runs)})')
+        a1.fill_between(epochs, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+    a1.set_xlabel('epoch')
+    a1.set_ylabel('train loss (mean over seeds; band: min-max)')
+    a1.set_title('training loss per setting')
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.legend(fontsize='x-small')
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((('val_miou', 'val mIoU'), ('test_acc', 'val pixel acc'))):
+        vals = [[r['epochs'][-1][key] for r in comparison[n]['runs'].values() if r['diverged'] is None and r['epochs']]
+                for n in names]
+        means = [np.mean(v) if v else 0.0 for v in vals]
+        sds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals]
+        pos = x + (k - 0.5) * 0.38
+        a2.bar(pos, means, 0.38, yerr=sds, capsize=3, label=f'{label} (mean ± sd)', alpha=0.8)
+        for p, v in zip(pos, vals):
+            a2.plot([p] * len(v), v, 'k.', ms=5, label='one seed' if k == 0 and p == pos[0] else None)
+    if baseline is not None:
+        a2.axhline(baseline, color='k', ls='--', lw=1, label='all-background pixel acc')
+    a2.set_xticks(x)
+    a2.set_xticklabels(names, rotation=20, ha='right', fontsize='small')
+    a2.set_ylim(0, 1)
+    a2.set_ylabel('fraction (last epoch)')
+    a2.set_title('validation figures per setting, over seeds')
+    a2.legend(fontsize='x-small')
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
