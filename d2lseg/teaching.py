@@ -8,8 +8,11 @@ the records being ``fit``'s per-epoch records (``loss``, ``test_acc``, ``val_mio
 import dataclasses
 import math
 
+import numpy as np
+
 from .engine import TrainingDiverged, fit
 from .reference import _stats
+from .voc import VOCSegDataset, iter_split
 
 KEYS = ('epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'lr', 'time')
 
@@ -157,3 +160,36 @@ def best(comparison, key='val_miou'):
     stats = summary(comparison, key)
     ok = [n for n in comparison if stats[n]['mean'] is not None and not math.isnan(stats[n]['mean'])]
     return max(ok, key=lambda n: stats[n]['mean'], default=None)
+
+
+# ------------------------------------------------------------------- the all-background baselines
+
+
+def split_counts(voc_dir, is_train=False):
+    """Pixels per class (21) of a split's whole labels, void mapped to background as the chapter maps
+    it -> (counts, all-background pixel accuracy)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for _, _, lab in iter_split(voc_dir, is_train=is_train):
+        counts += np.bincount(lab.ravel(), minlength=256)
+    if counts[21:].any():
+        raise ValueError(f'{voc_dir}: a label outside the 21 classes')
+    return counts[:21], counts[0] / counts[:21].sum()
+
+
+def loader_background(data_iter):
+    """One pass of a loader of (image, label) batches -> (background pixels, scored pixels): the
+    all-background accuracy of those crops is their ratio (void, 255, is not scored)."""
+    background = pixels = 0
+    for _, y in data_iter:
+        background += int((y == 0).sum().asscalar())
+        pixels += int((y != 255).sum().asscalar())
+    return background, pixels
+
+
+def crops_baseline(recipe, voc_dir):
+    """The all-background pixel accuracy of exactly the validation crops ``fit(recipe)`` scores (they are
+    drawn from the recipe's seed, so each seed has its own)."""
+    crops = VOCSegDataset(False, recipe.crop, voc_dir, seed=recipe.seed, max_images=recipe.max_images,
+                          ignore_boundary=recipe.ignore_boundary, verbose=False)
+    labels = [crops[i][1].asnumpy() for i in range(len(crops))]
+    return sum(int((y == 0).sum()) for y in labels) / sum(int((y != 255).sum()) for y in labels)

@@ -115,3 +115,24 @@ def test_a_baseline_per_seed_judges_each_run_by_its_own_crops(comparison):
     assert below == ['chapter, seed 1', 'lr 0.01, seed 1']           # 0.72 <= 0.72, 0.61 <= 0.72
     line = teaching.verdict(comparison, 'chapter', {0: 0.5, 1: 0.72, 2: 0.5})[0]
     assert '0.500 (seed 0), 0.720 (seed 1), 0.500 (seed 2)' in line and line.endswith('lr 0.01, seed 1')
+
+
+def test_baselines_count_background_pixels(tmp_path):
+    import numpy as np
+    from mxnet import nd
+    from d2lseg.images import read_label_indices
+    from d2lseg.synthetic import make_synthetic_voc
+    import os
+    voc = make_synthetic_voc(str(tmp_path), n_train=2, n_val=3, sizes=((128, 192),), progress=False)
+    with open(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt')) as f:
+        labels = [read_label_indices(os.path.join(voc, 'SegmentationClass', n + '.png'), False) for n in f.read().split()]
+    hist = sum(np.bincount(lab.ravel(), minlength=21)[:21] for lab in labels)
+    counts, share = teaching.split_counts(voc)
+    assert counts.tolist() == hist.tolist() and share == hist[0] / hist.sum()
+    y = nd.array([[[0, 0, 255], [3, 0, 1]]])
+    assert teaching.loader_background([(None, y), (None, y)]) == (6, 10)
+    recipe = d2l.Recipe(crop=(64, 96), max_images=None, seed=0)
+    b0 = teaching.crops_baseline(recipe, voc)
+    crops = d2l.VOCSegDataset(False, (64, 96), voc, seed=0, verbose=False)
+    ys = [crops[i][1].asnumpy() for i in range(len(crops))]
+    assert b0 == sum((y == 0).sum() for y in ys) / sum((y != 255).sum() for y in ys) and 0 < b0 < 1
