@@ -43,9 +43,18 @@ def _run(name, monkeypatch, report, **env):
         monkeypatch.setenv(k, v)
     before = sorted(os.listdir(NOTEBOOK_DIR))
     # raises CellExecutionError naming the failing cell, NotebookReportError naming a missing variable
-    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name)
+    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name, quick=True)
     assert sorted(os.listdir(NOTEBOOK_DIR)) == before, 'a notebook wrote into notebooks/'
     return nb, values
+
+
+def _self_check_matches(nb, computed):
+    """The numbers of the Self-check answers (bold, in order) are those the notebook computed."""
+    import re
+    cell = next(c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('## Self-check'))
+    answers = re.findall(r'<details><summary>Answer \d</summary>(.*?)</details>', cell, re.S)
+    numbers = [float(m) for a in answers for m in re.findall(r'\*\*(-?[\d.]+)\*\*', a)]
+    assert numbers == pytest.approx(computed, rel=1e-3), (numbers, computed)
 
 
 def test_the_notebooks_are_the_chapters_seven():
@@ -222,8 +231,8 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
 @pytest.mark.notebook
 def test_04_training(monkeypatch):
     nb, r = _run('04_training.ipynb', monkeypatch,
-                 report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'sweep', 'base.epochs',
-                         'best_lr_run', 'winner', 'sweep_baseline', 'crop_baseline', 'crop_pixels'])
+                 report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'comparison', 'seeds', 'floors',
+                         'SETTINGS', 'verdict', 'winner', 'crop_baseline', 'crop_pixels', 'self_check', 'base.epochs'])
     assert r['ctx'] == ['cpu(0)']                # what d2l.train trained on
     # d2l.train(history=[]) filled the list: one record per epoch (quick mode: 2)
     assert [e['epoch'] for e in r['history']] == [1, 2], r['history']
@@ -237,35 +246,34 @@ def test_04_training(monkeypatch):
     counts = r['val_counts']
     assert len(counts) == 21 and sum(counts) in {k * 128 * 192 + (4 - k) * 160 * 224 for k in range(5)}
     assert 0 < r['baseline_acc'] < 1 and r['baseline_acc'] == pytest.approx(counts[0] / sum(counts))
-    assert 0 < r['sweep_baseline'] < 1     # the same, on the sweep's 64x96 validation crops
     # the chapter cell's baseline: one pass of test_iter, one batch of 4 random 64x96 crops (last batch dropped)
     assert r['crop_pixels'] == 4 * 64 * 96 and 0 < r['crop_baseline'] < 1
-    # the sweep: 3 rates, then momentum at the best rate and a tenth of it, then poly (+ warm-up), then longer
-    sweep, epochs = r['sweep'], r['base.epochs']
-    names = list(sweep)
-    assert names[:3] == ['lr 0.01', 'lr 0.1', 'lr 1'] and len(names) == 8, names
-    settings = [sweep[n]['recipe'] for n in names]
-    assert [s['lr'] for s in settings[:3]] == [0.01, 0.1, 1.0]
-    assert all(s['momentum'] == 0 and s['lr_schedule'] == 'constant' for s in settings[:3])
-    best_lr = sweep[r['best_lr_run']]['recipe']['lr']
-    assert [s['momentum'] for s in settings[3:5]] == [0.9, 0.9]
-    assert [s['lr'] for s in settings[3:5]] == pytest.approx([best_lr, best_lr / 10])
-    assert [(s['lr_schedule'], s['warmup_epochs']) for s in settings[5:7]] == [('poly', 0), ('poly', 1)]
-    assert [s['epochs'] for s in settings] == [epochs] * 7 + [2 * epochs]
-    for n in names:   # one record per epoch trained; a diverged run says why and stops early
-        run = sweep[n]
-        assert [e['epoch'] for e in run['epochs']] == list(range(1, len(run['epochs']) + 1)), n
-        if run['diverged'] is None:
-            assert len(run['epochs']) == run['recipe']['epochs'], n
-        else:
-            assert 'became' in run['diverged'] and len(run['epochs']) < run['recipe']['epochs'], n
-        assert all(0 <= e['val_miou'] <= 1 and 0 <= e['test_acc'] <= 1 for e in run['epochs']), n
-    finished = [n for n in names if sweep[n]['diverged'] is None]
-    assert r['winner'] in finished
-    assert sweep[r['winner']]['epochs'][-1]['val_miou'] == max(sweep[n]['epochs'][-1]['val_miou'] for n in finished)
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
-    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
+    # exercise 3: every setting with the same >= 3 seeds, one change at a time from the chapter's
+    seeds, comparison, settings = r['seeds'], r['comparison'], r['SETTINGS']
+    assert len(seeds) >= 3 and list(comparison) == list(settings) and len(settings) >= 3
+    assert settings["chapter (lr 0.1)"] == {} and settings["05's recipe"]['momentum'] == 0.9
+    for name, c in comparison.items():
+        assert sorted(int(s) for s in c['runs']) == sorted(seeds), name
+        for run in c['runs'].values():
+            assert [e['epoch'] for e in run['epochs']] == list(range(1, r['base.epochs'] + 1)) or run['diverged']
+    # a floor per seed, and the verdict names exactly the runs at or below their floor
+    floors = {int(s): v for s, v in r['floors'].items()}
+    assert sorted(floors) == sorted(seeds) and all(0 < v < 1 for v in floors.values())
+    below = [f'{n}, seed {s}' for n, c in comparison.items() for s, run in c['runs'].items()
+             if not run['diverged'] and run['epochs'][-1]['test_acc'] <= floors[int(s)]]
+    assert r['verdict'][0].endswith(', '.join(below) if below else 'none')
+    # the tie margin is the widest seed range measured here, said with where it came from
+    ranges = {n: max(run['epochs'][-1]['val_miou'] for run in c['runs'].values() if not run['diverged'])
+              - min(run['epochs'][-1]['val_miou'] for run in c['runs'].values() if not run['diverged'])
+              for n, c in comparison.items()}
+    widest = max(ranges, key=ranges.get)
+    assert r['verdict'][1] == f'tie margin: {ranges[widest]:.3f}, the largest range over seeds measured here ' \
+        f'({widest}: ' + r['verdict'][1].split(f'({widest}: ')[1]
+    assert len(r['verdict']) == 2 + len(settings) - 1 and r['winner'] in settings
+    assert r['self_check'] == pytest.approx([10, 60, 0.04])
+    _self_check_matches(nb, r['self_check'])
+    md = [c.source for c in nb.cells if c.cell_type == 'markdown']
+    assert not any('D2LSEG_' in c or 'tests/' in c for c in md)
     assert _figures(nb) >= 2
 
 

@@ -108,13 +108,35 @@ def run_info_text(needs, seconds, where, date):
             f'depend on the CPU and thread count: a run on your machine gives its own.')
 
 
-def _client(nb):
+def kernel_client(nb, cwd, timeout=3600):
+    """The one notebook-kernel launcher (``run`` here, the tests' ``nbrun``): an nbclient for ``nb`` on
+    this interpreter's ipykernel (its built-in ``python3`` spec, no kernelspec install), in ``cwd``."""
     from jupyter_client import KernelManager
     from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
     ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # this interpreter's ipykernel
     km = KernelManager(kernel_name='python3', kernel_spec_manager=ksm)
-    return NotebookClient(nb, km=km, timeout=3600, resources={'metadata': {'path': NOTEBOOK_DIR}})
+    return NotebookClient(nb, km=km, timeout=timeout, resources={'metadata': {'path': str(cwd)}})
+
+
+PARAMETERS = 'parameters'  # cell.metadata['d2lseg']['role'] of a notebook's one cell of sizes
+
+
+def parameters_cell(nb):
+    """The notebook's parameters cell (the sizes of its run), or None."""
+    return next((c for c in nb.cells if c.cell_type == 'code'
+                 and c.metadata.get('d2lseg', {}).get('role') == PARAMETERS), None)
+
+
+def quick(nb):
+    """``nb`` in quick mode: its parameters cell's source replaced by the notebook's
+    ``metadata.d2lseg.quick_parameters`` (a tiny data set and run), nothing else changed. Quick mode is
+    set from outside the student's code: no cell of the notebook tests for it."""
+    cell = parameters_cell(nb)
+    source = nb.metadata.get('d2lseg', {}).get('quick_parameters')
+    if cell is not None and source:
+        cell.source = source
+    return nb
 
 
 def _with_run_info(nb, text):
@@ -137,7 +159,7 @@ def execute(path, where):
     # full mode, inline figures, no history to compare: whatever the caller's environment says
     env = {k: v for k, v in os.environ.items() if k not in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY')}
     from d2lseg.progress import bar
-    client = _client(nb)
+    client = kernel_client(nb, NOTEBOOK_DIR)
     cells = bar(total=sum(c.cell_type == 'code' for c in nb.cells), desc=name, unit='cell', leave=False)
     client.on_cell_executed = lambda **_: cells.update()  # a bar on a terminal, nothing in a log
     tic = time.time()
@@ -155,7 +177,7 @@ def execute(path, where):
     info.source = run_info_text(needs, seconds, where, date)
     for cell in nb.cells:
         if cell.cell_type == 'code':
-            cell.metadata['d2lseg'] = {'source_sha256': source_hash(cell.source)}
+            cell.metadata.setdefault('d2lseg', {})['source_sha256'] = source_hash(cell.source)  # keeps its role
     nb.metadata.setdefault('d2lseg', {})['executed'] = {
         'date': date, 'seconds': round(seconds, 1), 'machine': where, 'quick': False}
     tmp = path + '.tmp'
