@@ -8,9 +8,10 @@ the records being ``fit``'s per-epoch records (``loss``, ``test_acc``, ``val_mio
 import dataclasses
 import math
 
+import cv2
 import numpy as np
 
-from .engine import TrainingDiverged, fit
+from .engine import TrainingDiverged, fit, prepare
 from .reference import _stats
 from .voc import VOCSegDataset, iter_split
 
@@ -18,31 +19,36 @@ KEYS = ('epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'lr', 'time')
 
 
 def _train(recipe, callbacks):
-    """``engine.fit`` -> (records, None), or (records so far, why) when the loss diverged."""
+    """``engine.fit`` -> (records, None, the prepared run), or (records so far, why, run) when the loss
+    diverged."""
     records = []
     keep = lambda state: records.append({k: state.record[k] for k in KEYS if k in state.record})  # noqa: E731
+    run = prepare(recipe)
     try:
-        fit(recipe, callbacks=list(callbacks) + [keep], progress=False)
-        return records, None
+        fit(recipe, callbacks=list(callbacks) + [keep], run=run, progress=False)
+        return records, None, run
     except TrainingDiverged as e:
-        return records, str(e)
+        return records, str(e), run
 
 
-def seed_sweep(base, settings, seeds, callbacks=(), train=_train, say=print):
+def seed_sweep(base, settings, seeds, callbacks=(), train=_train, say=print, kept=None):
     """Train ``base`` (a Recipe) with each setting's changes, once per seed -> a comparison.
 
     settings: {name: {recipe field: value}}; seeds: the seeds every setting is trained with (the
     same seeds for all, so that setting, not luck, is what differs in the mean). ``train(recipe,
-    callbacks) -> (records, diverged)`` trains one run (``engine.fit`` by default); ``say`` gets one
-    line per run started."""
+    callbacks) -> (records, diverged, run)`` trains one run (``engine.fit`` by default); ``say`` gets
+    one line per run started; ``kept``, a dict, receives {name: the trained run} of the first seed
+    (its network and data, e.g. for figures)."""
     out = {}
     for name, changes in settings.items():
         out[name] = {'changes': dict(changes), 'runs': {}}
         for seed in seeds:
             recipe = dataclasses.replace(base, seed=seed, **changes)
             say(f'{name}, seed {seed}')
-            records, diverged = train(recipe, callbacks)
+            records, diverged, run = train(recipe, callbacks)
             out[name]['runs'][seed] = {'epochs': records, 'diverged': diverged}
+            if kept is not None and seed == seeds[0]:
+                kept[name] = run
     return out
 
 
@@ -193,3 +199,31 @@ def crops_baseline(recipe, voc_dir):
                           ignore_boundary=recipe.ignore_boundary, verbose=False)
     labels = [crops[i][1].asnumpy() for i in range(len(crops))]
     return sum(int((y == 0).sum()) for y in labels) / sum(int((y != 255).sum()) for y in labels)
+
+
+# ------------------------------------------------------------------- accuracy near class boundaries
+
+
+def boundary_distance(lab):
+    """Distance in pixels from every pixel of a label map (H, W; 255 = void) to the nearest void pixel or
+    class change (np.inf everywhere when there is none)."""
+    edge = lab == 255
+    edge[:, 1:] |= (lab[:, 1:] != lab[:, :-1]) & (lab[:, 1:] != 255) & (lab[:, :-1] != 255)
+    edge[1:, :] |= (lab[1:, :] != lab[:-1, :]) & (lab[1:, :] != 255) & (lab[:-1, :] != 255)
+    if not edge.any():
+        return np.full(lab.shape, np.inf, np.float32)
+    return cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+
+
+def accuracy_by_distance(preds, labels, edges):
+    """Right and scored pixels per distance band -> (right, total), arrays of len(edges) - 1.
+
+    preds, labels: matching (H, W) class maps (labels: 255 = void, not scored); edges: increasing band
+    edges in pixels from 0 to np.inf, band k is [edges[k], edges[k + 1])."""
+    right, total = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
+    for p, lab in zip(preds, labels):
+        keep = lab != 255
+        band = np.digitize(boundary_distance(lab)[keep], edges[1:-1])
+        right += np.bincount(band, weights=p[keep] == lab[keep], minlength=len(right))
+        total += np.bincount(band, minlength=len(total))
+    return right, total

@@ -18,10 +18,10 @@ def fake_train(calls):
         name = {0.01: 'lr 0.01', 1.0: 'lr 1'}.get(recipe.lr, 'momentum' if recipe.momentum else 'chapter')
         calls.append((name, recipe.seed, recipe.lr, recipe.momentum))
         if (name, recipe.seed) not in FINAL:
-            return [{'epoch': 1, 'loss': 3.0, 'test_acc': 0.5, 'val_miou': 0.0}], 'the loss became nan'
+            return [{'epoch': 1, 'loss': 3.0, 'test_acc': 0.5, 'val_miou': 0.0}], 'the loss became nan', None
         miou, acc = FINAL[name, recipe.seed]
         return [{'epoch': 1, 'loss': 2.0, 'test_acc': 0.5, 'val_miou': 0.0},
-                {'epoch': 2, 'loss': 1.0 + miou, 'test_acc': acc, 'val_miou': miou}], None
+                {'epoch': 2, 'loss': 1.0 + miou, 'test_acc': acc, 'val_miou': miou}], None, (name, recipe.seed)
     return train
 
 
@@ -29,7 +29,9 @@ def fake_train(calls):
 def comparison():
     calls = []
     base = d2l.Recipe(crop=(64, 96), batch_size=8, epochs=2, pretrained=False)
-    out = teaching.seed_sweep(base, SETTINGS, seeds=(0, 1, 2), train=fake_train(calls), say=lambda s: None)
+    kept = {}
+    out = teaching.seed_sweep(base, SETTINGS, seeds=(0, 1, 2), train=fake_train(calls), say=lambda s: None, kept=kept)
+    assert kept == {n: (n, 0) for n in SETTINGS}                           # the first seed's runs
     # every setting with every seed, the base recipe's other fields untouched
     assert [(c[0], c[1]) for c in calls] == [(n, s) for n in SETTINGS for s in (0, 1, 2)]
     return out
@@ -136,3 +138,20 @@ def test_baselines_count_background_pixels(tmp_path):
     crops = d2l.VOCSegDataset(False, (64, 96), voc, seed=0, verbose=False)
     ys = [crops[i][1].asnumpy() for i in range(len(crops))]
     assert b0 == sum((y == 0).sum() for y in ys) / sum((y != 255).sum() for y in ys) and 0 < b0 < 1
+
+
+def test_boundary_distance_and_bands():
+    import numpy as np
+    lab = np.zeros((6, 8), np.uint8)
+    lab[:, 4:] = 1                                 # a vertical class change between columns 3 and 4
+    d = teaching.boundary_distance(lab.copy())
+    # OpenCV's 3x3 L2 mask: 0.955 per horizontal step, from the edge at column 4 (where the class changes)
+    assert d[0].tolist() == pytest.approx([0.955 * k for k in (4, 3, 2, 1, 0, 1, 2, 3)], abs=1e-3)
+    assert np.isinf(teaching.boundary_distance(np.zeros((2, 2), np.uint8))).all()
+    pred = lab.copy()
+    pred[:, 4] = 0                                 # wrong exactly at the boundary column
+    right, total = teaching.accuracy_by_distance([pred], [lab], (0, 1, 2, np.inf))
+    assert total.tolist() == [18, 12, 18] and right.tolist() == [12, 12, 18]   # columns 3-5 | 2, 6 | 0, 1, 7
+    lab[0, 0] = 255                                # void: not scored, and a boundary itself
+    right, total = teaching.accuracy_by_distance([pred], [lab], (0, 1, 2, np.inf))
+    assert total.sum() == 47
