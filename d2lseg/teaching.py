@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .engine import TrainingDiverged, fit, prepare
+from .palette import VOC_CLASSES
 from .reference import _stats
 from .voc import VOCSegDataset, iter_split
 
@@ -227,3 +228,41 @@ def accuracy_by_distance(preds, labels, edges):
         right += np.bincount(band, weights=p[keep] == lab[keep], minlength=len(right))
         total += np.bincount(band, minlength=len(total))
     return right, total
+
+
+# ------------------------------------------------------------------- what to look for in a figure
+
+
+def _np(a):
+    return a.asnumpy() if hasattr(a, 'asnumpy') else np.asarray(a)
+
+
+def look_for(preds, labels, names=VOC_CLASSES):
+    """One sentence on a prediction figure, computed from its maps: the share of labelled pixels
+    predicted right, the most frequent confusion (true class taken for another) and how many classes
+    the predictions use against the labels. preds, labels: matching (H, W) class maps (255 = void)."""
+    n = len(names)
+    cm = np.zeros((n, n), np.int64)
+    for p, lab in zip(preds, labels):
+        p, lab = _np(p).astype(np.int64).ravel(), _np(lab).astype(np.int64).ravel()
+        keep = (lab != 255) & (lab < n) & (p < n)
+        cm += np.bincount(lab[keep] * n + p[keep], minlength=n * n).reshape(n, n)
+    if not cm.sum():
+        return 'What to look for: these images have no labelled pixels.'
+    wrong = cm.copy()
+    np.fill_diagonal(wrong, 0)
+    t, q = np.unravel_index(wrong.argmax(), wrong.shape)
+    said = (f'its most frequent mistake is {names[t]} taken for {names[q]} ({wrong[t, q]} pixels, '
+            f'{wrong[t, q] / cm[t].sum():.0%} of the {names[t]} pixels)' if wrong[t, q] else 'it makes no mistake')
+    return (f'What to look for: {np.trace(cm) / cm.sum():.0%} of the labelled pixels are right; {said}; the '
+            f'predictions use {np.count_nonzero(cm.sum(0))} classes where the labels have {np.count_nonzero(cm.sum(1))}.')
+
+
+def edge_sentence(accuracy_near, accuracy_inside):
+    """One sentence comparing variants' pixel accuracy near class boundaries and inside objects.
+    accuracy_near, accuracy_inside: {variant: accuracy}."""
+    best = max(accuracy_near, key=accuracy_near.get)
+    worst = min(accuracy_near, key=accuracy_near.get)
+    gaps = ', '.join(f'{v} {accuracy_inside[v] - accuracy_near[v]:+.3f}' for v in accuracy_near)
+    return (f'What to look for: the edges. Near boundaries {best} is the most accurate ({accuracy_near[best]:.3f}) '
+            f'and {worst} the least ({accuracy_near[worst]:.3f}); inside minus near: {gaps}.')

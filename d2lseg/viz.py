@@ -416,3 +416,19 @@ def plot_seed_sweep(comparison, baseline=None, title=None):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_bands(bands, edges, title='accuracy by distance to a boundary (validation crops)'):
+    """Pixel accuracy per distance band to the nearest class boundary, one line per model -> the figure.
+    bands: {name: (right, total)} per band (``teaching.accuracy_by_distance``); edges: the band edges."""
+    names = [f'{a:g}-{b:g}' if np.isfinite(b) else f'{a:g}+' for a, b in zip(edges[:-1], edges[1:])]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for k, (name, (right, total)) in enumerate(bands.items()):
+        ax.plot(range(len(names)), right / np.maximum(total, 1), marker='osD^'[k % 4], label=name)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_xlabel('distance to the nearest class boundary (pixels)')
+    ax.set_ylabel('pixel accuracy')
+    ax.set_title(title)
+    ax.legend()
+    return fig

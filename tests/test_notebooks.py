@@ -281,18 +281,37 @@ def test_04_training(monkeypatch):
 def test_05_prediction(monkeypatch):
     import re
     nb, r = _run('05_prediction.ipynb', monkeypatch,
-                 report=['histories', 'results', 'pixels_scored', 'skipped', 'labelled_px', 'never_predicted',
-                         'band_total', 'labelled', 'near', 'interior', 'best', 'sharpest', 'show'])
+                 report=['comparison', 'seeds', 'floors', 'verdict', 'results', 'pixels_scored', 'skipped',
+                         'labelled_px', 'never_predicted', 'band_total', 'labelled', 'near', 'interior', 'best',
+                         'sharpest', 'show', 'seen', 'same_predict', 'same_label2image', 'self_check'])
     variants = ['fcn32s', 'fcn16s', 'fcn8s']
-    h = r['histories']                                   # exercise 5: three variants, one recipe
-    assert sorted(h) == sorted(variants)
-    recipes = [{k: v for k, v in h[v]['recipe'].items() if k != 'variant'} for v in variants]
-    assert recipes[0] == recipes[1] == recipes[2] and recipes[0]['crop'] == [64, 96]
-    assert [h[v]['recipe']['variant'] for v in variants] == variants
+    c = r['comparison']                                  # exercise 5: three variants, one recipe, >= 3 seeds
+    assert list(c) == variants and len(r['seeds']) >= 3
+    assert [c[v]['changes'] for v in variants] == [{'variant': v} for v in variants]
     for v in variants:
-        assert [e['epoch'] for e in h[v]['epochs']] == [1, 2], v
-        for e in h[v]['epochs']:
-            assert math.isfinite(e['loss']) and 0 <= e['test_acc'] <= 1 and 0 <= e['val_miou'] <= 1, (v, e)
+        assert sorted(int(s) for s in c[v]['runs']) == sorted(r['seeds']), v
+        for run in c[v]['runs'].values():
+            assert [e['epoch'] for e in run['epochs']] == [1, 2], v
+            for e in run['epochs']:
+                assert math.isfinite(e['loss']) and 0 <= e['test_acc'] <= 1 and 0 <= e['val_miou'] <= 1, (v, e)
+    # the verdict: the tie margin measured from these seeds, said with where from; no literal spread
+    finals = {v: [run['epochs'][-1]['val_miou'] for run in c[v]['runs'].values()] for v in variants}
+    widest = max(variants, key=lambda v: max(finals[v]) - min(finals[v]))
+    assert r['verdict'][1].startswith(f'tie margin: {max(finals[widest]) - min(finals[widest]):.3f}, the largest '
+                                      f'range over seeds measured here ({widest}:')
+    assert [line.split(':')[0] for line in r['verdict'][2:]] == ['fcn16s', 'fcn8s']
+    sources = [c.source for c in nb.cells if c.cell_type == 'code']
+    assert not any(re.search(r'SPREAD|0\.02\b', src) for src in sources)
+    # the chapter's predict and label2image, as printed, equal the package's
+    assert r['same_predict'] is True and r['same_label2image'] is True
+    assert 'def predict(img):\n    X = test_iter._dataset.normalize_image(img)' in '\n'.join(sources)
+    assert "colormap = nd.array(d2l.VOC_COLORMAP, ctx=ctx[0], dtype='uint8')" in '\n'.join(sources)
+    # the variants' figure shows images not shown before, as far as the split has them (quick: 4 images, all shown)
+    assert len(r['show']) == len(set(r['show'])) == 3
+    unseen = [i for i in range(4) if i not in r['seen']]
+    assert r['show'][:len(unseen)] == unseen[:3]
+    assert r['self_check'] == [150, 8, 25]
+    _self_check_matches(nb, r['self_check'])
     assert r['best'] in variants and r['sharpest'] in variants
     assert len(r['show']) == len(set(r['show'])) == 3                   # three different images
     # exercise 4: the 160x224 crop skips the one 128x192 validation image; the whole image scores every

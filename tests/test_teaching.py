@@ -155,3 +155,29 @@ def test_boundary_distance_and_bands():
     lab[0, 0] = 255                                # void: not scored, and a boundary itself
     right, total = teaching.accuracy_by_distance([pred], [lab], (0, 1, 2, np.inf))
     assert total.sum() == 47
+
+
+def test_look_for_states_the_figures_facts():
+    import numpy as np
+    lab = np.array([[0, 0, 1, 1], [0, 255, 1, 1]])
+    pred = np.array([[0, 0, 0, 1], [0, 3, 0, 1]])
+    s = teaching.look_for([pred], [lab])
+    # 7 labelled pixels, 5 right; aeroplane (1) taken for background twice, 2 of its 4 pixels
+    assert s == ('What to look for: 71% of the labelled pixels are right; its most frequent mistake is aeroplane '
+                 'taken for background (2 pixels, 50% of the aeroplane pixels); the predictions use 2 classes '
+                 'where the labels have 2.')
+    assert 'no mistake' in teaching.look_for([lab], [lab])
+    s = teaching.edge_sentence({'fcn32s': 0.5, 'fcn8s': 0.6}, {'fcn32s': 0.8, 'fcn8s': 0.7})
+    assert 'fcn8s is the most accurate (0.600)' in s and 'fcn32s the least (0.500)' in s
+    assert 'fcn32s +0.300, fcn8s +0.100' in s
+
+
+def test_plot_bands_one_line_per_model():
+    import numpy as np
+    from d2lseg.viz import plot_bands
+    fig = plot_bands({'a': (np.array([1., 2.]), np.array([2., 4.])), 'b': (np.array([0., 4.]), np.array([0., 4.]))},
+                     (0, 2, np.inf))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['0-2', '2+']
+    assert [list(line.get_ydata()) for line in ax.lines] == [[0.5, 0.5], [0.0, 1.0]]
+    assert ax.get_legend() is not None and ax.get_xlabel().startswith('distance')
