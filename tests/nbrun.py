@@ -78,19 +78,19 @@ class NotebookReportError(AssertionError):
     """The notebook ran, but a value the test asked for is missing or cannot be reported."""
 
 
-def execute_notebook(nb, cwd, timeout=180, report=None, name=None, quick=False):
+def execute_notebook(nb, cwd, timeout=180, report=None, name=None, quick=False, parameters=None):
     """Run ``nb`` in place with ``cwd`` as its working folder; returns it with outputs.
 
     quick: run the notebook's quick parameters instead of its parameters cell (the returned notebook
-    shows them in that cell).
+    shows them in that cell); parameters: a source for that cell instead (what a test sets).
 
     report: names (or attribute paths such as ``'X.shape'``) to read from the kernel's namespace once
     every cell has run; then returns ``(nb, values)`` with ``values`` a dict keyed by those names,
     and raises :class:`NotebookReportError` naming the notebook (``name``) and every variable it does
     not define or that cannot be reported. ``nb`` comes back without the report cell.
     """
-    if quick:
-        tool.quick(nb)
+    if quick or parameters is not None:
+        tool.quick(nb, parameters)
     client = tool.kernel_client(nb, cwd, timeout=timeout)
     if report is None:
         client.execute()

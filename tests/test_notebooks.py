@@ -1,5 +1,5 @@
-"""Every notebook under notebooks/ runs in quick mode (D2LSEG_QUICK=1) and computes what it teaches, and
-is stored with the outputs of one full run of its current code cells (`make notebooks`).
+"""Every notebook under notebooks/ runs in quick mode (its parameters cell swapped for a tiny run) and
+computes what it teaches, and is stored with the outputs of one full run of its current code cells (`make notebooks`).
 
 The kernel is this interpreter's ipykernel (its built-in ``python3`` spec), so no kernelspec needs
 installing: a fresh ``pip install -e .[cpu,test]`` venv runs these as they are.
@@ -30,20 +30,18 @@ def _read(name):
 
 def _figures(nb):
     return sum(1 for c in nb.cells for o in c.get('outputs', [])
-               if any(k in o.get('data', {}) for k in ('image/png', 'image/svg+xml')))
+               if any(k in o.get('data', {}) for k in ('image/png', 'image/jpeg', 'image/svg+xml')))
 
 
-def _run(name, monkeypatch, report, **env):
-    """Run notebook ``name`` in quick mode; returns it with outputs and the values of ``report``
-    (variables of the notebook, or attribute paths from one) as the notebook left them."""
-    monkeypatch.setenv('D2LSEG_QUICK', '1')
+def _run(name, monkeypatch, report, parameters=None):
+    """Run notebook ``name`` in quick mode (its parameters cell swapped for its quick version, or for
+    ``parameters``); returns it with outputs and the values of ``report`` (variables of the notebook, or
+    attribute paths from one) as the notebook left them."""
     monkeypatch.delenv('MPLBACKEND', raising=False)  # the kernel's default: inline figures
-    monkeypatch.delenv('D2LSEG_HISTORY', raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
     before = sorted(os.listdir(NOTEBOOK_DIR))
     # raises CellExecutionError naming the failing cell, NotebookReportError naming a missing variable
-    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name, quick=True)
+    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name, quick=True,
+                                  parameters=parameters)
     assert sorted(os.listdir(NOTEBOOK_DIR)) == before, 'a notebook wrote into notebooks/'
     return nb, values
 
@@ -86,7 +84,35 @@ def test_stored_with_outputs_of_their_current_cells(name):
     assert info.metadata['d2lseg']['role'] == RUN_INFO
     assert executed['machine'] in info.source and executed['date'] in info.source
     assert nb.metadata['d2lseg']['needs'] in info.source
-    assert nb.cells[-1].cell_type == 'markdown' and nb.cells[-1].source.startswith('## Notes for instructors')
+    assert nb.cells[-1].cell_type == 'markdown' and nb.cells[-1].source.startswith('## References')
+
+
+REFERENCES = ('arxiv.org/abs/1411.4038', 'arxiv.org/abs/1605.06211', 'arxiv.org/abs/1603.07285',
+              'd2l.ai/chapter_computer-vision/fcn.html')
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_students_view(name):
+    """What a student reads: no test-mode branch or environment switch in any cell (quick mode swaps the
+    one parameters cell, from outside), no stdout redirection, no plumbing in the text, no code cell over
+    ~20 lines but the ones that define the chapter's functions; then 3-5 self-check questions whose
+    answers open on a click, and the references with their links."""
+    import re
+    nb = _read(name)
+    code = [c.source for c in nb.cells if c.cell_type == 'code']
+    text = [c.source for c in nb.cells if c.cell_type == 'markdown']
+    assert not [c for c in code if re.search(r'QUICK|D2LSEG_|os\.environ|redirect_stdout', c)], name
+    assert not [c for c in text if re.search(r'D2LSEG_|tests/|Notes for instructors', c)], name
+    params = [c for c in nb.cells if c.cell_type == 'code' and c.metadata.get('d2lseg', {}).get('role') == 'parameters']
+    assert len(params) <= 1 and (not params or nb.metadata['d2lseg'].get('quick_parameters') or name.startswith('06'))
+    long = [len(c.splitlines()) for c in code if len(c.splitlines()) > 27 and 'def ' not in c]
+    assert not long, f'{name}: cells of {long} lines'
+    check = next(c for c in text if c.startswith('## Self-check'))
+    answers = re.findall(r'<details><summary>Answer (\d)</summary>', check)
+    assert 3 <= len(answers) <= 5 and answers == [str(k) for k in range(1, len(answers) + 1)]
+    assert check.count('</details>') == len(answers)
+    assert any(c.startswith('self_check = ') for c in code)
+    assert all(ref in text[-1] for ref in REFERENCES) and text[-1].startswith('## References')
 
 
 @pytest.mark.notebook
@@ -272,8 +298,6 @@ def test_04_training(monkeypatch):
     assert len(r['verdict']) == 2 + len(settings) - 1 and r['winner'] in settings
     assert r['self_check'] == pytest.approx([10, 60, 0.04])
     _self_check_matches(nb, r['self_check'])
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md)
     assert _figures(nb) >= 2
 
 
@@ -350,7 +374,7 @@ def test_06_reproduce(monkeypatch, tmp_path):
     nb, r = _run('06_reproduce.ipynb', monkeypatch,
                  report=['reference.PUBLISHED', 'reference.FCN_PAPER', 'n_runs', 'per_seed', 'synth', 'epochs',
                          'not_compared', 'comparison.ok', 'history_path'],
-                 D2LSEG_HISTORY=str(path))
+                 parameters=f'history_path = {str(path)!r}')
     published = r['reference.PUBLISHED']          # the figures the notebook tabulates
     assert published['d2l-mxnet-en']['epochs'][0]['loss'] == 1.2733
     assert published['d2l-mxnet-en']['epochs'][-1]['test_acc'] == 0.842   # "near 0.84" in the intro
@@ -358,15 +382,12 @@ def test_06_reproduce(monkeypatch, tmp_path):
     assert r['n_runs'] == len(band['runs']) == sum(r['per_seed'].values())
     assert sorted(int(k) for k in r['per_seed']) == band['seeds'] and r['synth'] == band['synth']
     assert r['epochs'] == band['judged_epochs']
-    assert r['history_path'] == str(path)                   # the environment variable overrides the cell's None
+    assert r['history_path'] == str(path)                   # the parameters cell, set by the test
     assert set(r['not_compared']) == {'book', 'd2l-zh-v1'}   # a synthetic run is not judged by VOC figures
     assert all('another recipe, not compared' in why for why in r['not_compared'].values()), r['not_compared']
     assert r['comparison.ok'] is False                      # verdict: REGRESSION, printed as such
     text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
     assert 'verdict against the band: REGRESSION' in text
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
-    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
     assert _figures(nb) >= 2                                # the band, and the run on it
 
 
@@ -384,7 +405,4 @@ def test_07_own_data(monkeypatch):
     assert 0 <= r['record']['pixel_acc'] <= 1 and 0 <= r['record']['miou'] <= 1
     assert [e['epoch'] for e in r['history']['epochs']] == [1, 2]
     assert all(len(e['val_iou']) == 4 for e in r['history']['epochs'])
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
-    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
     assert _figures(nb) >= 2                                             # the curves and the prediction grid

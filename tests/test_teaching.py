@@ -181,3 +181,16 @@ def test_plot_bands_one_line_per_model():
     assert [t.get_text() for t in ax.get_xticklabels()] == ['0-2', '2+']
     assert [list(line.get_ydata()) for line in ax.lines] == [[0.5, 0.5], [0.0, 1.0]]
     assert ax.get_legend() is not None and ax.get_xlabel().startswith('distance')
+
+
+def test_figure_description_is_title_then_panels():
+    from matplotlib import pyplot as plt
+    from d2lseg.viz import figure_description
+    fig, (a, b) = plt.subplots(1, 2)
+    assert figure_description(fig) == 'a figure of 2 panel(s) without titles'
+    a.set_title('loss')
+    assert figure_description(fig) == 'Panels: loss'
+    b.set_title('mIoU')
+    fig.suptitle('exercise 3')
+    assert figure_description(fig) == 'exercise 3. Panels: loss; mIoU'
+    plt.close(fig)
