@@ -204,6 +204,12 @@ def run(names):
 
 PAGE_NAV = ('<nav class="d2lseg-nav" style="font-family:sans-serif;padding:8px 16px;border-bottom:1px solid #ddd">'
             '<a href="index.html">Contents</a>{prev}{next}</nav>')
+BANNER = ('<p class="d2lseg-banner" style="font-family:sans-serif;background:#fff4d6;border:1px solid #e0b84c;'
+          'padding:8px 16px;margin:8px 16px">These pages train on a <strong>synthetic stand-in</strong> for Pascal '
+          'VOC2012, from a <strong>randomly initialised backbone</strong> (no ImageNet weights): their numbers are '
+          "not comparable to the book's 0.84 test accuracy.</p>")
+STYLE = ('<style>.d2lseg-toc{font-family:sans-serif;padding:4px 16px 8px}.d2lseg-toc ol{margin:0;columns:2}'
+         'details{margin:.4em 0 .8em}summary{cursor:pointer;color:#1a5fb4}</style>')
 
 
 def _title(nb):
@@ -213,10 +219,17 @@ def _title(nb):
 
 
 def _intro(nb):
-    """The first paragraph after the title of the first cell, as plain text."""
+    """The first cell's text after the title -- the whole description, lists included -- as sanitised
+    HTML with its formulas typeset."""
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
     text = re.sub(r'^#.*$', '', nb.cells[0].source, count=1, flags=re.M).strip() if nb.cells else ''
-    para = text.split('\n\n')[0].replace('\n', ' ')
-    return re.sub(r'[`*]', '', para)
+    text = re.sub(r'\]\((\d\d_[A-Za-z0-9_]+)\.ipynb', r'](\1.html', text)  # links between notebooks
+    return sanitize_html(markdown2html_mistune(typeset_math(text)))
+
+
+def trains(nb):
+    """Whether a notebook trains a network (its page gets the banner): its metadata's 'needs' says so."""
+    return 'train' in nb.metadata.get('d2lseg', {}).get('needs', '').replace('nothing is trained', '')
 
 
 CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)         # fenced blocks and inline code: no math there
@@ -364,7 +377,53 @@ def _safe_outputs(nb):
                     data['text/html'] = sanitize_html(''.join(data['text/html']))
 
 
+def _alt_texts(nb):
+    """{the first 200 characters of an image output's base64 payload: its alt text}: the figure's title as
+    stored with it (``d2lseg.viz.describe_figures``), else the heading of the section it is in."""
+    alts, heading = {}, _title(nb)
+    for cell in nb.cells:
+        if cell.cell_type == 'markdown':
+            found = re.findall(r'^#+\s+(.+)$', cell.source, re.M)
+            heading = found[-1].replace('$', '').strip() if found else heading
+        for output in cell.get('outputs', []):
+            data = output.get('data', {})
+            text = ''.join(data.get('text/plain', ''))
+            alt = text if text and not text.startswith('<Figure') else f'a figure of the section "{heading}"'
+            for key in ('image/png', 'image/jpeg'):
+                if key in data:
+                    alts[''.join(data[key]).replace('\n', '')[:200]] = alt
+    return alts
+
+
+EXTERNAL = re.compile(r'^\s*(https?:)?//', re.I)
+
+
+def _offline(soup):
+    """Drop every script (nothing on a page needs JavaScript: widgets and JavaScript outputs are already
+    dropped; nbconvert's require.js, MathJax and mermaid loaders come from a CDN) and every stylesheet or
+    image fetched from elsewhere: no request leaves the machine."""
+    for tag in soup.find_all('script'):
+        tag.decompose()
+    for tag in soup.find_all(['link', 'img', 'iframe', 'source']):
+        if EXTERNAL.match(tag.get('href', '') or tag.get('src', '') or ''):
+            tag.decompose()
+
+
+def _contents(soup):
+    """An in-page contents list: every h2 of the page, linked to its anchor (nbconvert gives none to a
+    heading with a formula: it gets one here, from its text and the formula's TeX)."""
+    for h in soup.find_all('h2'):
+        if not h.get('id'):
+            words = ''.join(t if isinstance(t, str) else t.get('alt', t.get_text()) for t in h.contents)
+            h['id'] = re.sub(r'\s+', '-', words.strip())
+    items = ''.join(f'<li><a href="#{html.escape(h["id"])}">{html.escape(h.get_text().replace("¶", "").strip())}</a></li>'
+                    for h in soup.find_all('h2') if h.get('id'))
+    return f'<nav class="d2lseg-toc"><strong>On this page</strong><ol>{items}</ol></nav>' if items else ''
+
+
 def _page(exporter, nb, prev_, next_):
+    from bs4 import BeautifulSoup
+    alts = _alt_texts(nb)
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == 'markdown':
@@ -372,21 +431,32 @@ def _page(exporter, nb, prev_, next_):
     _safe_outputs(nb)
     body, _ = exporter.from_notebook_node(nb)
     body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb', r'href="\1.html', body)  # links between notebooks
+    soup = BeautifulSoup(body, features='html.parser')
+    _offline(soup)
+    for img in soup.find_all('img'):
+        payload = re.sub(r'^data:image/[a-z+]+;base64,', '', img.get('src', ''))[:200]
+        if payload in alts:
+            img['alt'] = alts[payload]
     nav = PAGE_NAV.format(prev=f' · <a href="{prev_}">previous</a>' if prev_ else '',
                           next=f' · <a href="{next_}">next</a>' if next_ else '')
-    return re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav, body, count=1)
+    top = STYLE + nav + (BANNER if trains(nb) else '') + _contents(soup)
+    soup.body.insert(0, BeautifulSoup(top, features='html.parser'))
+    soup.body.append(BeautifulSoup(nav.replace('border-bottom', 'border-top'), features='html.parser'))
+    return str(soup)
 
 
 def _index(entries, total):
     rows = '\n'.join(
         f'<li><a href="{html.escape(page)}">{html.escape(title)}</a>'
-        f'<p>{html.escape(intro)}</p><p class="run">{html.escape(ran)}</p></li>'
+        f'<div class="intro">{intro}</div><p class="run">{html.escape(ran)}</p></li>'
         for page, title, intro, ran in entries)
     return f'''<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>d2lseg: Fully Convolutional Networks (D2L 10.10)</title>
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em;line-height:1.5}}
-li{{margin-bottom:1em}} p{{margin:.2em 0}} .run{{color:#555;font-size:90%}}</style></head>
+li{{margin-bottom:1em}} p{{margin:.2em 0}} .run{{color:#555;font-size:90%}} .intro ul{{margin:.2em 0}}
+img.math{{vertical-align:middle}}</style></head>
 <body><h1>Fully Convolutional Networks, executed</h1>
+{BANNER}
 <p>The notebooks of <code>d2lseg</code>, in the order of <em>Dive into Deep Learning</em> (MXNet edition),
 section 10.10, followed by the package's additions. Each page is a notebook as stored, with the outputs of
 its last full run ({html.escape(total)} for all of them, with <code>make notebooks</code>).</p>
