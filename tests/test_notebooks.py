@@ -143,7 +143,9 @@ def test_01_transposed_convolution(monkeypatch):
                  report=['same', 'Y_mat', 'x.grad', 'u.grad', 'grad_is_trans', 'grad_is_WT', 'trans_grad_is_conv',
                          'conv_is_Wx', 'trans_is_WTy', 'grad_is_trans_s2', 'scatter_ok', 'trans_conv_ok', 'shapes',
                          'fractional_ok', 'correspond', 'reads', 'rule_rows', 'magnifies', 'fcn_shape', 'rows',
-                         'exp_W', 'exp_conv', 'out', 'im2col_ok'])
+                         'exp_W', 'exp_conv', 'out', 'im2col_ok', 'self_check'])
+    assert r['self_check'] == [4, 16, 64, 320]
+    _self_check_matches(nb, r['self_check'])
     assert r['same'] is True                                     # d2l.kernel2matrix == the chapter's W
     assert r['Y_mat'] == [[[[348, 393], [528, 573]]]]            # W x, the chapter's conv output
     # conv's input gradient for dy = [[1, 2], [3, 4]] is W.T dy: dy scattering the chapter's K
@@ -177,7 +179,13 @@ def test_02_fcn_model(monkeypatch):
                  report=['features_shape', 'output_shape', 'stage_shapes', 'shapes_ok', 'rows_hit', 'cols_hit',
                          'centred', 'k4', 'outer_ok', 'outer64_ok', 'interior_linear', 'out_img.shape', 'inside',
                          'same_start', 'differing', 'initial_shapes', 'grad_ratio', 'histories', 'bg_share',
-                         'n_classes_pred', 'true_bg', 'out_ratio', 'losses0', 'out_std', 'coarse_std', 'lattice'])
+                         'n_classes_pred', 'true_bg', 'out_ratio', 'losses0', 'out_std', 'coarse_std', 'lattice',
+                         'same_kernel', 'bn_channels', 'self_check'])
+    assert r['same_kernel'] is True and r['bn_channels'] == 512     # the chapter's In [10]; in_channels after a pass
+    assert r['self_check'] == pytest.approx([0.5625, 512, 10, 15, 10773])
+    _self_check_matches(nb, r['self_check'])
+    assert 'def bilinear_kernel(in_channels, out_channels, kernel_size):\n    factor = (kernel_size + 1) // 2' in \
+        ''.join(c.source for c in nb.cells if c.cell_type == 'code')
     assert r['features_shape'] == [1, 512, 10, 15]
     assert r['output_shape'] == [1, 21, 320, 480]
     assert r['stage_shapes'] == {'image': [1, 3, 320, 480], 'features': [1, 512, 10, 15],
@@ -219,7 +227,12 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
     import numpy as np
     nb, r = _run('03_voc_dataset.ipynb', monkeypatch,
                  report=['n_train', 'X.shape', 'Y.shape', 'void_as_chapter', 'void_ignored', 'freq', 'chapter_crop',
-                         'dropped', 'sizes', 'kept_train_crop', 'baselines', 'bg_share', 'exact_given_pair'])
+                         'dropped', 'sizes', 'kept_train_crop', 'baselines', 'bg_share', 'exact_given_pair',
+                         'self_check'])
+    assert r['self_check'] == pytest.approx([21, 8388608, 1, 0.16])
+    _self_check_matches(nb, [21, 8388608, 1, 0.16])
+    jpeg = [o for c in nb.cells for o in c.get('outputs', []) if 'image/jpeg' in o.get('data', {})]
+    assert len(jpeg) == _figures(nb)          # photo-like scenes stored as JPEG (viz.use_photo_display)
     assert r['n_train'] == 8
     assert r['chapter_crop'] == [160, 224]                        # quick mode's analogue of 320x480
     assert r['X.shape'] == [2, 3, 160, 224] and r['Y.shape'] == [2, 160, 224]   # the first batch
@@ -373,7 +386,7 @@ def test_06_reproduce(monkeypatch, tmp_path):
     path.write_text(json.dumps(worse))
     nb, r = _run('06_reproduce.ipynb', monkeypatch,
                  report=['reference.PUBLISHED', 'reference.FCN_PAPER', 'n_runs', 'per_seed', 'synth', 'epochs',
-                         'not_compared', 'comparison.ok', 'history_path'],
+                         'not_compared', 'comparison.ok', 'history_path', 'self_check'],
                  parameters=f'history_path = {str(path)!r}')
     published = r['reference.PUBLISHED']          # the figures the notebook tabulates
     assert published['d2l-mxnet-en']['epochs'][0]['loss'] == 1.2733
@@ -386,6 +399,8 @@ def test_06_reproduce(monkeypatch, tmp_path):
     assert set(r['not_compared']) == {'book', 'd2l-zh-v1'}   # a synthetic run is not judged by VOC figures
     assert all('another recipe, not compared' in why for why in r['not_compared'].values()), r['not_compared']
     assert r['comparison.ok'] is False                      # verdict: REGRESSION, printed as such
+    assert r['self_check'] == [0.842, len(band['seeds'])]
+    _self_check_matches(nb, r['self_check'])
     text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
     assert 'verdict against the band: REGRESSION' in text
     assert _figures(nb) >= 2                                # the band, and the run on it
@@ -394,7 +409,10 @@ def test_06_reproduce(monkeypatch, tmp_path):
 @pytest.mark.notebook
 def test_07_own_data(monkeypatch):
     nb, r = _run('07_own_data.ipynb', monkeypatch,
-                 report=['record', 'class_list.names', 'class_list.colors', 'history', 'model_info', 'mask_kinds'])
+                 report=['record', 'class_list.names', 'class_list.colors', 'history', 'model_info', 'mask_kinds',
+                         'self_check'])
+    assert r['self_check'] == [4, 255, 636]
+    _self_check_matches(nb, r['self_check'])
     names = ['sky', 'tree', 'house', 'car']
     assert r['class_list.names'] == names                                # from the run's model.json
     assert r['class_list.colors'] == [[0, 0, 0], [20, 160, 40], [200, 60, 20], [240, 220, 0]]
