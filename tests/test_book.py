@@ -4,6 +4,7 @@ Renders the notebooks as stored (nothing is executed). The browser check needs C
 (`apt-get install chromium`, as .ci/run does); without it that test is skipped, saying so.
 """
 import base64
+import copy
 import io
 import os
 import re
@@ -270,3 +271,31 @@ def _requests(url, log, tmp_path):
         events = json.loads(text.rstrip().rstrip(',') + ']}')['events']
     urls = {e['params']['url'] for e in events if isinstance(e.get('params'), dict) and 'url' in e['params']}
     return sorted(u for u in urls if u.startswith(('http:', 'https:', 'ws:', 'wss:')))
+
+
+def test_quick_mode_swaps_only_the_parameters_cell():
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('import os'), nbformat.v4.new_code_cell('n = 600'),
+                nbformat.v4.new_code_cell('print(n)')]
+    nb.cells[1].metadata['d2lseg'] = {'role': tool.PARAMETERS}
+    nb.metadata['d2lseg'] = {'quick_parameters': 'n = 8'}
+    assert tool.parameters_cell(nb) is nb.cells[1]
+    assert [c.source for c in tool.quick(copy.deepcopy(nb)).cells] == ['import os', 'n = 8', 'print(n)']
+    assert [c.source for c in tool.quick(nb, 'n = 3').cells] == ['import os', 'n = 3', 'print(n)']
+
+
+@pytest.mark.notebook
+def test_run_keeps_the_parameters_cell_and_its_role(tmp_path):
+    import nbformat
+    path = tmp_path / '01_tiny.ipynb'
+    _tiny_notebook(path, ['n = 600', 'print(n)'])
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[1].metadata['d2lseg'] = {'role': tool.PARAMETERS}
+    nb.metadata['d2lseg']['quick_parameters'] = 'n = 8'
+    nbformat.write(nb, str(path))
+    tool.execute(str(path), 'a test machine')    # full mode: the stored parameters, not the quick ones
+    nb = nbformat.read(str(path), as_version=4)
+    cell = tool.parameters_cell(nb)
+    assert cell.source == 'n = 600' and cell.metadata['d2lseg']['source_sha256'] == tool.source_hash('n = 600')
+    assert nb.cells[3].outputs[0]['text'] == '600\n'

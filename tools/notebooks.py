@@ -156,8 +156,8 @@ def execute(path, where):
     nb = nbformat.read(path, as_version=4)
     needs = nb.metadata.get('d2lseg', {}).get('needs', 'a CPU')
     info = _with_run_info(nb, run_info_text(needs, 0, where, 'today'))
-    # full mode, inline figures, no history to compare: whatever the caller's environment says
-    env = {k: v for k, v in os.environ.items() if k not in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY')}
+    # inline figures whatever the caller's environment says (full mode: the parameters cell as stored)
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
     from d2lseg.progress import bar
     client = kernel_client(nb, NOTEBOOK_DIR)
     cells = bar(total=sum(c.cell_type == 'code' for c in nb.cells), desc=name, unit='cell', leave=False)
