@@ -122,8 +122,8 @@ def verdict(comparison, reference, baseline, key='val_miou', spread=None):
     """The verdict of a comparison, as printed lines.
 
     reference: the setting the others are compared with; baseline: the all-background pixel accuracy
-    of the validation pixels the runs are scored on (a number, or {seed: number}); spread: (value, where it came from), e.g.
-    ``band_spread``; by default ``measured_spread`` over all settings. Names the runs at or below the
+    of the validation pixels the runs are scored on (a number, or {seed: number}); spread: (value, where
+    it came from), e.g. ``band_spread``; by default ``measured_spread`` over all settings. Names the runs at or below the
     baseline, calls differences inside the spread a tie, and says where the spread came from."""
     stats = summary(comparison, key)
     spread, source = spread if spread is not None else measured_spread(stats, list(comparison))
@@ -255,7 +255,8 @@ def look_for(preds, labels, names=VOC_CLASSES):
     said = (f'its most frequent mistake is {names[t]} taken for {names[q]} ({wrong[t, q]} pixels, '
             f'{wrong[t, q] / cm[t].sum():.0%} of the {names[t]} pixels)' if wrong[t, q] else 'it makes no mistake')
     return (f'What to look for: {np.trace(cm) / cm.sum():.0%} of the labelled pixels are right; {said}; the '
-            f'predictions use {np.count_nonzero(cm.sum(0))} classes where the labels have {np.count_nonzero(cm.sum(1))}.')
+            f'predictions use {np.count_nonzero(cm.sum(0))} classes where the labels have '
+            f'{np.count_nonzero(cm.sum(1))}.')
 
 
 def edge_sentence(accuracy_near, accuracy_inside):

@@ -127,7 +127,8 @@ def test_baselines_count_background_pixels(tmp_path):
     import os
     voc = make_synthetic_voc(str(tmp_path), n_train=2, n_val=3, sizes=((128, 192),), progress=False)
     with open(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt')) as f:
-        labels = [read_label_indices(os.path.join(voc, 'SegmentationClass', n + '.png'), False) for n in f.read().split()]
+        labels = [read_label_indices(os.path.join(voc, 'SegmentationClass', n + '.png'), False)
+                  for n in f.read().split()]
     hist = sum(np.bincount(lab.ravel(), minlength=21)[:21] for lab in labels)
     counts, share = teaching.split_counts(voc)
     assert counts.tolist() == hist.tolist() and share == hist[0] / hist.sum()

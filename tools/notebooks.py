@@ -12,8 +12,9 @@ pages need no network), and ``index.html``, the contents in the chapter's order.
 and outputs put into a page is sanitised (an allow-list of markdown's HTML: no script, event handler or
 javascript: URL runs in the reader's browser), and notebook names given to ``run`` are checked before use.
 
-About 440 lines: running the notebooks and rendering them (with the sanitiser) share how notebooks are
-found, named and checked for stale outputs.
+About 540 lines: running the notebooks (with the one kernel launcher and quick mode, used by the tests
+too) and rendering them (with the sanitiser, the offline clean-up, alt texts and contents lists) share
+how notebooks are found, named and checked for stale outputs.
 """
 import argparse
 import copy
@@ -416,8 +417,8 @@ def _contents(soup):
         if not h.get('id'):
             words = ''.join(t if isinstance(t, str) else t.get('alt', t.get_text()) for t in h.contents)
             h['id'] = re.sub(r'\s+', '-', words.strip())
-    items = ''.join(f'<li><a href="#{html.escape(h["id"])}">{html.escape(h.get_text().replace("¶", "").strip())}</a></li>'
-                    for h in soup.find_all('h2') if h.get('id'))
+    items = ''.join(f'<li><a href="#{html.escape(h["id"])}">'
+                    f'{html.escape(h.get_text().replace("¶", "").strip())}</a></li>' for h in soup.find_all('h2'))
     return f'<nav class="d2lseg-toc"><strong>On this page</strong><ol>{items}</ol></nav>' if items else ''
 
 
