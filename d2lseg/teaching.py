@@ -16,6 +16,7 @@ from .palette import VOC_CLASSES
 from .reference import _stats
 from .voc import VOCSegDataset, iter_split
 
+LABELS = {'val_miou': 'val mIoU', 'test_acc': 'val pixel acc', 'loss': 'train loss'}
 KEYS = ('epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'lr', 'time')
 
 
@@ -101,8 +102,8 @@ def _baseline_of(baseline, seed):
 
 def below_baseline(comparison, baseline):
     """Runs whose final validation pixel accuracy is at or below ``baseline`` (all background; a number,
-    or {seed: number} when each seed validates on its own random crops) -> ['name, seed s'] in order."""
-    return [f'{name}, seed {seed}' for name in comparison for seed, acc in finals(comparison, name, 'test_acc').items()
+    or {seed: number} when each seed validates on its own random crops) -> ['name [seed s]'] in order."""
+    return [f'{name} [seed {seed}]' for name in comparison for seed, acc in finals(comparison, name, 'test_acc').items()
             if acc <= _baseline_of(baseline, seed)]
 
 
@@ -132,7 +133,7 @@ def verdict(comparison, reference, baseline, key='val_miou', spread=None):
     shown = (f'{baseline:.3f}' if not isinstance(baseline, dict) else
              ', '.join(f'{v:.3f} (seed {s})' for s, v in baseline.items()))
     lines.append(f'all-background pixel accuracy of these validation pixels: {shown}; runs at or below it: '
-                 + (', '.join(below) if below else 'none'))
+                 + ('; '.join(below) if below else 'none'))
     lines.append('tie margin: ' + (f'{spread:.3f}, ' if spread is not None else '') + source)
     for name in comparison:
         if name == reference:
@@ -142,7 +143,7 @@ def verdict(comparison, reference, baseline, key='val_miou', spread=None):
             lines.append(f'{name}: every seed diverged' if stats[name]['mean'] is None
                          else f'{name}: {reference} diverged on every seed, nothing to compare')
             continue
-        lines.append(f'{name}: {key} {stats[name]["mean"]:.3f} ± {stats[name]["sd"]:.3f} against '
+        lines.append(f'{name}: {LABELS.get(key, key)} {stats[name]["mean"]:.3f} ± {stats[name]["sd"]:.3f} against '
                      f'{stats[reference]["mean"]:.3f} ± {stats[reference]["sd"]:.3f} for {reference}: '
                      f'{word.upper()} ({d:+.3f}' + (', inside the spread)' if word == 'tie' else ')'))
     return lines

@@ -299,9 +299,9 @@ def test_04_training(monkeypatch):
     # a floor per seed, and the verdict names exactly the runs at or below their floor
     floors = {int(s): v for s, v in r['floors'].items()}
     assert sorted(floors) == sorted(seeds) and all(0 < v < 1 for v in floors.values())
-    below = [f'{n}, seed {s}' for n, c in comparison.items() for s, run in c['runs'].items()
+    below = [f'{n} [seed {s}]' for n, c in comparison.items() for s, run in c['runs'].items()
              if not run['diverged'] and run['epochs'][-1]['test_acc'] <= floors[int(s)]]
-    assert r['verdict'][0].endswith(', '.join(below) if below else 'none')
+    assert r['verdict'][0].endswith('; '.join(below) if below else 'none')
     # the tie margin is the widest seed range measured here, said with where it came from
     ranges = {n: max(run['epochs'][-1]['val_miou'] for run in c['runs'].values() if not run['diverged'])
               - min(run['epochs'][-1]['val_miou'] for run in c['runs'].values() if not run['diverged'])

@@ -68,12 +68,12 @@ def test_verdict_names_runs_below_baseline_and_calls_ties_from_the_spread(compar
     lines = teaching.verdict(comparison, 'chapter', baseline=0.65)
     text = '\n'.join(lines)
     # at or below 0.65: lr 0.01 seeds 0 and 1 (0.60, 0.61), lr 1's two finished seeds (0.60)
-    assert lines[0].endswith('lr 0.01, seed 0, lr 0.01, seed 1, lr 1, seed 0, lr 1, seed 2')
+    assert lines[0].endswith('lr 0.01 [seed 0]; lr 0.01 [seed 1]; lr 1 [seed 0]; lr 1 [seed 2]')
     # the largest seed range among all settings: momentum's, 0.21 to 0.25
     assert 'tie margin: 0.040' in text
-    assert 'momentum: val_miou 0.230 ± 0.020 against 0.220 ± 0.020 for chapter: TIE (+0.010, inside' in text
-    assert 'lr 0.01: val_miou 0.060 ± 0.010 against 0.220 ± 0.020 for chapter: WORSE (-0.160)' in text
-    assert 'lr 1: val_miou 0.015 ± 0.007' in text and 'WORSE' in text.split('lr 1: ')[-1]
+    assert 'momentum: val mIoU 0.230 ± 0.020 against 0.220 ± 0.020 for chapter: TIE (+0.010, inside' in text
+    assert 'lr 0.01: val mIoU 0.060 ± 0.010 against 0.220 ± 0.020 for chapter: WORSE (-0.160)' in text
+    assert 'lr 1: val mIoU 0.015 ± 0.007' in text and 'WORSE' in text.split('lr 1: ')[-1]
     # with a stored band's wider spread, the momentum setting is still a tie and lr 0.01 still worse
     lines = teaching.verdict(comparison, 'chapter', 0.65, spread=(0.15, 'a band'))
     assert 'tie margin: 0.150, a band' in lines[1] and 'WORSE (-0.160)' in '\n'.join(lines)
@@ -114,9 +114,9 @@ def test_plot_seed_sweep_draws_means_and_every_seed(comparison):
 
 def test_a_baseline_per_seed_judges_each_run_by_its_own_crops(comparison):
     below = teaching.below_baseline(comparison, {0: 0.5, 1: 0.72, 2: 0.5})
-    assert below == ['chapter, seed 1', 'lr 0.01, seed 1']           # 0.72 <= 0.72, 0.61 <= 0.72
+    assert below == ['chapter [seed 1]', 'lr 0.01 [seed 1]']           # 0.72 <= 0.72, 0.61 <= 0.72
     line = teaching.verdict(comparison, 'chapter', {0: 0.5, 1: 0.72, 2: 0.5})[0]
-    assert '0.500 (seed 0), 0.720 (seed 1), 0.500 (seed 2)' in line and line.endswith('lr 0.01, seed 1')
+    assert '0.500 (seed 0), 0.720 (seed 1), 0.500 (seed 2)' in line and line.endswith('chapter [seed 1]; lr 0.01 [seed 1]')
 
 
 def test_baselines_count_background_pixels(tmp_path):
