@@ -33,13 +33,13 @@ def site(tmp_path_factory):
 
 
 def _figures(nb):
-    """(png payloads, svg documents) of a notebook's outputs."""
+    """(png and jpeg payloads, svg documents) of a notebook's outputs."""
     png, svg = [], []
     for cell in nb.cells:
         for o in cell.get('outputs', []):
             data = o.get('data', {})
-            if 'image/png' in data:
-                png.append(data['image/png'].replace('\n', ''))
+            if 'image/png' in data or 'image/jpeg' in data:
+                png.append(data.get('image/png', data.get('image/jpeg')).replace('\n', ''))
             elif 'image/svg+xml' in data:
                 svg.append(data['image/svg+xml'])
     return png, svg
