@@ -38,7 +38,7 @@ lab: venv
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[$(MXNET_EXTRA),test,lab]"
 	cd notebooks && ../$(BIN)/jupyter lab --allow-root --no-browser
 
-# Re-execute every notebook in full mode and store it with its outputs (about 10-11 min on 2 cores;
+# Re-execute every notebook in full mode and store it with its outputs (about 15-20 min on 2 cores;
 # NB=04 runs one). tests/test_notebooks.py fails when a code cell changed since its stored run.
 notebooks: kernels
 	$(BIN)/python tools/notebooks.py run "$$NB"

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 from matplotlib import pyplot as plt  # matplotlib falls back to Agg where there is no display
 from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from mxnet import nd
@@ -63,6 +64,39 @@ def use_svg_display():
         backend_inline.set_matplotlib_formats('svg')
     except ImportError:  # pragma: no cover
         pass
+
+
+def use_photo_display(quality=85):
+    """Draw inline figures as JPEG in notebooks: photo-like scenes (noise, texture) stay sharp at full
+    resolution where PNG would store them several times larger; nothing outside Jupyter."""
+    if not _in_jupyter():
+        return
+    try:
+        from matplotlib_inline import backend_inline
+        backend_inline.set_matplotlib_formats('jpeg', pil_kwargs={'quality': quality})
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def figure_description(fig):
+    """A figure's text for a reader who cannot see it (the book's alt text): its title, then its panels'
+    titles, e.g. 'exercise 3: 3 settings x 3 seeds. Panels: training loss per setting; ...'."""
+    sup = getattr(fig, '_suptitle', None)  # Figure.get_suptitle() only from matplotlib 3.8
+    title = sup.get_text().strip() if sup is not None else ''
+    panels = [t for t in (ax.get_title().strip() for ax in fig.axes) if t]
+    if not title and not panels:
+        return f'a figure of {len(fig.axes)} panel(s) without titles'
+    return title + ('. ' if title and panels else '') + ('Panels: ' + '; '.join(panels) if panels else '')
+
+
+def describe_figures():
+    """In a notebook, make a figure's text/plain output its ``figure_description`` instead of
+    '<Figure size ... with N Axes>': the stored notebook then carries each figure's title, which the
+    book uses as the image's alt text. Nothing outside Jupyter."""
+    if _in_jupyter():
+        shell = sys.modules['IPython'].get_ipython()
+        shell.display_formatter.formatters['text/plain'].for_type(
+            Figure, lambda fig, printer, cycle: printer.text(figure_description(fig)))
 
 
 def set_figsize(figsize=(3.5, 2.5)):
@@ -372,3 +406,66 @@ def label_grid(rows, row_titles, col_titles=None, class_list=None, extra=None, c
     if path:
         save_figure(fig, path, bbox_inches='tight')
     return fig
+
+
+def plot_seed_sweep(comparison, baseline=None, title=None):
+    """A comparison over seeds (``teaching.seed_sweep``): left, each setting's training loss per epoch
+    (mean over its finished seeds, the band from min to max); right, the final val mIoU and val pixel
+    accuracy per setting as mean ± sd bars with every seed's value as a dot, and ``baseline`` (the
+    all-background pixel accuracy) dashed -> the figure."""
+    names = list(comparison)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw=dict(width_ratios=(1, 1.25)))
+    for k, name in enumerate(names):
+        runs = [r['epochs'] for r in comparison[name]['runs'].values() if r['diverged'] is None and r['epochs']]
+        if not runs:
+            continue
+        losses = np.array([[e['loss'] for e in eps] for eps in runs])
+        epochs = [e['epoch'] for e in runs[0]]
+        line, = a1.plot(epochs, losses.mean(0), marker='osD^vPX*'[k % 8], label=f'{name} (n = {len(runs)})')
+        a1.fill_between(epochs, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+    a1.set_xlabel('epoch')
+    a1.set_ylabel('train loss (mean over seeds; band: min-max)')
+    a1.set_title('training loss per setting')
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.legend(fontsize='x-small')
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((('val_miou', 'val mIoU'), ('test_acc', 'val pixel acc'))):
+        vals = [[r['epochs'][-1][key] for r in comparison[n]['runs'].values() if r['diverged'] is None and r['epochs']]
+                for n in names]
+        means = [np.mean(v) if v else 0.0 for v in vals]
+        sds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals]
+        pos = x + (k - 0.5) * 0.38
+        a2.bar(pos, means, 0.38, yerr=sds, capsize=3, label=f'{label} (mean ± sd)', alpha=0.8)
+        for p, v in zip(pos, vals):
+            a2.plot([p] * len(v), v, 'k.', ms=5, label='one seed' if k == 0 and p == pos[0] else None)
+    if baseline is not None:
+        a2.axhline(baseline, color='k', ls='--', lw=1, label='all-background pixel acc')
+    a2.set_xticks(x)
+    a2.set_xticklabels(names, rotation=20, ha='right', fontsize='small')
+    a2.set_ylim(0, 1)
+    a2.set_ylabel('fraction (last epoch)')
+    a2.set_title('validation figures per setting, over seeds')
+    a2.legend(fontsize='x-small')
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bands(bands, edges, title='accuracy by distance to a boundary (validation crops)'):
+    """Pixel accuracy per distance band to the nearest class boundary, one line per model -> the figure.
+    bands: {name: (right, total)} per band (``teaching.accuracy_by_distance``); edges: the band edges."""
+    names = [f'{a:g}-{b:g}' if np.isfinite(b) else f'{a:g}+' for a, b in zip(edges[:-1], edges[1:])]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for k, (name, (right, total)) in enumerate(bands.items()):
+        ax.plot(range(len(names)), right / np.maximum(total, 1), marker='osD^'[k % 4], label=name)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_xlabel('distance to the nearest class boundary (pixels)')
+    ax.set_ylabel('pixel accuracy')
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+describe_figures()  # in a notebook: figures' titles stored with them (alt text); nothing elsewhere

@@ -1,4 +1,6 @@
-"""Execute a notebook with this interpreter's ipykernel (its built-in ``python3`` spec, no kernelspec install).
+"""Execute a notebook for a test, with the one kernel launcher (``tools/notebooks.py``'s ``kernel_client``:
+this interpreter's ipykernel, its built-in ``python3`` spec, no kernelspec install), in quick mode when asked
+(the notebook's parameters cell swapped for its quick version, ``tools/notebooks.py``'s ``quick``).
 
 With ``report=[names]`` the run also reports values from the kernel's namespace: after the notebook's
 own cells, one extra code cell (appended to the in-memory notebook only, and removed again before
@@ -8,6 +10,8 @@ printed it.
 """
 import json
 import textwrap
+
+from notebooks_tool import tool
 
 # Values larger than this (array elements, string characters) are not reported: ask for a summary of
 # them instead (``X.shape``, or a count the notebook keeps in a variable).
@@ -74,20 +78,20 @@ class NotebookReportError(AssertionError):
     """The notebook ran, but a value the test asked for is missing or cannot be reported."""
 
 
-def execute_notebook(nb, cwd, timeout=180, report=None, name=None):
+def execute_notebook(nb, cwd, timeout=180, report=None, name=None, quick=False, parameters=None):
     """Run ``nb`` in place with ``cwd`` as its working folder; returns it with outputs.
+
+    quick: run the notebook's quick parameters instead of its parameters cell (the returned notebook
+    shows them in that cell); parameters: a source for that cell instead (what a test sets).
 
     report: names (or attribute paths such as ``'X.shape'``) to read from the kernel's namespace once
     every cell has run; then returns ``(nb, values)`` with ``values`` a dict keyed by those names,
     and raises :class:`NotebookReportError` naming the notebook (``name``) and every variable it does
     not define or that cannot be reported. ``nb`` comes back without the report cell.
     """
-    from jupyter_client import KernelManager
-    from jupyter_client.kernelspec import KernelSpecManager
-    from nbclient import NotebookClient
-    ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # ipykernel's own: sys.executable
-    km = KernelManager(kernel_name='python3', kernel_spec_manager=ksm)
-    client = NotebookClient(nb, km=km, timeout=timeout, resources={'metadata': {'path': str(cwd)}})
+    if quick or parameters is not None:
+        tool.quick(nb, parameters)
+    client = tool.kernel_client(nb, cwd, timeout=timeout)
     if report is None:
         client.execute()
         return nb

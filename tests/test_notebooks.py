@@ -1,5 +1,5 @@
-"""Every notebook under notebooks/ runs in quick mode (D2LSEG_QUICK=1) and computes what it teaches, and
-is stored with the outputs of one full run of its current code cells (`make notebooks`).
+"""Every notebook under notebooks/ runs in quick mode (its parameters cell swapped for a tiny run) and
+computes what it teaches, and is stored with the outputs of one full run of its current code cells (`make notebooks`).
 
 The kernel is this interpreter's ipykernel (its built-in ``python3`` spec), so no kernelspec needs
 installing: a fresh ``pip install -e .[cpu,test]`` venv runs these as they are.
@@ -30,22 +30,29 @@ def _read(name):
 
 def _figures(nb):
     return sum(1 for c in nb.cells for o in c.get('outputs', [])
-               if any(k in o.get('data', {}) for k in ('image/png', 'image/svg+xml')))
+               if any(k in o.get('data', {}) for k in ('image/png', 'image/jpeg', 'image/svg+xml')))
 
 
-def _run(name, monkeypatch, report, **env):
-    """Run notebook ``name`` in quick mode; returns it with outputs and the values of ``report``
-    (variables of the notebook, or attribute paths from one) as the notebook left them."""
-    monkeypatch.setenv('D2LSEG_QUICK', '1')
+def _run(name, monkeypatch, report, parameters=None):
+    """Run notebook ``name`` in quick mode (its parameters cell swapped for its quick version, or for
+    ``parameters``); returns it with outputs and the values of ``report`` (variables of the notebook, or
+    attribute paths from one) as the notebook left them."""
     monkeypatch.delenv('MPLBACKEND', raising=False)  # the kernel's default: inline figures
-    monkeypatch.delenv('D2LSEG_HISTORY', raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
     before = sorted(os.listdir(NOTEBOOK_DIR))
     # raises CellExecutionError naming the failing cell, NotebookReportError naming a missing variable
-    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name)
+    nb, values = execute_notebook(_read(name), NOTEBOOK_DIR, report=report, name=name, quick=True,
+                                  parameters=parameters)
     assert sorted(os.listdir(NOTEBOOK_DIR)) == before, 'a notebook wrote into notebooks/'
     return nb, values
+
+
+def _self_check_matches(nb, computed):
+    """The numbers of the Self-check answers (bold, in order) are those the notebook computed."""
+    import re
+    cell = next(c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('## Self-check'))
+    answers = re.findall(r'<details><summary>Answer \d</summary>(.*?)</details>', cell, re.S)
+    numbers = [float(m) for a in answers for m in re.findall(r'\*\*(-?[\d.]+)\*\*', a)]
+    assert numbers == pytest.approx(computed, rel=1e-3), (numbers, computed)
 
 
 def test_the_notebooks_are_the_chapters_seven():
@@ -77,7 +84,36 @@ def test_stored_with_outputs_of_their_current_cells(name):
     assert info.metadata['d2lseg']['role'] == RUN_INFO
     assert executed['machine'] in info.source and executed['date'] in info.source
     assert nb.metadata['d2lseg']['needs'] in info.source
-    assert nb.cells[-1].cell_type == 'markdown' and nb.cells[-1].source.startswith('## Notes for instructors')
+    assert nb.cells[-1].cell_type == 'markdown' and nb.cells[-1].source.startswith('## References')
+
+
+REFERENCES = ('arxiv.org/abs/1411.4038', 'arxiv.org/abs/1605.06211', 'arxiv.org/abs/1603.07285',
+              'd2l.ai/chapter_computer-vision/fcn.html')
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_students_view(name):
+    """What a student reads: no test-mode branch or environment switch in any cell (quick mode swaps the
+    one parameters cell, from outside), no stdout redirection, no plumbing in the text, no code cell over
+    ~20 lines but the ones that define the chapter's functions; then 3-5 self-check questions whose
+    answers open on a click, and the references with their links."""
+    import re
+    nb = _read(name)
+    code = [c.source for c in nb.cells if c.cell_type == 'code']
+    text = [c.source for c in nb.cells if c.cell_type == 'markdown']
+    assert not [c for c in code if re.search(r'QUICK|D2LSEG_|os\.environ|redirect_stdout', c)], name
+    assert not [c for c in text if re.search(r'D2LSEG_|tests/|Notes for instructors', c)], name
+    params = [c for c in nb.cells if c.cell_type == 'code' and c.metadata.get('d2lseg', {}).get('role') == 'parameters']
+    assert len(params) <= 1 and (not params or nb.metadata['d2lseg'].get('quick_parameters') or name.startswith('06'))
+    long = [len(c.splitlines()) for c in code if len(c.splitlines()) > 27 and not c.startswith('def ')
+            and '\ndef ' not in c]   # a cell that defines functions teaches them; others stay short
+    assert not long, f'{name}: cells of {long} lines'
+    check = next(c for c in text if c.startswith('## Self-check'))
+    answers = re.findall(r'<details><summary>Answer (\d)</summary>', check)
+    assert 3 <= len(answers) <= 5 and answers == [str(k) for k in range(1, len(answers) + 1)]
+    assert check.count('</details>') == len(answers)
+    assert any(re.search(r'^self_check = ', c, re.M) for c in code)
+    assert all(ref in text[-1] for ref in REFERENCES) and text[-1].startswith('## References')
 
 
 @pytest.mark.notebook
@@ -108,7 +144,9 @@ def test_01_transposed_convolution(monkeypatch):
                  report=['same', 'Y_mat', 'x.grad', 'u.grad', 'grad_is_trans', 'grad_is_WT', 'trans_grad_is_conv',
                          'conv_is_Wx', 'trans_is_WTy', 'grad_is_trans_s2', 'scatter_ok', 'trans_conv_ok', 'shapes',
                          'fractional_ok', 'correspond', 'reads', 'rule_rows', 'magnifies', 'fcn_shape', 'rows',
-                         'exp_W', 'exp_conv', 'out', 'im2col_ok'])
+                         'exp_W', 'exp_conv', 'out', 'im2col_ok', 'self_check'])
+    assert r['self_check'] == [4, 16, 64, 320]
+    _self_check_matches(nb, r['self_check'])
     assert r['same'] is True                                     # d2l.kernel2matrix == the chapter's W
     assert r['Y_mat'] == [[[[348, 393], [528, 573]]]]            # W x, the chapter's conv output
     # conv's input gradient for dy = [[1, 2], [3, 4]] is W.T dy: dy scattering the chapter's K
@@ -142,7 +180,13 @@ def test_02_fcn_model(monkeypatch):
                  report=['features_shape', 'output_shape', 'stage_shapes', 'shapes_ok', 'rows_hit', 'cols_hit',
                          'centred', 'k4', 'outer_ok', 'outer64_ok', 'interior_linear', 'out_img.shape', 'inside',
                          'same_start', 'differing', 'initial_shapes', 'grad_ratio', 'histories', 'bg_share',
-                         'n_classes_pred', 'true_bg', 'out_ratio', 'losses0', 'out_std', 'coarse_std', 'lattice'])
+                         'n_classes_pred', 'true_bg', 'out_ratio', 'losses0', 'out_std', 'coarse_std', 'lattice',
+                         'same_kernel', 'bn_channels', 'self_check'])
+    assert r['same_kernel'] is True and r['bn_channels'] == 512     # the chapter's In [10]; in_channels after a pass
+    assert r['self_check'] == pytest.approx([0.5625, 512, 10, 15, 10773])
+    _self_check_matches(nb, r['self_check'])
+    assert 'def bilinear_kernel(in_channels, out_channels, kernel_size):\n    factor = (kernel_size + 1) // 2' in \
+        ''.join(c.source for c in nb.cells if c.cell_type == 'code')
     assert r['features_shape'] == [1, 512, 10, 15]
     assert r['output_shape'] == [1, 21, 320, 480]
     assert r['stage_shapes'] == {'image': [1, 3, 320, 480], 'features': [1, 512, 10, 15],
@@ -184,7 +228,12 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
     import numpy as np
     nb, r = _run('03_voc_dataset.ipynb', monkeypatch,
                  report=['n_train', 'X.shape', 'Y.shape', 'void_as_chapter', 'void_ignored', 'freq', 'chapter_crop',
-                         'dropped', 'sizes', 'kept_train_crop', 'baselines', 'bg_share', 'exact_given_pair'])
+                         'dropped', 'sizes', 'kept_train_crop', 'baselines', 'bg_share', 'exact_given_pair',
+                         'self_check'])
+    assert r['self_check'] == pytest.approx([21, 8388608, 1, 0.16])
+    _self_check_matches(nb, [21, 8388608, 1, 0.16])
+    jpeg = [o for c in nb.cells for o in c.get('outputs', []) if 'image/jpeg' in o.get('data', {})]
+    assert len(jpeg) == _figures(nb)          # photo-like scenes stored as JPEG (viz.use_photo_display)
     assert r['n_train'] == 8
     assert r['chapter_crop'] == [160, 224]                        # quick mode's analogue of 320x480
     assert r['X.shape'] == [2, 3, 160, 224] and r['Y.shape'] == [2, 160, 224]   # the first batch
@@ -222,8 +271,8 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
 @pytest.mark.notebook
 def test_04_training(monkeypatch):
     nb, r = _run('04_training.ipynb', monkeypatch,
-                 report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'sweep', 'base.epochs',
-                         'best_lr_run', 'winner', 'sweep_baseline', 'crop_baseline', 'crop_pixels'])
+                 report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'comparison', 'seeds', 'floors',
+                         'SETTINGS', 'verdict', 'winner', 'crop_baseline', 'crop_pixels', 'self_check', 'base.epochs'])
     assert r['ctx'] == ['cpu(0)']                # what d2l.train trained on
     # d2l.train(history=[]) filled the list: one record per epoch (quick mode: 2)
     assert [e['epoch'] for e in r['history']] == [1, 2], r['history']
@@ -237,35 +286,32 @@ def test_04_training(monkeypatch):
     counts = r['val_counts']
     assert len(counts) == 21 and sum(counts) in {k * 128 * 192 + (4 - k) * 160 * 224 for k in range(5)}
     assert 0 < r['baseline_acc'] < 1 and r['baseline_acc'] == pytest.approx(counts[0] / sum(counts))
-    assert 0 < r['sweep_baseline'] < 1     # the same, on the sweep's 64x96 validation crops
     # the chapter cell's baseline: one pass of test_iter, one batch of 4 random 64x96 crops (last batch dropped)
     assert r['crop_pixels'] == 4 * 64 * 96 and 0 < r['crop_baseline'] < 1
-    # the sweep: 3 rates, then momentum at the best rate and a tenth of it, then poly (+ warm-up), then longer
-    sweep, epochs = r['sweep'], r['base.epochs']
-    names = list(sweep)
-    assert names[:3] == ['lr 0.01', 'lr 0.1', 'lr 1'] and len(names) == 8, names
-    settings = [sweep[n]['recipe'] for n in names]
-    assert [s['lr'] for s in settings[:3]] == [0.01, 0.1, 1.0]
-    assert all(s['momentum'] == 0 and s['lr_schedule'] == 'constant' for s in settings[:3])
-    best_lr = sweep[r['best_lr_run']]['recipe']['lr']
-    assert [s['momentum'] for s in settings[3:5]] == [0.9, 0.9]
-    assert [s['lr'] for s in settings[3:5]] == pytest.approx([best_lr, best_lr / 10])
-    assert [(s['lr_schedule'], s['warmup_epochs']) for s in settings[5:7]] == [('poly', 0), ('poly', 1)]
-    assert [s['epochs'] for s in settings] == [epochs] * 7 + [2 * epochs]
-    for n in names:   # one record per epoch trained; a diverged run says why and stops early
-        run = sweep[n]
-        assert [e['epoch'] for e in run['epochs']] == list(range(1, len(run['epochs']) + 1)), n
-        if run['diverged'] is None:
-            assert len(run['epochs']) == run['recipe']['epochs'], n
-        else:
-            assert 'became' in run['diverged'] and len(run['epochs']) < run['recipe']['epochs'], n
-        assert all(0 <= e['val_miou'] <= 1 and 0 <= e['test_acc'] <= 1 for e in run['epochs']), n
-    finished = [n for n in names if sweep[n]['diverged'] is None]
-    assert r['winner'] in finished
-    assert sweep[r['winner']]['epochs'][-1]['val_miou'] == max(sweep[n]['epochs'][-1]['val_miou'] for n in finished)
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
-    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
+    # exercise 3: every setting with the same >= 3 seeds, one change at a time from the chapter's
+    seeds, comparison, settings = r['seeds'], r['comparison'], r['SETTINGS']
+    assert len(seeds) >= 3 and list(comparison) == list(settings) and len(settings) >= 3
+    assert settings["chapter (lr 0.1)"] == {} and settings["05's recipe"]['momentum'] == 0.9
+    for name, c in comparison.items():
+        assert sorted(int(s) for s in c['runs']) == sorted(seeds), name
+        for run in c['runs'].values():
+            assert [e['epoch'] for e in run['epochs']] == list(range(1, r['base.epochs'] + 1)) or run['diverged']
+    # a floor per seed, and the verdict names exactly the runs at or below their floor
+    floors = {int(s): v for s, v in r['floors'].items()}
+    assert sorted(floors) == sorted(seeds) and all(0 < v < 1 for v in floors.values())
+    below = [f'{n} [seed {s}]' for n, c in comparison.items() for s, run in c['runs'].items()
+             if not run['diverged'] and run['epochs'][-1]['test_acc'] <= floors[int(s)]]
+    assert r['verdict'][0].endswith('; '.join(below) if below else 'none')
+    # the tie margin is the widest seed range measured here, said with where it came from
+    ranges = {n: max(run['epochs'][-1]['val_miou'] for run in c['runs'].values() if not run['diverged'])
+              - min(run['epochs'][-1]['val_miou'] for run in c['runs'].values() if not run['diverged'])
+              for n, c in comparison.items()}
+    widest = max(ranges, key=ranges.get)
+    assert r['verdict'][1] == f'tie margin: {ranges[widest]:.3f}, the largest range over seeds measured here ' \
+        f'({widest}: ' + r['verdict'][1].split(f'({widest}: ')[1]
+    assert len(r['verdict']) == 2 + len(settings) - 1 and r['winner'] in settings
+    assert r['self_check'] == pytest.approx([10, 60, 0.04])
+    _self_check_matches(nb, r['self_check'])
     assert _figures(nb) >= 2
 
 
@@ -273,18 +319,37 @@ def test_04_training(monkeypatch):
 def test_05_prediction(monkeypatch):
     import re
     nb, r = _run('05_prediction.ipynb', monkeypatch,
-                 report=['histories', 'results', 'pixels_scored', 'skipped', 'labelled_px', 'never_predicted',
-                         'band_total', 'labelled', 'near', 'interior', 'best', 'sharpest', 'show'])
+                 report=['comparison', 'seeds', 'floors', 'verdict', 'results', 'pixels_scored', 'skipped',
+                         'labelled_px', 'never_predicted', 'band_total', 'labelled', 'near', 'interior', 'best',
+                         'sharpest', 'show', 'seen', 'same_predict', 'same_label2image', 'self_check'])
     variants = ['fcn32s', 'fcn16s', 'fcn8s']
-    h = r['histories']                                   # exercise 5: three variants, one recipe
-    assert sorted(h) == sorted(variants)
-    recipes = [{k: v for k, v in h[v]['recipe'].items() if k != 'variant'} for v in variants]
-    assert recipes[0] == recipes[1] == recipes[2] and recipes[0]['crop'] == [64, 96]
-    assert [h[v]['recipe']['variant'] for v in variants] == variants
+    c = r['comparison']                                  # exercise 5: three variants, one recipe, >= 3 seeds
+    assert list(c) == variants and len(r['seeds']) >= 3
+    assert [c[v]['changes'] for v in variants] == [{'variant': v} for v in variants]
     for v in variants:
-        assert [e['epoch'] for e in h[v]['epochs']] == [1, 2], v
-        for e in h[v]['epochs']:
-            assert math.isfinite(e['loss']) and 0 <= e['test_acc'] <= 1 and 0 <= e['val_miou'] <= 1, (v, e)
+        assert sorted(int(s) for s in c[v]['runs']) == sorted(r['seeds']), v
+        for run in c[v]['runs'].values():
+            assert [e['epoch'] for e in run['epochs']] == [1, 2], v
+            for e in run['epochs']:
+                assert math.isfinite(e['loss']) and 0 <= e['test_acc'] <= 1 and 0 <= e['val_miou'] <= 1, (v, e)
+    # the verdict: the tie margin measured from these seeds, said with where from; no literal spread
+    finals = {v: [run['epochs'][-1]['val_miou'] for run in c[v]['runs'].values()] for v in variants}
+    widest = max(variants, key=lambda v: max(finals[v]) - min(finals[v]))
+    assert r['verdict'][1].startswith(f'tie margin: {max(finals[widest]) - min(finals[widest]):.3f}, the largest '
+                                      f'range over seeds measured here ({widest}:')
+    assert [line.split(':')[0] for line in r['verdict'][2:]] == ['fcn16s', 'fcn8s']
+    sources = [c.source for c in nb.cells if c.cell_type == 'code']
+    assert not any(re.search(r'SPREAD|0\.02\b', src) for src in sources)
+    # the chapter's predict and label2image, as printed, equal the package's
+    assert r['same_predict'] is True and r['same_label2image'] is True
+    assert 'def predict(img):\n    X = test_iter._dataset.normalize_image(img)' in '\n'.join(sources)
+    assert "colormap = nd.array(d2l.VOC_COLORMAP, ctx=ctx[0], dtype='uint8')" in '\n'.join(sources)
+    # the variants' figure shows images not shown before, as far as the split has them (quick: 4 images, all shown)
+    assert len(r['show']) == len(set(r['show'])) == 3
+    unseen = [i for i in range(4) if i not in r['seen']]
+    assert r['show'][:len(unseen)] == unseen[:3]
+    assert r['self_check'] == [150, 8, 25]
+    _self_check_matches(nb, r['self_check'])
     assert r['best'] in variants and r['sharpest'] in variants
     assert len(r['show']) == len(set(r['show'])) == 3                   # three different images
     # exercise 4: the 160x224 crop skips the one 128x192 validation image; the whole image scores every
@@ -322,8 +387,8 @@ def test_06_reproduce(monkeypatch, tmp_path):
     path.write_text(json.dumps(worse))
     nb, r = _run('06_reproduce.ipynb', monkeypatch,
                  report=['reference.PUBLISHED', 'reference.FCN_PAPER', 'n_runs', 'per_seed', 'synth', 'epochs',
-                         'not_compared', 'comparison.ok', 'history_path'],
-                 D2LSEG_HISTORY=str(path))
+                         'not_compared', 'comparison.ok', 'history_path', 'self_check'],
+                 parameters=f'history_path = {str(path)!r}')
     published = r['reference.PUBLISHED']          # the figures the notebook tabulates
     assert published['d2l-mxnet-en']['epochs'][0]['loss'] == 1.2733
     assert published['d2l-mxnet-en']['epochs'][-1]['test_acc'] == 0.842   # "near 0.84" in the intro
@@ -331,22 +396,24 @@ def test_06_reproduce(monkeypatch, tmp_path):
     assert r['n_runs'] == len(band['runs']) == sum(r['per_seed'].values())
     assert sorted(int(k) for k in r['per_seed']) == band['seeds'] and r['synth'] == band['synth']
     assert r['epochs'] == band['judged_epochs']
-    assert r['history_path'] == str(path)                   # the environment variable overrides the cell's None
+    assert r['history_path'] == str(path)                   # the parameters cell, set by the test
     assert set(r['not_compared']) == {'book', 'd2l-zh-v1'}   # a synthetic run is not judged by VOC figures
     assert all('another recipe, not compared' in why for why in r['not_compared'].values()), r['not_compared']
     assert r['comparison.ok'] is False                      # verdict: REGRESSION, printed as such
+    assert r['self_check'] == [0.842, len(band['seeds'])]
+    _self_check_matches(nb, r['self_check'])
     text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
     assert 'verdict against the band: REGRESSION' in text
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
-    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
     assert _figures(nb) >= 2                                # the band, and the run on it
 
 
 @pytest.mark.notebook
 def test_07_own_data(monkeypatch):
     nb, r = _run('07_own_data.ipynb', monkeypatch,
-                 report=['record', 'class_list.names', 'class_list.colors', 'history', 'model_info', 'mask_kinds'])
+                 report=['record', 'class_list.names', 'class_list.colors', 'history', 'model_info', 'mask_kinds',
+                         'self_check'])
+    assert r['self_check'] == [4, 255, 636]
+    _self_check_matches(nb, r['self_check'])
     names = ['sky', 'tree', 'house', 'car']
     assert r['class_list.names'] == names                                # from the run's model.json
     assert r['class_list.colors'] == [[0, 0, 0], [20, 160, 40], [200, 60, 20], [240, 220, 0]]
@@ -357,7 +424,4 @@ def test_07_own_data(monkeypatch):
     assert 0 <= r['record']['pixel_acc'] <= 1 and 0 <= r['record']['miou'] <= 1
     assert [e['epoch'] for e in r['history']['epochs']] == [1, 2]
     assert all(len(e['val_iou']) == 4 for e in r['history']['epochs'])
-    md = [c.source for c in nb.cells if c.cell_type == 'markdown']   # the conventions: plumbing in the last cell
-    assert md[-1].startswith('## Notes for instructors') and nb.metadata['d2lseg']['needs']
-    assert not any('D2LSEG_' in c or 'tests/' in c for c in md[:-1])
     assert _figures(nb) >= 2                                             # the curves and the prediction grid

@@ -12,8 +12,9 @@ pages need no network), and ``index.html``, the contents in the chapter's order.
 and outputs put into a page is sanitised (an allow-list of markdown's HTML: no script, event handler or
 javascript: URL runs in the reader's browser), and notebook names given to ``run`` are checked before use.
 
-About 440 lines: running the notebooks and rendering them (with the sanitiser) share how notebooks are
-found, named and checked for stale outputs.
+About 540 lines: running the notebooks (with the one kernel launcher and quick mode, used by the tests
+too) and rendering them (with the sanitiser, the offline clean-up, alt texts and contents lists) share
+how notebooks are found, named and checked for stale outputs.
 """
 import argparse
 import copy
@@ -108,13 +109,35 @@ def run_info_text(needs, seconds, where, date):
             f'depend on the CPU and thread count: a run on your machine gives its own.')
 
 
-def _client(nb):
+def kernel_client(nb, cwd, timeout=3600):
+    """The one notebook-kernel launcher (``run`` here, the tests' ``nbrun``): an nbclient for ``nb`` on
+    this interpreter's ipykernel (its built-in ``python3`` spec, no kernelspec install), in ``cwd``."""
     from jupyter_client import KernelManager
     from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
     ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # this interpreter's ipykernel
     km = KernelManager(kernel_name='python3', kernel_spec_manager=ksm)
-    return NotebookClient(nb, km=km, timeout=3600, resources={'metadata': {'path': NOTEBOOK_DIR}})
+    return NotebookClient(nb, km=km, timeout=timeout, resources={'metadata': {'path': str(cwd)}})
+
+
+PARAMETERS = 'parameters'  # cell.metadata['d2lseg']['role'] of a notebook's one cell of sizes
+
+
+def parameters_cell(nb):
+    """The notebook's parameters cell (the sizes of its run), or None."""
+    return next((c for c in nb.cells if c.cell_type == 'code'
+                 and c.metadata.get('d2lseg', {}).get('role') == PARAMETERS), None)
+
+
+def quick(nb, source=None):
+    """``nb`` in quick mode: its parameters cell's source replaced by ``source``, by default the notebook's
+    ``metadata.d2lseg.quick_parameters`` (a tiny data set and run), nothing else changed. Quick mode is
+    set from outside the student's code: no cell of the notebook tests for it."""
+    cell = parameters_cell(nb)
+    source = source if source is not None else nb.metadata.get('d2lseg', {}).get('quick_parameters')
+    if cell is not None and source:
+        cell.source = source
+    return nb
 
 
 def _with_run_info(nb, text):
@@ -134,10 +157,10 @@ def execute(path, where):
     nb = nbformat.read(path, as_version=4)
     needs = nb.metadata.get('d2lseg', {}).get('needs', 'a CPU')
     info = _with_run_info(nb, run_info_text(needs, 0, where, 'today'))
-    # full mode, inline figures, no history to compare: whatever the caller's environment says
-    env = {k: v for k, v in os.environ.items() if k not in ('D2LSEG_QUICK', 'MPLBACKEND', 'D2LSEG_HISTORY')}
+    # inline figures whatever the caller's environment says (full mode: the parameters cell as stored)
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
     from d2lseg.progress import bar
-    client = _client(nb)
+    client = kernel_client(nb, NOTEBOOK_DIR)
     cells = bar(total=sum(c.cell_type == 'code' for c in nb.cells), desc=name, unit='cell', leave=False)
     client.on_cell_executed = lambda **_: cells.update()  # a bar on a terminal, nothing in a log
     tic = time.time()
@@ -155,7 +178,7 @@ def execute(path, where):
     info.source = run_info_text(needs, seconds, where, date)
     for cell in nb.cells:
         if cell.cell_type == 'code':
-            cell.metadata['d2lseg'] = {'source_sha256': source_hash(cell.source)}
+            cell.metadata.setdefault('d2lseg', {})['source_sha256'] = source_hash(cell.source)  # keeps its role
     nb.metadata.setdefault('d2lseg', {})['executed'] = {
         'date': date, 'seconds': round(seconds, 1), 'machine': where, 'quick': False}
     tmp = path + '.tmp'
@@ -182,6 +205,12 @@ def run(names):
 
 PAGE_NAV = ('<nav class="d2lseg-nav" style="font-family:sans-serif;padding:8px 16px;border-bottom:1px solid #ddd">'
             '<a href="index.html">Contents</a>{prev}{next}</nav>')
+BANNER = ('<p class="d2lseg-banner" style="font-family:sans-serif;background:#fff4d6;border:1px solid #e0b84c;'
+          'padding:8px 16px;margin:8px 16px">These pages train on a <strong>synthetic stand-in</strong> for Pascal '
+          'VOC2012, from a <strong>randomly initialised backbone</strong> (no ImageNet weights): their numbers are '
+          "not comparable to the book's 0.84 test accuracy.</p>")
+STYLE = ('<style>.d2lseg-toc{font-family:sans-serif;padding:4px 16px 8px}.d2lseg-toc ol{margin:0;columns:2}'
+         'details{margin:.4em 0 .8em}summary{cursor:pointer;color:#1a5fb4}</style>')
 
 
 def _title(nb):
@@ -191,10 +220,17 @@ def _title(nb):
 
 
 def _intro(nb):
-    """The first paragraph after the title of the first cell, as plain text."""
+    """The first cell's text after the title -- the whole description, lists included -- as sanitised
+    HTML with its formulas typeset."""
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
     text = re.sub(r'^#.*$', '', nb.cells[0].source, count=1, flags=re.M).strip() if nb.cells else ''
-    para = text.split('\n\n')[0].replace('\n', ' ')
-    return re.sub(r'[`*]', '', para)
+    text = re.sub(r'\]\((\d\d_[A-Za-z0-9_]+)\.ipynb', r'](\1.html', text)  # links between notebooks
+    return sanitize_html(markdown2html_mistune(typeset_math(text)))
+
+
+def trains(nb):
+    """Whether a notebook trains a network (its page gets the banner): its metadata's 'needs' says so."""
+    return 'train' in nb.metadata.get('d2lseg', {}).get('needs', '').replace('nothing is trained', '')
 
 
 CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)         # fenced blocks and inline code: no math there
@@ -342,7 +378,53 @@ def _safe_outputs(nb):
                     data['text/html'] = sanitize_html(''.join(data['text/html']))
 
 
+def _alt_texts(nb):
+    """{the first 200 characters of an image output's base64 payload: its alt text}: the figure's title as
+    stored with it (``d2lseg.viz.describe_figures``), else the heading of the section it is in."""
+    alts, heading = {}, _title(nb)
+    for cell in nb.cells:
+        if cell.cell_type == 'markdown':
+            found = re.findall(r'^#+\s+(.+)$', cell.source, re.M)
+            heading = found[-1].replace('$', '').strip() if found else heading
+        for output in cell.get('outputs', []):
+            data = output.get('data', {})
+            text = ''.join(data.get('text/plain', ''))
+            alt = text if text and not text.startswith('<Figure') else f'a figure of the section "{heading}"'
+            for key in ('image/png', 'image/jpeg'):
+                if key in data:
+                    alts[''.join(data[key]).replace('\n', '')[:200]] = alt
+    return alts
+
+
+EXTERNAL = re.compile(r'^\s*(https?:)?//', re.I)
+
+
+def _offline(soup):
+    """Drop every script (nothing on a page needs JavaScript: widgets and JavaScript outputs are already
+    dropped; nbconvert's require.js, MathJax and mermaid loaders come from a CDN) and every stylesheet or
+    image fetched from elsewhere: no request leaves the machine."""
+    for tag in soup.find_all('script'):
+        tag.decompose()
+    for tag in soup.find_all(['link', 'img', 'iframe', 'source']):
+        if EXTERNAL.match(tag.get('href', '') or tag.get('src', '') or ''):
+            tag.decompose()
+
+
+def _contents(soup):
+    """An in-page contents list: every h2 of the page, linked to its anchor (nbconvert gives none to a
+    heading with a formula: it gets one here, from its text and the formula's TeX)."""
+    for h in soup.find_all('h2'):
+        if not h.get('id'):
+            words = ''.join(t if isinstance(t, str) else t.get('alt', t.get_text()) for t in h.contents)
+            h['id'] = re.sub(r'\s+', '-', words.strip())
+    items = ''.join(f'<li><a href="#{html.escape(h["id"])}">'
+                    f'{html.escape(h.get_text().replace("¶", "").strip())}</a></li>' for h in soup.find_all('h2'))
+    return f'<nav class="d2lseg-toc"><strong>On this page</strong><ol>{items}</ol></nav>' if items else ''
+
+
 def _page(exporter, nb, prev_, next_):
+    from bs4 import BeautifulSoup
+    alts = _alt_texts(nb)
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == 'markdown':
@@ -350,21 +432,32 @@ def _page(exporter, nb, prev_, next_):
     _safe_outputs(nb)
     body, _ = exporter.from_notebook_node(nb)
     body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb', r'href="\1.html', body)  # links between notebooks
+    soup = BeautifulSoup(body, features='html.parser')
+    _offline(soup)
+    for img in soup.find_all('img'):
+        payload = re.sub(r'^data:image/[a-z+]+;base64,', '', img.get('src', ''))[:200]
+        if payload in alts:
+            img['alt'] = alts[payload]
     nav = PAGE_NAV.format(prev=f' · <a href="{prev_}">previous</a>' if prev_ else '',
                           next=f' · <a href="{next_}">next</a>' if next_ else '')
-    return re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav, body, count=1)
+    top = STYLE + nav + (BANNER if trains(nb) else '') + _contents(soup)
+    soup.body.insert(0, BeautifulSoup(top, features='html.parser'))
+    soup.body.append(BeautifulSoup(nav.replace('border-bottom', 'border-top'), features='html.parser'))
+    return str(soup)
 
 
 def _index(entries, total):
     rows = '\n'.join(
         f'<li><a href="{html.escape(page)}">{html.escape(title)}</a>'
-        f'<p>{html.escape(intro)}</p><p class="run">{html.escape(ran)}</p></li>'
+        f'<div class="intro">{intro}</div><p class="run">{html.escape(ran)}</p></li>'
         for page, title, intro, ran in entries)
     return f'''<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>d2lseg: Fully Convolutional Networks (D2L 10.10)</title>
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em;line-height:1.5}}
-li{{margin-bottom:1em}} p{{margin:.2em 0}} .run{{color:#555;font-size:90%}}</style></head>
+li{{margin-bottom:1em}} p{{margin:.2em 0}} .run{{color:#555;font-size:90%}} .intro ul{{margin:.2em 0}}
+img.math{{vertical-align:middle}}</style></head>
 <body><h1>Fully Convolutional Networks, executed</h1>
+{BANNER}
 <p>The notebooks of <code>d2lseg</code>, in the order of <em>Dive into Deep Learning</em> (MXNet edition),
 section 10.10, followed by the package's additions. Each page is a notebook as stored, with the outputs of
 its last full run ({html.escape(total)} for all of them, with <code>make notebooks</code>).</p>

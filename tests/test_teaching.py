@@ -1,0 +1,197 @@
+"""d2lseg.teaching: the seeded comparison of notebook 04's exercise 3 and 05's exercise 5, on fake runs
+whose final figures are known, so every number of the verdict can be checked."""
+import pytest
+
+import d2lseg as d2l
+from d2lseg import teaching
+
+# final (val_miou, test_acc) per setting and seed; 'lr 1' diverges on seed 1
+FINAL = {('chapter', 0): (0.20, 0.70), ('chapter', 1): (0.24, 0.72), ('chapter', 2): (0.22, 0.71),
+         ('lr 0.01', 0): (0.05, 0.60), ('lr 0.01', 1): (0.06, 0.61), ('lr 0.01', 2): (0.07, 0.66),
+         ('momentum', 0): (0.23, 0.74), ('momentum', 1): (0.25, 0.75), ('momentum', 2): (0.21, 0.73),
+         ('lr 1', 0): (0.01, 0.60), ('lr 1', 2): (0.02, 0.60)}
+SETTINGS = {'chapter': {}, 'lr 0.01': {'lr': 0.01}, 'momentum': {'momentum': 0.9}, 'lr 1': {'lr': 1.0}}
+
+
+def fake_train(calls):
+    def train(recipe, callbacks):
+        name = {0.01: 'lr 0.01', 1.0: 'lr 1'}.get(recipe.lr, 'momentum' if recipe.momentum else 'chapter')
+        calls.append((name, recipe.seed, recipe.lr, recipe.momentum))
+        if (name, recipe.seed) not in FINAL:
+            return [{'epoch': 1, 'loss': 3.0, 'test_acc': 0.5, 'val_miou': 0.0}], 'the loss became nan', None
+        miou, acc = FINAL[name, recipe.seed]
+        return [{'epoch': 1, 'loss': 2.0, 'test_acc': 0.5, 'val_miou': 0.0},
+                {'epoch': 2, 'loss': 1.0 + miou, 'test_acc': acc, 'val_miou': miou}], None, (name, recipe.seed)
+    return train
+
+
+@pytest.fixture
+def comparison():
+    calls = []
+    base = d2l.Recipe(crop=(64, 96), batch_size=8, epochs=2, pretrained=False)
+    kept = {}
+    out = teaching.seed_sweep(base, SETTINGS, seeds=(0, 1, 2), train=fake_train(calls), say=lambda s: None, kept=kept)
+    assert kept == {n: (n, 0) for n in SETTINGS}                           # the first seed's runs
+    # every setting with every seed, the base recipe's other fields untouched
+    assert [(c[0], c[1]) for c in calls] == [(n, s) for n in SETTINGS for s in (0, 1, 2)]
+    return out
+
+
+def test_seed_sweep_records_every_seed_and_why_a_run_diverged(comparison):
+    assert list(comparison) == list(SETTINGS)
+    assert comparison['lr 1']['changes'] == {'lr': 1.0}
+    assert comparison['lr 1']['runs'][1]['diverged'] == 'the loss became nan'
+    assert teaching.finals(comparison, 'lr 1') == {0: 0.01, 2: 0.02}
+    assert teaching.finals(comparison, 'chapter', 'test_acc') == {0: 0.70, 1: 0.72, 2: 0.71}
+
+
+def test_summary_mean_sd_range(comparison):
+    st = teaching.summary(comparison)
+    assert st['chapter']['mean'] == pytest.approx(0.22) and st['chapter']['sd'] == pytest.approx(0.02)
+    assert st['chapter']['range'] == pytest.approx(0.04) and st['chapter']['n'] == 3
+    assert st['lr 1']['n'] == 2 and st['lr 1']['diverged'] == [1]
+
+
+def test_spread_is_measured_and_says_where_from(comparison):
+    st = teaching.summary(comparison)
+    spread, source = teaching.measured_spread(st, ['chapter', 'momentum'])
+    assert spread == pytest.approx(0.04) and '(momentum: 0.210 to 0.250, n = 3)' in source
+    spread, source = teaching.measured_spread(st, ['chapter', 'lr 0.01', 'momentum'])
+    assert spread == pytest.approx(0.04)
+    band = {'preset': 'regression', 'seeds': [0, 1], 'judged_epochs': [6, 7],
+            'judged': {'val_miou': {'min': 0.1, 'max': 0.25}}}
+    spread, source = teaching.band_spread(band)
+    assert spread == pytest.approx(0.15) and 'regression' in source and '0.100 to 0.250' in source
+
+
+def test_verdict_names_runs_below_baseline_and_calls_ties_from_the_spread(comparison):
+    lines = teaching.verdict(comparison, 'chapter', baseline=0.65)
+    text = '\n'.join(lines)
+    # at or below 0.65: lr 0.01 seeds 0 and 1 (0.60, 0.61), lr 1's two finished seeds (0.60)
+    assert lines[0].endswith('lr 0.01 [seed 0]; lr 0.01 [seed 1]; lr 1 [seed 0]; lr 1 [seed 2]')
+    # the largest seed range among all settings: momentum's, 0.21 to 0.25
+    assert 'tie margin: 0.040' in text
+    assert 'momentum: val mIoU 0.230 ± 0.020 against 0.220 ± 0.020 for chapter: TIE (+0.010, inside' in text
+    assert 'lr 0.01: val mIoU 0.060 ± 0.010 against 0.220 ± 0.020 for chapter: WORSE (-0.160)' in text
+    assert 'lr 1: val mIoU 0.015 ± 0.007' in text and 'WORSE' in text.split('lr 1: ')[-1]
+    # with a stored band's wider spread, the momentum setting is still a tie and lr 0.01 still worse
+    lines = teaching.verdict(comparison, 'chapter', 0.65, spread=(0.15, 'a band'))
+    assert 'tie margin: 0.150, a band' in lines[1] and 'WORSE (-0.160)' in '\n'.join(lines)
+    lines = teaching.verdict(comparison, 'chapter', 0.65, spread=(0.2, 'a wider band'))
+    assert lines[2].startswith('lr 0.01') and 'TIE (-0.160' in lines[2]
+
+
+def test_compare_and_best(comparison):
+    st = teaching.summary(comparison)
+    assert teaching.compare(st, 'momentum', 'chapter', 0.005) == ('better', pytest.approx(0.01))
+    assert teaching.compare(st, 'momentum', 'chapter', 0.04)[0] == 'tie'
+    assert teaching.best(comparison) == 'momentum'
+    rows = teaching.table(comparison)
+    assert rows[1].split()[:2] == ['chapter', '3'] and '0.220 ± 0.020' in rows[1] and rows[4].split()[2] == '2'
+
+
+def test_every_seed_diverged_is_said(comparison):
+    for r in comparison['lr 1']['runs'].values():
+        r['diverged'] = 'nan'
+    st = teaching.summary(comparison)
+    assert st['lr 1']['mean'] is None and teaching.compare(st, 'lr 1', 'chapter', 0.1) == ('diverged', None)
+    assert 'lr 1: every seed diverged' in teaching.verdict(comparison, 'chapter', 0.65)
+    assert 'diverged' in teaching.table(comparison)[4]
+
+
+def test_plot_seed_sweep_draws_means_and_every_seed(comparison):
+    from d2lseg.viz import plot_seed_sweep
+    fig = plot_seed_sweep(comparison, baseline=0.65, title='t')
+    a1, a2 = fig.axes
+    assert [t.get_text() for t in a2.get_xticklabels()] == list(SETTINGS)
+    bars = [p.get_height() for p in a2.patches]
+    assert bars[:4] == pytest.approx([0.22, 0.06, 0.23, 0.015])          # mean val mIoU per setting
+    dots = [line for line in a2.lines if line.get_marker() == '.']
+    assert sum(len(d.get_xdata()) for d in dots) == 2 * 11                # every finished seed, both figures
+    assert any(line.get_linestyle() == '--' and line.get_ydata()[0] == 0.65 for line in a2.lines)
+    assert len(a1.lines) == 4 and a1.get_xlabel() == 'epoch'
+
+
+def test_a_baseline_per_seed_judges_each_run_by_its_own_crops(comparison):
+    below = teaching.below_baseline(comparison, {0: 0.5, 1: 0.72, 2: 0.5})
+    assert below == ['chapter [seed 1]', 'lr 0.01 [seed 1]']           # 0.72 <= 0.72, 0.61 <= 0.72
+    line = teaching.verdict(comparison, 'chapter', {0: 0.5, 1: 0.72, 2: 0.5})[0]
+    assert '0.500 (seed 0), 0.720 (seed 1), 0.500 (seed 2)' in line and line.endswith('chapter [seed 1]; lr 0.01 [seed 1]')
+
+
+def test_baselines_count_background_pixels(tmp_path):
+    import numpy as np
+    from mxnet import nd
+    from d2lseg.images import read_label_indices
+    from d2lseg.synthetic import make_synthetic_voc
+    import os
+    voc = make_synthetic_voc(str(tmp_path), n_train=2, n_val=3, sizes=((128, 192),), progress=False)
+    with open(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt')) as f:
+        labels = [read_label_indices(os.path.join(voc, 'SegmentationClass', n + '.png'), False)
+                  for n in f.read().split()]
+    hist = sum(np.bincount(lab.ravel(), minlength=21)[:21] for lab in labels)
+    counts, share = teaching.split_counts(voc)
+    assert counts.tolist() == hist.tolist() and share == hist[0] / hist.sum()
+    y = nd.array([[[0, 0, 255], [3, 0, 1]]])
+    assert teaching.loader_background([(None, y), (None, y)]) == (6, 10)
+    recipe = d2l.Recipe(crop=(64, 96), max_images=None, seed=0)
+    b0 = teaching.crops_baseline(recipe, voc)
+    crops = d2l.VOCSegDataset(False, (64, 96), voc, seed=0, verbose=False)
+    ys = [crops[i][1].asnumpy() for i in range(len(crops))]
+    assert b0 == sum((y == 0).sum() for y in ys) / sum((y != 255).sum() for y in ys) and 0 < b0 < 1
+
+
+def test_boundary_distance_and_bands():
+    import numpy as np
+    lab = np.zeros((6, 8), np.uint8)
+    lab[:, 4:] = 1                                 # a vertical class change between columns 3 and 4
+    d = teaching.boundary_distance(lab.copy())
+    # OpenCV's 3x3 L2 mask: 0.955 per horizontal step, from the edge at column 4 (where the class changes)
+    assert d[0].tolist() == pytest.approx([0.955 * k for k in (4, 3, 2, 1, 0, 1, 2, 3)], abs=1e-3)
+    assert np.isinf(teaching.boundary_distance(np.zeros((2, 2), np.uint8))).all()
+    pred = lab.copy()
+    pred[:, 4] = 0                                 # wrong exactly at the boundary column
+    right, total = teaching.accuracy_by_distance([pred], [lab], (0, 1, 2, np.inf))
+    assert total.tolist() == [18, 12, 18] and right.tolist() == [12, 12, 18]   # columns 3-5 | 2, 6 | 0, 1, 7
+    lab[0, 0] = 255                                # void: not scored, and a boundary itself
+    right, total = teaching.accuracy_by_distance([pred], [lab], (0, 1, 2, np.inf))
+    assert total.sum() == 47
+
+
+def test_look_for_states_the_figures_facts():
+    import numpy as np
+    lab = np.array([[0, 0, 1, 1], [0, 255, 1, 1]])
+    pred = np.array([[0, 0, 0, 1], [0, 3, 0, 1]])
+    s = teaching.look_for([pred], [lab])
+    # 7 labelled pixels, 5 right; aeroplane (1) taken for background twice, 2 of its 4 pixels
+    assert s == ('What to look for: 71% of the labelled pixels are right; its most frequent mistake is aeroplane '
+                 'taken for background (2 pixels, 50% of the aeroplane pixels); the predictions use 2 classes '
+                 'where the labels have 2.')
+    assert 'no mistake' in teaching.look_for([lab], [lab])
+    s = teaching.edge_sentence({'fcn32s': 0.5, 'fcn8s': 0.6}, {'fcn32s': 0.8, 'fcn8s': 0.7})
+    assert 'fcn8s is the most accurate (0.600)' in s and 'fcn32s the least (0.500)' in s
+    assert 'fcn32s +0.300, fcn8s +0.100' in s
+
+
+def test_plot_bands_one_line_per_model():
+    import numpy as np
+    from d2lseg.viz import plot_bands
+    fig = plot_bands({'a': (np.array([1., 2.]), np.array([2., 4.])), 'b': (np.array([0., 4.]), np.array([0., 4.]))},
+                     (0, 2, np.inf))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['0-2', '2+']
+    assert [list(line.get_ydata()) for line in ax.lines] == [[0.5, 0.5], [0.0, 1.0]]
+    assert ax.get_legend() is not None and ax.get_xlabel().startswith('distance')
+
+
+def test_figure_description_is_title_then_panels():
+    from matplotlib import pyplot as plt
+    from d2lseg.viz import figure_description
+    fig, (a, b) = plt.subplots(1, 2)
+    assert figure_description(fig) == 'a figure of 2 panel(s) without titles'
+    a.set_title('loss')
+    assert figure_description(fig) == 'Panels: loss'
+    b.set_title('mIoU')
+    fig.suptitle('exercise 3')
+    assert figure_description(fig) == 'exercise 3. Panels: loss; mIoU'
+    plt.close(fig)
