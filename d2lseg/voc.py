@@ -126,8 +126,11 @@ def iter_split(voc_dir, is_train=False, spec=None, colormap2label=None, stats=No
 
     spec: what to read (``DataSpec``: split, labels' folder, colours, unknown labels, void border, how
     many, largest image); ``options``: DataSpec fields that replace the spec's (``ignore_boundary=True``);
-    ``colormap2label`` (the chapter's lookup) and ``stats``: ``read_label_indices``.
+    ``colormap2label`` (the chapter's lookup) and ``stats``: ``read_label_indices``. ``limit=N``, the name
+    of ``max_images`` before DataSpec, is still taken (notebooks/07_own_data's stored cells use it).
     """
+    if 'limit' in options:
+        options['max_images'] = options.pop('limit')
     spec = (spec or DataSpec()).replace(**options)
     for name in read_split(voc_dir, is_train, spec.split)[:spec.max_images]:
         img_path, lab_path = _sample_paths(voc_dir, name, spec.label_dir)

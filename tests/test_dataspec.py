@@ -60,3 +60,9 @@ def test_an_unknown_label_is_an_error_unless_background_is_asked(voc_dir, tmp_pa
     stats = {}
     (_, _, read), = iter_split(tree, stats=stats, max_images=1, unknown='background')
     assert stats['unknown_pixels'] == 6 and (read[:2, :3] == 0).all()
+
+
+def test_limit_is_still_max_images(voc_dir):
+    """``limit=`` (notebooks/07_own_data's stored cells) reads what ``max_images=`` reads."""
+    assert [n for n, _, _ in iter_split(voc_dir, limit=2)] == [n for n, _, _ in iter_split(voc_dir, max_images=2)] \
+        == read_split(voc_dir, False)[:2]
