@@ -38,7 +38,7 @@ LAYOUT = (
     ('deploy', 'a trained network made faster or portable: INT8 / bfloat16, ONNX export, the MXNet-free runtime',
      ('quantization', 'export', 'onnxrun')),
     ('training', 'a training run: the Recipe, the loop, checkpoints, callbacks, several workers, the references',
-     ('config', 'checkpoint', 'callbacks', 'engine', 'kvstore', 'reference')),
+     ('config', 'checkpoint', 'callbacks', 'engine', 'kvstore', 'reference', 'teaching')),
     ('command', 'the d2lseg command: flags, what each subcommand does, predict on files, doctor, launch',
      ('cli', 'app', 'photos', 'doctor', 'onnxcli', 'launcher')),
 )
