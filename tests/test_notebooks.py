@@ -270,6 +270,7 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
 
 @pytest.mark.notebook
 def test_04_training(monkeypatch):
+    import re
     nb, r = _run('04_training.ipynb', monkeypatch,
                  report=['ctx', 'history', 'kept', 'val_counts', 'baseline_acc', 'comparison', 'seeds', 'floors',
                          'SETTINGS', 'verdict', 'winner', 'crop_baseline', 'crop_pixels', 'self_check', 'base.epochs'])
@@ -310,9 +311,23 @@ def test_04_training(monkeypatch):
     assert r['verdict'][1] == f'tie margin: {ranges[widest]:.3f}, the largest range over seeds measured here ' \
         f'({widest}: ' + r['verdict'][1].split(f'({widest}: ')[1]
     assert len(r['verdict']) == 2 + len(settings) - 1 and r['winner'] in settings
+    sources = [c.source for c in nb.cells if c.cell_type == 'code']
+    assert not any(re.search(r'TIE\s*=|SPREAD|0\.02\b', src) for src in sources)   # no literal spread
     assert r['self_check'] == pytest.approx([10, 60, 0.04])
     _self_check_matches(nb, r['self_check'])
     assert _figures(nb) >= 2
+
+
+def test_04_stored_run_clears_the_floor():
+    """The stored full run of exercise 3: every setting over >= 3 seeds, and the chapter's setting above the
+    all-background floor of its validation crops on every seed (the verdict names any run that is not)."""
+    nb = _read('04_training.ipynb')
+    text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
+    floor = [line for line in text.splitlines() if line.startswith('all-background pixel accuracy of these')]
+    assert floor, '04_training.ipynb: no stored verdict (run `make notebooks NB=04`)'
+    assert 'chapter (lr 0.1) [seed' not in floor[-1], floor[-1]
+    rows = [line.split() for line in text.splitlines() if line.startswith(('chapter (lr 0.1) ', "05's recipe "))]
+    assert rows and all(int(row[3 if row[0] == 'chapter' else 2]) >= 3 for row in rows), rows
 
 
 @pytest.mark.notebook
