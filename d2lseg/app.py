@@ -4,25 +4,29 @@
 it is given before any long work, and writes its files atomically or not at all.
 """
 import contextlib
+import dataclasses
 import os
 import sys
 
-from . import checkpoint
+from . import checkpoint, engine, export, onnxrun, photos, preflight
 from .callbacks import (BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final,
                         save_model_info)
 from .config import resolve_ctx
 from .download import download_voc_pascal
-from .engine import fit, prepare, resume_recipe
+from .engine import fit, prepare
 from .environment import environment, summary
 from .errors import D2lsegError
-from .images import MAX_PIXELS
+from .images import MAX_PIXELS, allow_pixels
 from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
+from .onnxrun import TILE
+from .quantization import to_bfloat16
 from .model import OUTPUT_STRIDE, build_fcn, load_params
 from .classes import ClassList, model_classes, model_inputs
 from .progress import bar
-from .reference import PUBLISHED_NAMES, compare_baseline, compare_published, fcn_paper_table
+from .reference import (BANDS, CHAPTER_RECIPE, PUBLISHED_NAMES, RECIPE_KEYS, UnusableHistory, band_path,
+                        compare_baseline, compare_published, fcn_paper_table, recipe_differences)
 from .runfolder import RUN_OUTPUTS, RunFolder, adopt, check_outputs, clear_run, existing_run, writable_file
 from .outputs import Output, check_paths, claim, refuse_foreign
 from .viz import CurvesCallback, confusion_figure, figure_format
@@ -37,40 +41,44 @@ def _announce(run, recipe, ctx):
     print('machine:', summary(environment(ctx)), flush=True)  # what the figures depend on (history.json too)
 
 
-def _final_line(history, out):
+def _final_line(history, out, crop):
     first, last = history.get('untrained'), history['epochs'][-1] if history['epochs'] else None
     if last:
         best = history.get('best')
-        print(f"final val mIoU {last['val_miou']:.3f}" +
+        print(f"final val mIoU {last['val_miou']:.3f} on {crop[0]}x{crop[1]} crops of the val images" +
               (f" (untrained network: {first['miou']:.3f})" if first else '') +
               f", val pixel acc {last['test_acc']:.3f}" +
               (f"; best val mIoU {best['val_miou']:.3f} at epoch {best['epoch']} (best.params)" if best else '') +
-              f"; wrote {out}/model.params, best.params, history.json, curves.png, train.log")
+              f"; wrote {out}/model.params, best.params, history.json, curves.png, train.log; the figure to report: "
+              f"d2lseg evaluate --params {out}/model.params (whole images, the published protocol)")
 
 
-def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_dir=None, epochs=None,
-                 log_interval=0, notes=()):
+def run_training(recipe, out, resume=None, progress=True, overwrite=False, requested=None, log_interval=0, notes=(),
+                 keep_checkpoints=2):
     """Validate, train with the standard callbacks; write model.params, best.params, history.json,
     curves.png and train.log (everything printed during the run) in ``out``.
 
     The chief holds ``out`` for the whole run (``runfolder.RunFolder``: a second writer gets one line);
     a fresh run refuses a folder holding another run unless ``overwrite``. With ``resume`` (a run
-    folder): ``epochs`` extends it (None: as stored), ``data_dir`` is where its data is now.
-    log_interval: also a line every N batches; notes: lines for stderr (and the log).
+    folder): ``requested`` ({field: value} of ``engine.RESUME_FIELDS``) says how long and where it runs now
+    (``engine.resume``); ``recipe`` is not used. ``recipe`` is never changed (a copy is trained).
+    log_interval: also a line every N batches; notes: lines for stderr (and the log); keep_checkpoints: how
+    many of the last epochs' checkpoints stay (~100 MB each for fcn32s). Nine parameters: what ``d2lseg train``
+    takes beside the recipe, each with a default.
     -> the history (None when a resumed run had nothing to do)."""
     for note in notes:
         print(note, file=sys.stderr)
-    if resume:
-        meta = checkpoint.load_meta(resume)
-        recipe, out = resume_recipe(resume, recipe, epochs=epochs, data_dir=data_dir, meta=meta), resume
-    recipe.ctx, ctx, note = resolve_ctx(recipe.ctx)
+    resumed = engine.resume(resume, requested) if resume else None
+    recipe, out = (resumed.recipe, resume) if resume else (recipe, out)
+    spec, ctx, note = resolve_ctx(recipe.ctx)
+    recipe = dataclasses.replace(recipe, ctx=spec)
     if note:  # e.g. no GPU visible: said now, and kept in train.log with the other notes
         print(note, file=sys.stderr)
         notes = [*notes, note]
-    recipe.validate()
-    if resume and recipe.epochs <= meta['epoch']:
-        print(f"nothing to do: {resume} has finished {meta['epoch']} of {recipe.epochs} epochs; --epochs N "
-              f"(more than {meta['epoch']}) extends it", file=sys.stderr)
+    preflight.check(recipe, data=not resume)  # every problem of a new run's configuration at once
+    if resume and recipe.epochs <= resumed.start_epoch:
+        print(f"nothing to do: {resume} has finished {resumed.start_epoch} of {recipe.epochs} epochs; --epochs N "
+              f"(more than {resumed.start_epoch}) extends it", file=sys.stderr)
         return None
     kv = create_kvstore(recipe.kvstore) if recipe.kvstore.startswith('dist') else None
     chief = kv is None or kv.rank == 0
@@ -81,6 +89,7 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
                               f"--resume {out}, choose another --out, or replace it with --overwrite")
         if chief and not resume:
             check_outputs(out, overwrite)
+        meta = resumed.meta if resume else None
         with run_log(os.path.join(out, 'train.log'), preamble=notes) if chief else contextlib.nullcontext() as log:
             run = prepare(recipe, ctx=ctx, kv=kv, stored=meta.get('history') if resume else None)
             if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
@@ -89,21 +98,24 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
                 adopt(out, RUN_OUTPUTS + ((meta['params'], meta['states']) if resume else ()))
             if log is not None:
                 log.start()  # what was printed so far, then everything after it
-            history = _train(run, recipe, ctx, out, resume, progress and chief, log_interval)
+            history = _train(run, recipe, ctx, out, resumed, progress and chief,
+                             dict(log_interval=log_interval, keep=keep_checkpoints))
     return history
 
 
-def _train(run, recipe, ctx, out, resume, progress, log_interval):
+def _train(run, recipe, ctx, out, resume, progress, options):
+    """Fit with the standard callbacks; options: log_interval, keep (checkpoints)."""
     if run.rank == 0:
         _announce(run, recipe, ctx)
     if run.rank == 0:  # what evaluate and predict need, from the start: best.params and checkpoints are usable
         save_model_info(out, recipe, run.classes)
-    callbacks = [print_epoch, BestParams(out), Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
+    callbacks = [print_epoch, BestParams(out), Checkpointer(out, options['keep']),
+                 CurvesCallback(os.path.join(out, 'curves.png'))]
     history = fit(recipe, callbacks, resume=resume, progress=progress, run=run,
-                  batch_callbacks=[BatchLogger(log_interval)] if log_interval else [])
+                  batch_callbacks=[BatchLogger(options['log_interval'])] if options['log_interval'] else [])
     if run.rank == 0:
         save_final(out, run.net, history)
-        _final_line(history, out)
+        _final_line(history, out, recipe.crop)
     return history
 
 
@@ -115,6 +127,72 @@ def load_net(params, variant=None, num_classes=None, ctx=None):
     load_params(net, params, ctx)
     net.hybridize(static_alloc=True)
     return net, classes
+
+
+def _network_source(spec):
+    """Whether an exported model (--onnx) replaces --params -> True for --onnx: one of the two is needed, the
+    flags that do not apply to an exported model are refused, and the tile must suit the network."""
+    if bool(spec.onnx) == bool(spec.params):
+        raise D2lsegError('give --params (a model.params of d2lseg train) or --onnx (a model of d2lseg export), one '
+                          'of them')
+    h, w = spec.tile
+    if h <= 0 or w <= 0 or h % OUTPUT_STRIDE or w % OUTPUT_STRIDE:
+        raise D2lsegError(f"--tile {h}x{w}: both sides must be positive multiples of {OUTPUT_STRIDE}, e.g. 320x480")
+    given = [flag for flag, on in (('--variant', spec.variant), ('--num-classes', spec.num_classes),
+                                   ('--dtype bfloat16', spec.dtype != 'float32'), ('--int8', getattr(spec, 'int8', 0)),
+                                   ('--tile', tuple(spec.tile) != TILE)) if on]
+    if spec.onnx and given:
+        raise D2lsegError(f"--onnx {spec.onnx}: {', '.join(given)} do not apply to an exported model (it says its "
+                          "variant, classes and tile; ONNX Runtime runs it in float32); drop them")
+    return bool(spec.onnx)
+
+
+def _evaluated(spec, ctx):
+    """The network evaluate measures -> (net, ClassList): --params's in MXNet, or --onnx's on ONNX Runtime."""
+    if spec.onnx:
+        model = onnxrun.Model(spec.onnx)
+        return export.OnnxNet(model), ClassList(model.names, model.colors)
+    net, classes = load_net(spec.params, spec.variant, spec.num_classes, ctx)
+    return (to_bfloat16(net, ctx[0]) if spec.dtype == 'bfloat16' else net), classes
+
+
+def evaluate(spec):
+    """``d2lseg evaluate``: ``spec`` (``specs.EvaluateSpec``) checked before any work, then ``evaluate_split``
+    -> the record (also written to --json: eval-PROTOCOL.json beside the model by default)."""
+    _network_source(spec)
+    model = spec.params or spec.onnx
+    out = spec.json or os.path.join(os.path.dirname(os.path.abspath(model)), f'eval-{spec.protocol}.json')
+    where = dict(params=model, data_dir=spec.data_dir, split=spec.split, label_dir=spec.label_dir,
+                 max_images=spec.max_images, overwrite=spec.overwrite)
+    check_evaluate(out, spec.protocol, spec.crop, spec.plot, spec.scales, spec.flip, **where)
+    allow_pixels(spec.max_pixels)
+    ctx = resolve_ctx(spec.ctx)[1]
+    net, classes = _evaluated(spec, ctx)
+    return evaluate_split(net, spec.data_dir, ctx[0], out, classes, protocol=spec.protocol, crop=tuple(spec.crop),
+                          max_images=spec.max_images, progress=not spec.no_progress, plot=spec.plot,
+                          tile=tuple(spec.tile), scales=spec.scales, flip=spec.flip, split=spec.split,
+                          label_dir=spec.label_dir, unknown=spec.unknown_label,
+                          extra=dict(params=spec.params, onnx=spec.onnx, dtype=spec.dtype, tile=list(spec.tile)),
+                          params=model, overwrite=spec.overwrite, max_pixels=spec.max_pixels)
+
+
+def predict(spec):
+    """``d2lseg predict``: ``spec`` (``specs.PredictSpec``) checked before any work (no output replaces a file
+    without --overwrite), then ``photos.predict_files`` (or ``onnxrun``'s) -> the number of images that failed."""
+    if _network_source(spec):
+        allow_pixels(spec.max_pixels)
+        return onnxrun.predict_files(spec.onnx, spec.images, spec.out, spec.json, full=not spec.chapter_crop,
+                                     overwrite=spec.overwrite, max_pixels=spec.max_pixels)
+    calib_dir = spec.calib_data_dir if spec.int8 else None
+    photos.plan_outputs(spec.images, spec.out, spec.json, spec.params, spec.overwrite, calib_dir)  # before any work
+    allow_pixels(spec.max_pixels)
+    ctx = resolve_ctx(spec.ctx)[1]
+    net, classes = load_net(spec.params, spec.variant, spec.num_classes, ctx)
+    calib = photos.calibration_images(calib_dir) if calib_dir else None
+    return photos.predict_files(net, spec.images, spec.out, ctx[0], full=not spec.chapter_crop, tile=tuple(spec.tile),
+                                int8=spec.int8, calib=calib, dtype=spec.dtype, json_path=spec.json,
+                                warn=photos.training_caveat(spec.params), classes=classes, params=spec.params,
+                                overwrite=spec.overwrite, calib_dir=calib_dir, max_pixels=spec.max_pixels)
 
 
 PROTOCOLS = {
@@ -147,7 +225,7 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
     check_paths(outs, inputs)
     if plot:
         figure_format(plot, '--plot')
-    refuse_foreign(outs, 'evaluate', overwrite)
+    refuse_foreign(outs, 'evaluate', overwrite, own=False)
     return outs
 
 
@@ -185,6 +263,9 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
                   confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, scales=list(scales),
                   flip=flip, **(extra or {}))
     _write_evaluation(record, outs, out, plot, cm, classes, f'{protocol} protocol, {total - skipped} images')
+    print(f"mIoU {record['miou']:.4f} on {total - skipped} images, {protocol} protocol: " +
+          ('the figure to report for this model' if full else "the chapter's measure; the figure to report is the "
+           "published protocol's (without --chapter-protocol)"))
     return record
 
 
@@ -229,20 +310,56 @@ def reproduce(recipe, out, progress=True, overwrite=False):
     return comparisons[0].ok
 
 
-def compare(history_path, against='book'):
-    """Print the comparison of a history.json with a published run ('book', 'd2l-zh-v1', 'all') or a
-    baseline file -> True when no figure regressed."""
-    history = load_history(history_path)
-    targets = ['book', 'd2l-zh-v1'] if against == 'all' else [against]
-    ok = True
-    for target in targets:
+def _band_recipe(name):
+    """The result fields a history must share with band ``name`` ('book' or one of ``BANDS``)."""
+    if name == 'book':
+        return CHAPTER_RECIPE
+    stored = load_history(band_path(name)).get('recipe', {})
+    return {k: stored[k] for k in RECIPE_KEYS if k in stored}
+
+
+def fitting_bands(history):
+    """The named bands whose recipe ``history``'s is (``d2lseg compare`` picks the first by default)."""
+    return [name for name in ('book', *BANDS) if not recipe_differences(history, _band_recipe(name))]
+
+
+def _against(history, history_path, target):
+    """One comparison of ``history`` -> a ``reference.Comparison``; a refusal for another recipe names the
+    bands that would fit."""
+    try:
         if target in PUBLISHED_NAMES:
-            cmp = compare_published(history, target, path=history_path)
-        elif os.path.isfile(target):
-            cmp = compare_baseline(history, load_history(target), path=history_path, baseline_path=target)
-        else:
-            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED_NAMES)}, all) "
-                              "nor a baseline file")
+            return compare_published(history, target, path=history_path)
+        if target in BANDS or os.path.isfile(target):
+            path = band_path(target) if target in BANDS else target
+            return compare_baseline(history, load_history(path), path=history_path, baseline_path=target)
+    except UnusableHistory as e:
+        if 'another recipe' not in str(e):
+            raise
+        fits = fitting_bands(history)
+        raise UnusableHistory(f"--against {target}: {e}; " + (
+            f"the band that fits it: --against {' or --against '.join(fits)}" if fits else
+            f"no stored band ({', '.join(('book',) + tuple(BANDS))}) has its recipe: give --against FILE, a "
+            "history.json of the same recipe")) from None
+    raise D2lsegError(f"--against {target}: not a named band ({', '.join(('book',) + tuple(BANDS))}), "
+                      f"{', '.join(PUBLISHED_NAMES[1:])}, all, nor a file")
+
+
+def compare(history_path, against=None):
+    """Print the comparison of a history.json with a named band ('book', 'd2l-zh-v1', 'all', 'demo',
+    'regression') or a baseline file; None: the band of the stored recipe the history was made with
+    -> True when no figure regressed."""
+    history = load_history(history_path)
+    if against is None:
+        fits = fitting_bands(history)
+        if not fits:
+            raise D2lsegError(f"{history_path}: made by none of the stored recipes (book, {', '.join(BANDS)}), so "
+                              "there is no band to judge it by; give --against FILE (a history.json of the same "
+                              "recipe)")
+        against = fits[0]
+        print(f"against {against}: the stored band of this history's recipe")
+    ok = True
+    for target in (['book', 'd2l-zh-v1'] if against == 'all' else [against]):
+        cmp = _against(history, history_path, target)
         print(cmp.table())
         ok &= cmp.ok
     return ok

@@ -159,7 +159,7 @@ def plan_outputs(images, out_dir, json_path=None, params=None, overwrite=False, 
     if calib_dir:
         inputs += split_files(voc_root(calib_dir), 'train', 8)
     check_paths(outs, inputs)
-    refuse_foreign(outs, 'predict', overwrite)
+    refuse_foreign(outs, 'predict', overwrite, own=False)
     return Plan(paths, stems, outs)
 
 

@@ -1,8 +1,11 @@
-"""Published figures of the chapter's recipe, with their sources, and the comparison against them.
+"""Published figures of the chapter's recipe, with their sources, and the comparison against them; the named
+recipes (``RECIPES``: ``d2lseg train --preset``) and the stored bands they are judged by (``BANDS``).
 
 Kept as data next to the recipe that produced them (as torchvision keeps its model cards).
 """
+import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 from .config import ADDED_FIELDS, RESULT_KEYS, Recipe
@@ -79,6 +82,49 @@ PRESETS = {
                        '--epochs', '9', '--lr', '0.05', '--warmup-epochs', '1', '--momentum', '0.9',
                        '--lr-schedule', 'poly']},
 }
+
+
+# Named recipes: d2lseg train --preset NAME (explicit flags override them). Each is the Recipe's fields that
+# differ from its defaults (which are the chapter's).
+RECIPES = {
+    'chapter': {},  # the book's GPU recipe: pretrained ImageNet backbone, 320x480 crops, batch 32, lr 0.1
+    'demo': dict(pretrained=False, ctx='cpu', crop=(128, 192), batch_size=8, epochs=9, lr=0.05, warmup_epochs=1,
+                 momentum=0.9, lr_schedule='poly'),  # make demo (PRESETS['demo'] has it as flags, for the band)
+    'small': dict(pretrained=False, crop=(160, 160), batch_size=4, epochs=40, lr=0.05, warmup_epochs=1,
+                  momentum=0.9, lr_schedule='poly', augment=True),  # ~20 images of one's own on a CPU
+}
+RECIPE_TEXT = {
+    'chapter': "the book's GPU recipe and the default: ImageNet backbone (downloads), 320x480 crops, batch 32, "
+               "lr 0.1, no momentum, 5 epochs",
+    'demo': 'make demo: random backbone, 128x192 crops, batch 8, lr 0.05 with momentum 0.9, 9 epochs, CPU',
+    'small': 'a few dozen images of your own on a CPU: random backbone (offline), 160x160 crops, batch 4, lr 0.05 '
+             'with momentum 0.9, 40 epochs, augmentation',
+}
+
+
+def preset(name, given=None):
+    """The Recipe of preset ``name`` with ``given`` ({field: value}, the flags a user gave) over it."""
+    if name not in RECIPES:
+        raise D2lsegError(f"--preset {name}: unknown; choose one of {', '.join(RECIPES)}")
+    return dataclasses.replace(Recipe(), **dict(RECIPES[name], **(given or {})))
+
+
+# The stored bands compare judges a history by (d2lseg/baselines/NAME), and 'book', the published spread.
+BANDS = {'demo': 'demo-spread.json', 'regression': 'regression-band.json'}
+BASELINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'baselines')
+
+
+def band_path(name):
+    """The file of stored band ``name`` (``BANDS``)."""
+    return os.path.join(BASELINES, BANDS[name])
+
+
+def recipe_differences(history, expected):
+    """The result fields in which ``history``'s recipe differs from ``expected`` -> ['key=ours (expected x)']."""
+    recipe = history.get('recipe') if isinstance(history, dict) else None
+    recipe = recipe if isinstance(recipe, dict) else {}
+    return [f"{k}={recipe.get(k, ADDED_FIELDS.get(k))!r} (expected {v!r})" for k, v in expected.items()
+            if recipe.get(k, ADDED_FIELDS.get(k)) != v]
 
 
 class UnusableHistory(D2lsegError):
@@ -172,8 +218,7 @@ def _check_recipe(history, expected, path):
     recipe = history.get('recipe') if isinstance(history, dict) else None
     if not isinstance(recipe, dict):
         raise UnusableHistory(f"{path}: the history names no recipe; cannot tell what it should match")
-    diffs = [f"{k}={recipe.get(k, ADDED_FIELDS.get(k))!r} (expected {v!r})" for k, v in expected.items()
-             if recipe.get(k, ADDED_FIELDS.get(k)) != v]
+    diffs = recipe_differences(history, expected)
     if diffs:
         raise UnusableHistory(f"{path}: another recipe, not compared: " + ', '.join(diffs))
 

@@ -1,0 +1,66 @@
+"""Start-up checks of a training configuration: every problem found in one message, before any download,
+any data is decoded or a network is built (``check``; ``app.run_training`` calls it for a new run).
+
+The data checks read only image headers (PIL reads the size without decoding the pixels).
+"""
+from PIL import Image
+
+from .errors import D2lsegError
+from .model import OUTPUT_STRIDE
+from .voc import _sample_paths, has_voc, read_split, voc_root
+
+
+def _sizes(root, split, limit):
+    """(height, width) of the split's images that can be opened (the others are named when read)."""
+    sizes = []
+    for name in read_split(root, split=split)[:limit]:
+        try:
+            with Image.open(_sample_paths(root, name)[0]) as im:
+                sizes.append((im.size[1], im.size[0]))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return sizes
+
+
+def _data_problems(recipe):
+    """What the recipe's crop and batch size cannot do with its data (nothing when the data is not there yet)."""
+    if not has_voc(recipe.data_folder, (recipe.train_split, recipe.val_split)):
+        return []
+    root, (h, w), found = voc_root(recipe.data_folder), recipe.crop, []
+    for split in (recipe.train_split, recipe.val_split):
+        sizes = _sizes(root, split, recipe.max_images)
+        fit = [s for s in sizes if s[0] >= h and s[1] >= w]
+        if sizes and not fit:
+            hold = [min(s[i] for s in sizes) // OUTPUT_STRIDE * OUTPUT_STRIDE for i in (0, 1)]
+            found.append(f"--crop {h}x{w}: all {len(sizes)} images of the {split} split are smaller"
+                         + (f" (a crop every one holds: --crop {hold[0]}x{hold[1]})" if min(hold) else ''))
+        elif split == recipe.train_split and recipe.batch_size > len(fit):
+            found.append(f"--batch-size {recipe.batch_size}: larger than the {len(fit)} training images that hold "
+                         f"the crop; use --batch-size {max(1, min(len(fit), 8))} or less")
+    return found
+
+
+def problems(recipe, data=True):
+    """Every problem of ``recipe`` found without training -> [one line each]."""
+    found = []
+    try:
+        recipe.validate()
+    except D2lsegError as e:
+        found.append(str(e))
+    if data and not found:  # the data checks need a valid crop
+        found += _data_problems(recipe)
+    return found
+
+
+def check(recipe, data=True):
+    """One D2lsegError listing every problem of ``recipe`` (``problems``), with what would help."""
+    found = problems(recipe, data)
+    if not found:
+        return
+    text = found[0] if len(found) == 1 else f"{len(found)} problems: " + '; '.join(
+        f"({i}) {p}" for i, p in enumerate(found, 1))
+    if not any(p.startswith(('--crop', '--batch-size')) for p in found):
+        raise D2lsegError(text)
+    if recipe.pretrained and not (recipe.backbone_params or recipe.init_from):
+        text += "; this recipe would also download the ImageNet backbone (offline: --no-pretrained)"
+    raise D2lsegError(text + "; --preset small is a recipe for a few dozen images of your own on a CPU")
