@@ -1,4 +1,6 @@
-"""What the ``d2lseg`` commands do, as functions: train a run folder, evaluate, reproduce (predict: ``photos``).
+"""What the ``d2lseg`` commands do, as functions: train a run folder, evaluate, predict, reproduce, compare.
+About 330 lines: one entry per command (``run_training``, ``evaluate``, ``predict``, ``reproduce``, ``compare``)
+with the checks each makes before any long work; the work itself is in engine, photos, inference, reference.
 
 ``cli`` parses arguments and calls these; notebooks and scripts may call them too. Each checks what
 it is given before any long work, and writes its files atomically or not at all.
@@ -25,8 +27,7 @@ from .quantization import to_bfloat16
 from .model import OUTPUT_STRIDE, build_fcn, load_params
 from .classes import ClassList, model_classes, model_inputs
 from .progress import bar
-from .reference import (BANDS, CHAPTER_RECIPE, PUBLISHED_NAMES, RECIPE_KEYS, UnusableHistory, band_path,
-                        compare_baseline, compare_published, fcn_paper_table, recipe_differences)
+from .reference import BANDS, compare_named, compare_published, fcn_paper_table, fitting_bands
 from .runfolder import RUN_OUTPUTS, RunFolder, adopt, check_outputs, clear_run, existing_run, writable_file
 from .outputs import Output, check_paths, claim, refuse_foreign
 from .viz import CurvesCallback, confusion_figure, figure_format
@@ -310,40 +311,6 @@ def reproduce(recipe, out, progress=True, overwrite=False):
     return comparisons[0].ok
 
 
-def _band_recipe(name):
-    """The result fields a history must share with band ``name`` ('book' or one of ``BANDS``)."""
-    if name == 'book':
-        return CHAPTER_RECIPE
-    stored = load_history(band_path(name)).get('recipe', {})
-    return {k: stored[k] for k in RECIPE_KEYS if k in stored}
-
-
-def fitting_bands(history):
-    """The named bands whose recipe ``history``'s is (``d2lseg compare`` picks the first by default)."""
-    return [name for name in ('book', *BANDS) if not recipe_differences(history, _band_recipe(name))]
-
-
-def _against(history, history_path, target):
-    """One comparison of ``history`` -> a ``reference.Comparison``; a refusal for another recipe names the
-    bands that would fit."""
-    try:
-        if target in PUBLISHED_NAMES:
-            return compare_published(history, target, path=history_path)
-        if target in BANDS or os.path.isfile(target):
-            path = band_path(target) if target in BANDS else target
-            return compare_baseline(history, load_history(path), path=history_path, baseline_path=target)
-    except UnusableHistory as e:
-        if 'another recipe' not in str(e):
-            raise
-        fits = fitting_bands(history)
-        raise UnusableHistory(f"--against {target}: {e}; " + (
-            f"the band that fits it: --against {' or --against '.join(fits)}" if fits else
-            f"no stored band ({', '.join(('book',) + tuple(BANDS))}) has its recipe: give --against FILE, a "
-            "history.json of the same recipe")) from None
-    raise D2lsegError(f"--against {target}: not a named band ({', '.join(('book',) + tuple(BANDS))}), "
-                      f"{', '.join(PUBLISHED_NAMES[1:])}, all, nor a file")
-
-
 def compare(history_path, against=None):
     """Print the comparison of a history.json with a named band ('book', 'd2l-zh-v1', 'all', 'demo',
     'regression') or a baseline file; None: the band of the stored recipe the history was made with
@@ -359,7 +326,7 @@ def compare(history_path, against=None):
         print(f"against {against}: the stored band of this history's recipe")
     ok = True
     for target in (['book', 'd2l-zh-v1'] if against == 'all' else [against]):
-        cmp = _against(history, history_path, target)
+        cmp = compare_named(history, target, history_path)
         print(cmp.table())
         ok &= cmp.ok
     return ok

@@ -3,11 +3,20 @@ any data is decoded or a network is built (``check``; ``app.run_training`` calls
 
 The data checks read only image headers (PIL reads the size without decoding the pixels).
 """
+import glob
+import os
+
 from PIL import Image
 
 from .errors import D2lsegError
 from .model import OUTPUT_STRIDE
 from .voc import _sample_paths, has_voc, read_split, voc_root
+
+
+def _backbone_cached():
+    """Whether MXNet's model zoo holds the ImageNet resnet18_v2 weights already (no download needed)."""
+    home = os.environ.get('MXNET_HOME', os.path.join(os.path.expanduser('~'), '.mxnet'))
+    return bool(glob.glob(os.path.join(home, 'models', 'resnet18_v2-*.params')))
 
 
 def _sizes(root, split, limit):
@@ -61,6 +70,7 @@ def check(recipe, data=True):
         f"({i}) {p}" for i, p in enumerate(found, 1))
     if not any(p.startswith(('--crop', '--batch-size')) for p in found):
         raise D2lsegError(text)
-    if recipe.pretrained and not (recipe.backbone_params or recipe.init_from):
-        text += "; this recipe would also download the ImageNet backbone (offline: --no-pretrained)"
+    if recipe.pretrained and not (recipe.backbone_params or recipe.init_from or _backbone_cached()):
+        text += ("; this recipe would also download the ImageNet backbone resnet18_v2 (offline: --backbone-params "
+                 "FILE, or --no-pretrained)")
     raise D2lsegError(text + "; --preset small is a recipe for a few dozen images of your own on a CPU")

@@ -1,7 +1,8 @@
 """Published figures of the chapter's recipe, with their sources, and the comparison against them; the named
 recipes (``RECIPES``: ``d2lseg train --preset``) and the stored bands they are judged by (``BANDS``).
 
-Kept as data next to the recipe that produced them (as torchvision keeps its model cards).
+Kept as data next to the recipe that produced them (as torchvision keeps its model cards). About 340 lines, half
+of them the published tables and the presets: the figures and the code that judges by them stay together.
 """
 import dataclasses
 import math
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .config import ADDED_FIELDS, RESULT_KEYS, Recipe
 from .errors import D2lsegError
+from .textfiles import read_json
 
 # The recipe every d2l figure below used (D2L 10.10.4-10.10.5): the Recipe's defaults, over the fields
 # that change the result (epochs and max_images are compared per epoch instead). Compare only
@@ -303,3 +305,38 @@ def fcn_paper_table():
     lines = [FCN_PAPER['source'], f"{'model':<14}" + ''.join(f'{c:>10}' for c in cols)]
     lines += [f"{name:<14}" + ''.join(f'{v:>10.1f}' for v in row) for name, row in FCN_PAPER['rows'].items()]
     return '\n'.join(lines)
+
+
+def _band_recipe(name):
+    """The result fields a history must share with band ``name`` ('book' or one of ``BANDS``)."""
+    if name == 'book':
+        return CHAPTER_RECIPE
+    stored = read_json(band_path(name), what='a stored band (JSON)', limit=64 << 20).get('recipe', {})
+    return {k: stored[k] for k in RECIPE_KEYS if k in stored}
+
+
+def fitting_bands(history):
+    """The named bands whose recipe ``history``'s is (``d2lseg compare`` picks the first by default)."""
+    return [name for name in ('book', *BANDS) if not recipe_differences(history, _band_recipe(name))]
+
+
+def compare_named(history, target, path='history'):
+    """One comparison of ``history`` with ``target``: a published run (``PUBLISHED_NAMES``), a named band
+    (``BANDS``) or a baseline file -> a ``Comparison``; a refusal for another recipe names the bands that fit."""
+    try:
+        if target in PUBLISHED_NAMES:
+            return compare_published(history, target, path=path)
+        if target in BANDS or os.path.isfile(target):
+            baseline = read_json(band_path(target) if target in BANDS else target, what='a baseline (JSON)',
+                                 limit=64 << 20)
+            return compare_baseline(history, baseline, path=path, baseline_path=target)
+    except UnusableHistory as e:
+        if 'another recipe' not in str(e):
+            raise
+        fits = fitting_bands(history)
+        raise UnusableHistory(f"--against {target}: {e}; " + (
+            f"the band that fits it: --against {' or --against '.join(fits)}" if fits else
+            f"no stored band ({', '.join(('book',) + tuple(BANDS))}) has its recipe: give --against FILE, a "
+            "history.json of the same recipe")) from None
+    raise D2lsegError(f"--against {target}: not a named band ({', '.join(('book',) + tuple(BANDS))}), "
+                      f"{', '.join(PUBLISHED_NAMES[1:])}, all, nor a file")

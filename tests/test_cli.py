@@ -228,8 +228,11 @@ def test_predict_takes_folders_and_names_any_crop(trained, voc_dir, tmp_path):
     Image.fromarray(img).save(photos / 'more' / 'c.png')          # 70x100: sides not multiples of 32
     (photos / 'notes.txt').write_text('not an image')
     pred = tmp_path / 'pred'
+    code, _, stderr = run_main(['predict', str(photos), '--params', os.path.join(out, 'model.params'), '--out',
+                                str(pred), '--crop'])  # the old spelling of the switch: one line naming the new one
+    assert code == 2 and stderr.count('\n') == 1 and '--crop is now --chapter-crop' in stderr and not pred.exists()
     code, stdout, stderr = run_main(['predict', str(photos), '--params', os.path.join(out, 'model.params'),
-                                     '--out', str(pred), '--crop', '--no-progress'])
+                                     '--out', str(pred), '--chapter-crop', '--no-progress'])
     assert code == 0, stderr
     assert sorted(os.listdir(pred)) == [MANIFEST, 'a.png', 'a_overlay.png', 'b.png', 'b_overlay.png', 'c.png',
                                         'c_overlay.png', 'legend.png']  # the manifest: what predict wrote there
@@ -356,7 +359,8 @@ def test_every_flag_has_help_and_there_is_a_version(capsys):
     assert blank == []
     switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
     no_default = [f'{name} {a.option_strings}' for name, sub in subparsers.choices.items() for a in sub._actions
-                  if a.option_strings and not a.required and not isinstance(a, switches) and 'default' not in a.help]
+                  if a.option_strings and not a.required and not isinstance(a, switches) and 'default' not in a.help
+                  and a.help != argparse.SUPPRESS]  # a renamed flag is hidden: it only names its new spelling
     assert no_default == []                          # every flag's help names its default
     assert all(sub.description for sub in subparsers.choices.values())
     with pytest.raises(SystemExit) as exit_info:
