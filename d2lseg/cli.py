@@ -5,16 +5,17 @@ place. The module that parses arguments (onnxcli parses predict/evaluate --onnx 
 is done by ``app``. User errors print one line and exit with code 2.
 """
 import argparse
+import dataclasses
 import os
 import sys
 import typing
 
-from . import app, doctor, export
+from . import app, doctor, export, preflight
 from .config import Recipe, help_text, recipe_field, recipe_fields
 from .engine import RESUME_FIELDS
 from .errors import D2lsegError
 from .launcher import launch
-from .reference import BANDS, RECIPE_TEXT, RECIPES, preset
+from .reference import BANDS, FIT_CROP, RECIPE_TEXT, RECIPES, preset
 from .specs import EvaluateSpec, PredictSpec, from_args, parse_positive, parse_size, spec_fields
 from .synthetic import make_synthetic_voc, tree_digest
 from .version import __version__
@@ -77,7 +78,13 @@ def cmd_train(args):
                          + ', '.join('--' + k.replace('_', '-') for k in ignored))
         recipe = None
     else:
-        recipe = preset(getattr(args, 'preset', 'chapter'), given)
+        name = getattr(args, 'preset', 'chapter')
+        recipe = preset(name, given)
+        crop = preflight.largest_crop(recipe, FIT_CROP[name]) if name in FIT_CROP and 'crop' not in given else None
+        if crop:
+            recipe = dataclasses.replace(recipe, crop=crop)
+            notes.append(f"--preset {name}: crop {crop[0]}x{crop[1]}, the largest (up to {FIT_CROP[name][0]}x"
+                         f"{FIT_CROP[name][1]}) every image of the data holds; --crop HxW sets another")
     out = args.out or os.path.join('runs', (recipe or Recipe()).variant)
     app.run_training(recipe, out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
                      requested={k: v for k, v in given.items() if k in RESUME_FIELDS}, log_interval=args.log_interval,

@@ -76,7 +76,7 @@ def image_files(paths):
 
 def training_caveat(params):
     """A one-line warning when the run that wrote ``params`` (its history.json beside it) trained on the
-    synthetic set or without a pretrained backbone, else None."""
+    synthetic set or from a random backbone (not fine-tuned with --init-from: ``engine.provenance``), else None."""
     path = os.path.join(os.path.dirname(os.path.abspath(params)), 'history.json')
     try:
         history = read_json(path)
@@ -88,6 +88,8 @@ def training_caveat(params):
     if recipe.get('synthetic'):
         return (f"{params} was trained on the synthetic shapes ({path}): on photographs its classes are not "
                 "meaningful; a model trained on Pascal VOC2012 (d2lseg reproduce) segments photos")
+    if recipe.get('init_from'):  # fine-tuned from a trained model (history's provenance): no random start
+        return None
     if recipe.get('pretrained') is False and not recipe.get('backbone_params'):
         return f"{params} was trained from a random backbone (--no-pretrained, {path}): expect rough results"
     return None

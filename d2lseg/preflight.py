@@ -31,6 +31,19 @@ def _sizes(root, split, limit):
     return sizes
 
 
+def largest_crop(recipe, cap):
+    """The largest crop, sides multiples of 32 and at most ``cap`` (h, w), that every image of the recipe's train
+    and val splits holds -> (h, w), or None when the data is not there yet (or no such crop exists)."""
+    if not has_voc(recipe.data_folder, (recipe.train_split, recipe.val_split)):
+        return None
+    root = voc_root(recipe.data_folder)
+    sizes = [s for split in (recipe.train_split, recipe.val_split) for s in _sizes(root, split, recipe.max_images)]
+    if not sizes:
+        return None
+    crop = tuple(min(cap[i], min(s[i] for s in sizes)) // OUTPUT_STRIDE * OUTPUT_STRIDE for i in (0, 1))
+    return crop if min(crop) else None
+
+
 def _data_problems(recipe):
     """What the recipe's crop and batch size cannot do with its data (nothing when the data is not there yet)."""
     if not has_voc(recipe.data_folder, (recipe.train_split, recipe.val_split)):
@@ -43,9 +56,10 @@ def _data_problems(recipe):
             hold = [min(s[i] for s in sizes) // OUTPUT_STRIDE * OUTPUT_STRIDE for i in (0, 1)]
             found.append(f"--crop {h}x{w}: all {len(sizes)} images of the {split} split are smaller"
                          + (f" (a crop every one holds: --crop {hold[0]}x{hold[1]})" if min(hold) else ''))
-        elif split == recipe.train_split and recipe.batch_size > len(fit):
-            found.append(f"--batch-size {recipe.batch_size}: larger than the {len(fit)} training images that hold "
-                         f"the crop; use --batch-size {max(1, min(len(fit), 8))} or less")
+        usable = fit or sizes  # with a crop that fits none, the batch is judged by the images there are
+        if split == recipe.train_split and sizes and recipe.batch_size > len(usable):
+            found.append(f"--batch-size {recipe.batch_size}: larger than the {len(usable)} training images"
+                         + (' that hold the crop' if fit else '') + f"; use --batch-size {min(len(usable), 8)} or less")
     return found
 
 

@@ -95,12 +95,16 @@ RECIPES = {
     'small': dict(pretrained=False, crop=(160, 160), batch_size=4, epochs=40, lr=0.05, warmup_epochs=1,
                   momentum=0.9, lr_schedule='poly', augment=True),  # ~20 images of one's own on a CPU
 }
+# Presets whose crop, when --crop is not given, is the largest (sides multiples of 32, at most this) that every
+# image of the data holds: a small data set of one's own has images of any size.
+FIT_CROP = {'small': (256, 256)}
 RECIPE_TEXT = {
     'chapter': "the book's GPU recipe and the default: ImageNet backbone (downloads), 320x480 crops, batch 32, "
                "lr 0.1, no momentum, 5 epochs",
     'demo': 'make demo: random backbone, 128x192 crops, batch 8, lr 0.05 with momentum 0.9, 9 epochs, CPU',
-    'small': 'a few dozen images of your own on a CPU: random backbone (offline), 160x160 crops, batch 4, lr 0.05 '
-             'with momentum 0.9, 40 epochs, augmentation',
+    'small': 'a few dozen images of your own on a CPU: random backbone (offline), the largest crop up to 256x256 '
+             'that every image holds (160x160 before the data exists), batch 4, lr 0.05 with momentum 0.9, 40 '
+             'epochs, augmentation',
 }
 
 
