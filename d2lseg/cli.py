@@ -72,7 +72,8 @@ def _given(args):
 def cmd_train(args):
     given, notes = _given(args), []
     if args.resume:
-        ignored = sorted(k for k in given if k not in RESUME_FIELDS) + (['preset'] if hasattr(args, 'preset') else [])
+        ignored = sorted([k for k in given if k not in RESUME_FIELDS] + (['preset'] if hasattr(args, 'preset') else [])
+                         + (['out'] if args.out else []))
         if ignored:
             notes.append("d2lseg train: --resume continues the stored run as it was: ignoring "
                          + ', '.join('--' + k.replace('_', '-') for k in ignored))
