@@ -36,7 +36,8 @@ demo: kernels
 	@echo "Next (README.md): make the d2lseg command available in this shell, then try it:"
 	@echo "  source $(VENV)/bin/activate"
 	@echo "  d2lseg compare runs/demo/history.json"
-	@echo "  d2lseg predict data/synthetic/VOCdevkit/VOC2012/JPEGImages/synth_000600.jpg --params runs/demo/model.params --out predictions"
+	@echo "  d2lseg predict data/synthetic/VOCdevkit/VOC2012/JPEGImages/synth_000000.jpg --params runs/demo/model.params --out predictions"
+	@echo "(the figure to report is evaluate's mIoU above: whole images, the published protocol)"
 
 # The README's picture from the demo model (after make demo): build/demo.png, or docs/img/demo.png with README=1.
 figure: venv

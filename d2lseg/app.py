@@ -31,7 +31,7 @@ from .reference import BANDS, compare_named, compare_published, fcn_paper_table,
 from .runfolder import RUN_OUTPUTS, RunFolder, adopt, check_outputs, clear_run, existing_run, writable_file
 from .outputs import Output, check_paths, claim, refuse_foreign
 from .viz import CurvesCallback, confusion_figure, figure_format
-from .voc import iter_split, read_split, split_files, voc_root
+from .voc import iter_split, read_split, split_files, synthetic_marker, voc_root
 
 
 def _announce(run, recipe, ctx):
@@ -263,7 +263,8 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
     record = dict(cm.compute(), protocol=protocol, protocol_text=text, classes=list(classes.names),
                   confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, scales=list(scales),
                   flip=flip, **(extra or {}))
-    _write_evaluation(record, outs, out, plot, cm, classes, f'{protocol} protocol, {total - skipped} images')
+    stand_in = ", synthetic set: VOC's names stand in for textured shapes" if synthetic_marker(data_dir) else ''
+    _write_evaluation(record, outs, out, plot, cm, classes, f'{protocol} protocol, {total - skipped} images{stand_in}')
     print(f"mIoU {record['miou']:.4f} on {total - skipped} images, {protocol} protocol: " +
           ('the figure to report for this model' if full else "the chapter's measure; the figure to report is the "
            "published protocol's (without --chapter-protocol)"))

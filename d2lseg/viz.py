@@ -138,6 +138,9 @@ def legend_figure(classes, path=None, class_list=None):
     return fig
 
 
+CELL_NUMBERS = 12  # up to this many classes the confusion matrix prints a number in every cell
+
+
 def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
     """Heat map of a confusion matrix (rows: true class, columns: predicted)."""
     m = np.asarray(mat, dtype=np.float64)
@@ -147,10 +150,18 @@ def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(m, cmap='Blues', vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(len(classes)))
-    ax.set_yticks(range(len(classes)))
-    ax.set_xticklabels(classes, rotation=90, fontsize=7)
-    ax.set_yticklabels(classes, fontsize=7)
+    n = len(classes)
+    size = 7 if n > CELL_NUMBERS else 12 - 5 * n // CELL_NUMBERS  # 21 classes 7 pt, 4 classes 11 pt
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(classes, rotation=90, fontsize=size)
+    ax.set_yticklabels(classes, fontsize=size)
+    if n <= CELL_NUMBERS:  # few classes: the share (or count) in every cell
+        top = m.max() or 1
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f'{m[i, j]:.2f}' if normalize else f'{int(m[i, j])}', ha='center', va='center',
+                        fontsize=size - 1, color='white' if m[i, j] > 0.6 * top else 'black')
     ax.set_xlabel('predicted')
     ax.set_ylabel('true')
     plt.colorbar(im, ax=ax, fraction=0.046)
