@@ -149,3 +149,12 @@ def test_every_readme_shell_line_runs_as_written(tmp_path):
     assert tuned['provenance']['init_from'] == 'runs/demo/model.params' and tuned['recipe']['num_classes'] == 4
     assert 'the figure to report' in proc.stdout and 'Next (README.md)' in proc.stdout
     assert '.d2lseg.lock' not in os.listdir(os.path.join(root, 'runs', 'mine'))
+
+
+def test_make_figure_writes_under_build_unless_asked_for_the_readme():
+    def plan(*extra):
+        lines = subprocess.run(['make', '-n', 'figure', *extra], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        return next(line for line in lines if 'make_figure.py' in line)
+    assert plan().endswith('docs/make_figure.py runs/demo/model.params data/synthetic build/demo.png')
+    assert plan('README=1').endswith('docs/make_figure.py runs/demo/model.params data/synthetic docs/img/demo.png')
