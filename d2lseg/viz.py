@@ -125,14 +125,14 @@ def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, sc
     return label_grid([list(part) for part in zip(*rows)], titles, class_list=class_list, scale=scale, path=path)
 
 
-def legend_figure(classes, path=None, class_list=None):
+def legend_figure(classes, path=None, class_list=None, title='class colours'):
     """A stand-alone colour legend of the classes with indices ``classes`` (of ``class_list``, default VOC's)
     -> the figure, saved to ``path``."""
     fig, ax = plt.subplots(figsize=(2.6, 0.3 + 0.26 * max(len(classes), 1)))
     ax.axis('off')
     legend(ax, classes, class_list)
     ax.get_legend().set_bbox_to_anchor((0, 0.5))
-    ax.get_legend().set_title('class colours')
+    ax.get_legend().set_title(title)
     if path:
         save_figure(fig, path, bbox_inches='tight')
     return fig
@@ -186,7 +186,8 @@ def plot_history(history, path=None):
     a1.set_ylabel('loss')
     a1.set_title('training loss')
     a1.legend()
-    for key, label in (('train_acc', 'train pixel acc'), ('test_acc', 'val pixel acc'), ('val_miou', 'val mIoU')):
+    for key, label in (('train_acc', 'train pixel acc'), ('test_acc', 'val pixel acc (crops)'),
+                       ('val_miou', 'val mIoU (crops)')):
         if epochs and key in epochs[0]:
             a2.plot(x, [r[key] for r in epochs], 'o-', label=label)
     a2.set_ylim(0, 1)

@@ -465,3 +465,15 @@ def test_keep_checkpoints_keeps_the_last_n(data_root, tmp_path):
     assert sorted(n for n in os.listdir(out) if n.startswith('ckpt-')) == ['ckpt-epoch0003.optimizer',
                                                                           'ckpt-epoch0003.params']
     assert '.d2lseg.lock' not in os.listdir(out)
+
+
+def test_predict_names_the_synthetic_classes_stand_ins_on_its_legend(trained, voc_dir, tmp_path, monkeypatch):
+    from d2lseg import photos
+    out, _ = trained
+    titles, real = [], photos.legend_figure
+    monkeypatch.setattr(photos, 'legend_figure', lambda *a: titles.append(a[3]) or real(*a))
+    image = os.path.join(voc_dir, 'JPEGImages', sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages')))[0])
+    code, _, stderr = run_main(['predict', image, '--params', os.path.join(out, 'model.params'), '--out',
+                                str(tmp_path / 'p'), '--no-progress'])
+    assert code == 0 and 'was trained on the synthetic shapes' in stderr
+    assert titles == ['class colours (synthetic stand-ins)']
