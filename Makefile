@@ -6,8 +6,12 @@ GPU ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
 MXNET_EXTRA := $(if $(GPU),$(GPU),cpu)
-# The demo's recipe: d2lseg.reference.PRESETS['demo'] (tests/test_regression.py keeps the two equal).
-DEMO_RECIPE := --no-pretrained --ctx cpu --crop 128x192 --batch-size 8 --epochs 9 --lr 0.05 --warmup-epochs 1 --momentum 0.9 --lr-schedule poly
+# The demo's recipe: the preset demo (d2lseg.reference.RECIPES; PRESETS['demo'] spells it as flags for its band,
+# tests/test_regression.py keeps the two equal). DEMO_FLAGS: train flags over it, e.g. DEMO_FLAGS="--epochs 1".
+DEMO_RECIPE := --preset demo
+DEMO_FLAGS ?=
+# make figure writes build/demo.png; README=1 updates the README's docs/img/demo.png instead.
+README ?=
 
 .PHONY: demo test test-fast tier venv kernels flags figure lab notebooks book doctor clean
 
@@ -24,13 +28,20 @@ flags: venv
 	$(BIN)/python -c "from d2lseg import config; config.write_flag_table('docs/chapter.md')"
 
 # Train and evaluate the chapter's FCN on the synthetic VOC-format set, offline, on CPU.
+# It replaces runs/demo (its own earlier run, --overwrite) and ends with the README's next commands.
 demo: kernels
-	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic $(DEMO_RECIPE) --seed 0 --out runs/demo --overwrite
-	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --plot runs/demo/confusion.png
+	$(BIN)/d2lseg train --synthetic --data-dir data/synthetic $(DEMO_RECIPE) --seed 0 $(DEMO_FLAGS) --out runs/demo --overwrite
+	$(BIN)/d2lseg evaluate --params runs/demo/model.params --data-dir data/synthetic --plot runs/demo/confusion.png --overwrite
+	@echo
+	@echo "Next (README.md): make the d2lseg command available in this shell, then try it:"
+	@echo "  source $(VENV)/bin/activate"
+	@echo "  d2lseg compare runs/demo/history.json"
+	@echo "  d2lseg predict data/synthetic/VOCdevkit/VOC2012/JPEGImages/synth_000000.jpg --params runs/demo/model.params --out predictions"
+	@echo "(the figure to report is evaluate's mIoU above: whole images, the published protocol)"
 
-# The README's picture from the demo model (after make demo).
+# The README's picture from the demo model (after make demo): build/demo.png, or docs/img/demo.png with README=1.
 figure: venv
-	$(BIN)/python docs/make_figure.py
+	$(BIN)/python docs/make_figure.py runs/demo/model.params data/synthetic $(if $(README),docs/img/demo.png,build/demo.png)
 
 # JupyterLab on the notebooks (installed into .venv on first use). --allow-root: containers run as root,
 # where Jupyter otherwise refuses to start.

@@ -1,34 +1,39 @@
-"""What the ``d2lseg`` commands do, as functions: train a run folder, evaluate, reproduce (predict: ``photos``).
+"""What the ``d2lseg`` commands do, as functions: train a run folder, evaluate, predict, reproduce, compare.
+About 330 lines: one entry per command (``run_training``, ``evaluate``, ``predict``, ``reproduce``, ``compare``)
+with the checks each makes before any long work; the work itself is in engine, photos, inference, reference.
 
 ``cli`` parses arguments and calls these; notebooks and scripts may call them too. Each checks what
 it is given before any long work, and writes its files atomically or not at all.
 """
 import contextlib
+import dataclasses
 import os
 import sys
 
-from . import checkpoint, outputs
+from . import engine, export, onnxrun, outputs, photos, preflight
 from .callbacks import (BatchLogger, BestParams, Checkpointer, load_history, print_epoch, run_log, save_final,
                         save_model_info)
 from .config import resolve_ctx
 from .dataspec import DataSpec
 from .download import download_voc_pascal
-from .engine import fit, prepare, resume_recipe
+from .engine import fit, prepare
 from .environment import environment, summary
 from .constants import CHAPTER_CROP, check_sides, crop_text
 from .errors import D2lsegError
-from .images import MAX_PIXELS
+from .images import MAX_PIXELS, allow_pixels
 from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
+from .onnxrun import TILE
+from .quantization import to_bfloat16
 from .model import build_fcn, load_params
 from .classes import ClassList, model_classes, model_inputs
 from .progress import bar
-from .reference import PUBLISHED_NAMES, compare_baseline, compare_published, fcn_paper_table
+from .reference import BANDS, compare_named, compare_published, fcn_paper_table, fitting_bands
 from .runfolder import RUN_OUTPUTS, RunFolder, adopt, check_outputs, clear_run, existing_run, writable_file
 from .outputs import Output, check_paths, claim, refuse_foreign
 from .viz import CurvesCallback, confusion_figure, figure_format
-from .voc import iter_split, read_split, split_files, voc_root
+from .voc import iter_split, read_split, split_files, synthetic_marker, voc_root
 
 EVALUATED = DataSpec(split='val', max_pixels=MAX_PIXELS)  # evaluate's data by default: the validation list, capped
 
@@ -41,40 +46,44 @@ def _announce(run, recipe, ctx):
     print('machine:', summary(environment(ctx)), flush=True)  # what the figures depend on (history.json too)
 
 
-def _final_line(history, out):
+def _final_line(history, out, crop):
     first, last = history.get('untrained'), history['epochs'][-1] if history['epochs'] else None
     if last:
         best = history.get('best')
-        print(f"final val mIoU {last['val_miou']:.3f}" +
+        print(f"final val mIoU {last['val_miou']:.3f} on {crop[0]}x{crop[1]} crops of the val images" +
               (f" (untrained network: {first['miou']:.3f})" if first else '') +
               f", val pixel acc {last['test_acc']:.3f}" +
               (f"; best val mIoU {best['val_miou']:.3f} at epoch {best['epoch']} (best.params)" if best else '') +
-              f"; wrote {out}/model.params, best.params, history.json, curves.png, train.log")
+              f"; wrote {out}/model.params, best.params, history.json, curves.png, train.log; the figure to report: "
+              f"d2lseg evaluate --params {out}/model.params (whole images, the published protocol)")
 
 
-def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_dir=None, epochs=None,
-                 log_interval=0, notes=()):
+def run_training(recipe, out, resume=None, progress=True, overwrite=False, requested=None, log_interval=0, notes=(),
+                 keep_checkpoints=2):
     """Validate, train with the standard callbacks; write model.params, best.params, history.json,
     curves.png and train.log (everything printed during the run) in ``out``.
 
     The chief holds ``out`` for the whole run (``runfolder.RunFolder``: a second writer gets one line);
     a fresh run refuses a folder holding another run unless ``overwrite``. With ``resume`` (a run
-    folder): ``epochs`` extends it (None: as stored), ``data_dir`` is where its data is now.
-    log_interval: also a line every N batches; notes: lines for stderr (and the log).
+    folder): ``requested`` ({field: value} of ``engine.RESUME_FIELDS``) says how long and where it runs now
+    (``engine.resume``); ``recipe`` is not used. ``recipe`` is never changed (a copy is trained).
+    log_interval: also a line every N batches; notes: lines for stderr (and the log); keep_checkpoints: how
+    many of the last epochs' checkpoints stay (~100 MB each for fcn32s). Nine parameters: what ``d2lseg train``
+    takes beside the recipe, each with a default.
     -> the history (None when a resumed run had nothing to do)."""
     for note in notes:
         print(note, file=sys.stderr)
-    if resume:
-        meta = checkpoint.load_meta(resume)
-        recipe, out = resume_recipe(resume, recipe, epochs=epochs, data_dir=data_dir, meta=meta), resume
-    recipe.ctx, ctx, note = resolve_ctx(recipe.ctx)
+    resumed = engine.resume(resume, requested) if resume else None
+    recipe, out = (resumed.recipe, resume) if resume else (recipe, out)
+    spec, ctx, note = resolve_ctx(recipe.ctx)
+    recipe = dataclasses.replace(recipe, ctx=spec)
     if note:  # e.g. no GPU visible: said now, and kept in train.log with the other notes
         print(note, file=sys.stderr)
         notes = [*notes, note]
-    recipe.validate()
-    if resume and recipe.epochs <= meta['epoch']:
-        print(f"nothing to do: {resume} has finished {meta['epoch']} of {recipe.epochs} epochs; --epochs N "
-              f"(more than {meta['epoch']}) extends it", file=sys.stderr)
+    preflight.check(recipe, data=not resume)  # every problem of a new run's configuration at once
+    if resume and recipe.epochs <= resumed.start_epoch:
+        print(f"nothing to do: {resume} has finished {resumed.start_epoch} of {recipe.epochs} epochs; --epochs N "
+              f"(more than {resumed.start_epoch}) extends it", file=sys.stderr)
         return None
     kv = create_kvstore(recipe.kvstore) if recipe.kvstore.startswith('dist') else None
     chief = kv is None or kv.rank == 0
@@ -85,6 +94,7 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
                               f"--resume {out}, choose another --out, or replace it with --overwrite")
         if chief and not resume:
             check_outputs(out, overwrite)
+        meta = resumed.meta if resume else None
         with run_log(os.path.join(out, 'train.log'), preamble=notes) if chief else contextlib.nullcontext() as log:
             run = prepare(recipe, ctx=ctx, kv=kv, stored=meta.get('history') if resume else None)
             if replace:  # only once data, network and trainer are ready: a failed start keeps the old run
@@ -93,21 +103,24 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
                 adopt(out, RUN_OUTPUTS + ((meta['params'], meta['states']) if resume else ()))
             if log is not None:
                 log.start()  # what was printed so far, then everything after it
-            history = _train(run, recipe, ctx, out, resume, progress and chief, log_interval)
+            history = _train(run, recipe, ctx, out, resumed, progress and chief,
+                             dict(log_interval=log_interval, keep=keep_checkpoints))
     return history
 
 
-def _train(run, recipe, ctx, out, resume, progress, log_interval):
+def _train(run, recipe, ctx, out, resume, progress, options):
+    """Fit with the standard callbacks; options: log_interval, keep (checkpoints)."""
     if run.rank == 0:
         _announce(run, recipe, ctx)
     if run.rank == 0:  # what evaluate and predict need, from the start: best.params and checkpoints are usable
         save_model_info(out, recipe, run.classes)
-    callbacks = [print_epoch, BestParams(out), Checkpointer(out), CurvesCallback(os.path.join(out, 'curves.png'))]
+    callbacks = [print_epoch, BestParams(out), Checkpointer(out, options['keep']),
+                 CurvesCallback(os.path.join(out, 'curves.png'))]
     history = fit(recipe, callbacks, resume=resume, progress=progress, run=run,
-                  batch_callbacks=[BatchLogger(log_interval)] if log_interval else [])
+                  batch_callbacks=[BatchLogger(options['log_interval'])] if options['log_interval'] else [])
     if run.rank == 0:
         save_final(out, run.net, history)
-        _final_line(history, out)
+        _final_line(history, out, recipe.crop)
     return history
 
 
@@ -119,6 +132,71 @@ def load_net(params, variant=None, num_classes=None, ctx=None):
     load_params(net, params, ctx)
     net.hybridize(static_alloc=True)
     return net, classes
+
+
+def _network_source(spec):
+    """Whether an exported model (--onnx) replaces --params -> True for --onnx: one of the two is needed, the
+    flags that do not apply to an exported model are refused, and the tile must suit the network."""
+    if bool(spec.onnx) == bool(spec.params):
+        raise D2lsegError('give --params (a model.params of d2lseg train) or --onnx (a model of d2lseg export), one '
+                          'of them')
+    h, w = spec.tile
+    check_sides(h, w, f"--tile {h}x{w}:", f", e.g. {crop_text()}")
+    given = [flag for flag, on in (('--variant', spec.variant), ('--num-classes', spec.num_classes),
+                                   ('--dtype bfloat16', spec.dtype != 'float32'), ('--int8', getattr(spec, 'int8', 0)),
+                                   ('--tile', tuple(spec.tile) != TILE)) if on]
+    if spec.onnx and given:
+        raise D2lsegError(f"--onnx {spec.onnx}: {', '.join(given)} do not apply to an exported model (it says its "
+                          "variant, classes and tile; ONNX Runtime runs it in float32); drop them")
+    return bool(spec.onnx)
+
+
+def _evaluated(spec, ctx):
+    """The network evaluate measures -> (net, ClassList): --params's in MXNet, or --onnx's on ONNX Runtime."""
+    if spec.onnx:
+        model = onnxrun.Model(spec.onnx)
+        return export.OnnxNet(model), ClassList(model.names, model.colors)
+    net, classes = load_net(spec.params, spec.variant, spec.num_classes, ctx)
+    return (to_bfloat16(net, ctx[0]) if spec.dtype == 'bfloat16' else net), classes
+
+
+def evaluate(spec):
+    """``d2lseg evaluate``: ``spec`` (``specs.EvaluateSpec``) checked before any work, then ``evaluate_split``
+    -> the record (also written to --json: eval-PROTOCOL.json beside the model by default)."""
+    _network_source(spec)
+    model = spec.params or spec.onnx
+    out = spec.json or os.path.join(os.path.dirname(os.path.abspath(model)), f'eval-{spec.protocol}.json')
+    data = DataSpec(split=spec.split, label_dir=spec.label_dir, unknown=spec.unknown_label, max_images=spec.max_images,
+                    max_pixels=spec.max_pixels)
+    check_evaluate(out, spec.protocol, spec.crop, spec.plot, spec.scales, spec.flip, model, spec.data_dir, data,
+                   spec.overwrite)
+    allow_pixels(spec.max_pixels)
+    ctx = resolve_ctx(spec.ctx)[1]
+    net, classes = _evaluated(spec, ctx)
+    return evaluate_split(net, spec.data_dir, ctx[0], out, classes, protocol=spec.protocol, crop=tuple(spec.crop),
+                          spec=data, progress=not spec.no_progress, plot=spec.plot, tile=tuple(spec.tile),
+                          scales=spec.scales, flip=spec.flip,
+                          extra=dict(params=spec.params, onnx=spec.onnx, dtype=spec.dtype, tile=list(spec.tile)),
+                          params=model, overwrite=spec.overwrite)
+
+
+def predict(spec):
+    """``d2lseg predict``: ``spec`` (``specs.PredictSpec``) checked before any work (no output replaces a file
+    without --overwrite), then ``photos.predict_files`` (or ``onnxrun``'s) -> the number of images that failed."""
+    if _network_source(spec):
+        allow_pixels(spec.max_pixels)
+        return onnxrun.predict_files(spec.onnx, spec.images, spec.out, spec.json, full=not spec.chapter_crop,
+                                     overwrite=spec.overwrite, max_pixels=spec.max_pixels)
+    calib_dir = spec.calib_data_dir if spec.int8 else None
+    photos.plan_outputs(spec.images, spec.out, spec.json, spec.params, spec.overwrite, calib_dir)  # before any work
+    allow_pixels(spec.max_pixels)
+    ctx = resolve_ctx(spec.ctx)[1]
+    net, classes = load_net(spec.params, spec.variant, spec.num_classes, ctx)
+    calib = photos.calibration_images(calib_dir) if calib_dir else None
+    return photos.predict_files(net, spec.images, spec.out, ctx[0], full=not spec.chapter_crop, tile=tuple(spec.tile),
+                                int8=spec.int8, calib=calib, dtype=spec.dtype, json_path=spec.json,
+                                warn=photos.training_caveat(spec.params), classes=classes, params=spec.params,
+                                overwrite=spec.overwrite, calib_dir=calib_dir, max_pixels=spec.max_pixels)
 
 
 PROTOCOLS = {
@@ -152,7 +230,7 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
     check_paths(outs, inputs)
     if plot:
         figure_format(plot, '--plot')
-    refuse_foreign(outs, 'evaluate', overwrite)
+    refuse_foreign(outs, 'evaluate', overwrite, own=False)
     return outs
 
 
@@ -188,7 +266,11 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
     record = dict(cm.compute(), protocol=protocol, protocol_text=text, classes=list(classes.names),
                   confusion=cm.mat.tolist(), images=total - skipped, ignore_boundary=full, scales=list(scales),
                   flip=flip, **(extra or {}))
-    _write_evaluation(record, outs, out, plot, cm, classes, f'{protocol} protocol, {total - skipped} images')
+    stand_in = ", synthetic set: VOC's names stand in for textured shapes" if synthetic_marker(data_dir) else ''
+    _write_evaluation(record, outs, out, plot, cm, classes, f'{protocol} protocol, {total - skipped} images{stand_in}')
+    print(f"mIoU {record['miou']:.4f} on {total - skipped} images, {protocol} protocol: " +
+          ('the figure to report for this model' if full else "the chapter's measure; the figure to report is the "
+           "published protocol's (without --chapter-protocol)"))
     return record
 
 
@@ -233,20 +315,22 @@ def reproduce(recipe, out, progress=True, overwrite=False):
     return comparisons[0].ok
 
 
-def compare(history_path, against='book'):
-    """Print the comparison of a history.json with a published run ('book', 'd2l-zh-v1', 'all') or a
-    baseline file -> True when no figure regressed."""
+def compare(history_path, against=None):
+    """Print the comparison of a history.json with a named band ('book', 'd2l-zh-v1', 'all', 'demo',
+    'regression') or a baseline file; None: the band of the stored recipe the history was made with
+    -> True when no figure regressed."""
     history = load_history(history_path)
-    targets = ['book', 'd2l-zh-v1'] if against == 'all' else [against]
+    if against is None:
+        fits = fitting_bands(history)
+        if not fits:
+            raise D2lsegError(f"{history_path}: made by none of the stored recipes (book, {', '.join(BANDS)}), so "
+                              "there is no band to judge it by; give --against FILE (a history.json of the same "
+                              "recipe)")
+        against = fits[0]
+        print(f"against {against}: the stored band of this history's recipe")
     ok = True
-    for target in targets:
-        if target in PUBLISHED_NAMES:
-            cmp = compare_published(history, target, path=history_path)
-        elif os.path.isfile(target):
-            cmp = compare_baseline(history, load_history(target), path=history_path, baseline_path=target)
-        else:
-            raise D2lsegError(f"--against {target}: not a published run ({', '.join(PUBLISHED_NAMES)}, all) "
-                              "nor a baseline file")
+    for target in (['book', 'd2l-zh-v1'] if against == 'all' else [against]):
+        cmp = compare_named(history, target, history_path)
         print(cmp.table())
         ok &= cmp.ok
     return ok

@@ -14,25 +14,25 @@ from .textfiles import FileMissing, read_json
 
 
 def print_epoch(state):
-    """Callback: one line per epoch."""
-    r = state.record
+    """Callback: one line per epoch (the val figures are of crops of the val images: ``engine.VAL_METRICS``)."""
+    r, (h, w) = state.record, state.recipe.crop
     if state.is_chief:
         print(f"epoch {r['epoch']}, loss {r['loss']:.4f}, train acc {r['train_acc']:.3f}, "
-              f"val acc {r['test_acc']:.3f}, val mIoU {r['val_miou']:.3f}, time {r['time']:.1f} sec, "
+              f"val acc {r['test_acc']:.3f}, val mIoU {r['val_miou']:.3f} ({h}x{w} crops), time {r['time']:.1f} sec, "
               f"{r['img_s']:.2f} img/s", flush=True)
 
 
 class Checkpointer:
     """Callback: an atomic checkpoint after every epoch (chief only), ``history.json`` beside it."""
 
-    def __init__(self, out_dir):
-        self.out_dir = out_dir
+    def __init__(self, out_dir, keep=2):
+        self.out_dir, self.keep = out_dir, keep  # keep: the last checkpoints kept (each ~100 MB for fcn32s)
 
     def __call__(self, state):
         if not state.is_chief:
             return
         meta = {'recipe': state.recipe.to_dict(), 'seed': state.recipe.seed, 'history': state.history}
-        checkpoint.save(self.out_dir, state.epoch, state.net, state.trainer, meta)
+        checkpoint.save(self.out_dir, state.epoch, state.net, state.trainer, meta, keep=self.keep)
         outputs.atomic_write_json(os.path.join(self.out_dir, 'history.json'), state.history)
 
 

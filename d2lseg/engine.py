@@ -7,6 +7,7 @@ callbacks (``callbacks``, ``viz.CurvesCallback``). The chapter's own ``train`` i
 About 350 lines: the checks that stop a run (starting parameters that are not finite, divergence and the
 advice it gives, which looks at the run's inputs) read the same ``Run`` as the loop they guard.
 """
+import dataclasses
 import math
 import os
 import time
@@ -149,7 +150,8 @@ def prepare(recipe, ctx=None, kv=None, data=True, stored=None):
     voc_dir = resolve_data_dir(recipe) if data else None  # data and context checked before any download
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
-    pretrained = recipe.backbone_params or recipe.pretrained
+    fresh = recipe.init_from is None or stored is not None  # init_from overwrites every backbone array: no fetch
+    pretrained = (recipe.backbone_params or recipe.pretrained) if fresh else False
     net = build_fcn(recipe.num_classes, recipe.variant, pretrained=pretrained, ctx=ctx,
                     fast_upsampling=recipe.fast_upsampling)
     if recipe.init_from and stored is None:  # a resumed run restores its own parameters
@@ -188,27 +190,51 @@ def _validate(run, num_classes):
     return cm
 
 
-def resume_recipe(resume_dir, requested, epochs=None, data_dir=None, meta=None):
-    """The recipe stored in ``resume_dir``'s checkpoint, run where ``requested`` says (ctx, workers,
-    kvstore), nothing that changes the result; ``epochs``: extend to this many (None: as stored);
-    ``data_dir``: where the run's data is now (when it moved); ``meta``: the pointer when already read.
-    Resume reads data, never makes any."""
-    pointer = os.path.join(resume_dir, checkpoint.POINTER)
-    saved = (meta or checkpoint.load_meta(resume_dir))['recipe']
+# What a resumed run takes from the command line: how long, where it runs and where its data is now.
+# Every other field (everything that changes the result) is the stored run's.
+RESUME_FIELDS = ('epochs', 'ctx', 'workers', 'kvstore', 'data_dir')
+
+
+class Resumed(NamedTuple):
+    """A run folder's checkpoint, read and checked once: the recipe to continue and where to start."""
+    run_dir: str
+    recipe: Recipe
+    meta: dict                     # the checkpoint pointer (``checkpoint.load_meta``): epoch, files, history
+
+    @property
+    def start_epoch(self):
+        return self.meta['epoch']
+
+
+def resume(run_dir, requested=None):
+    """Read ``run_dir``'s checkpoint once -> ``Resumed``: a new Recipe, the stored one with the values of
+    ``requested`` ({field: value}, only ``RESUME_FIELDS``: what the user gave) applied. ``epochs`` only
+    extends the run; ``ctx``, ``workers``, ``kvstore`` not given are the Recipe's defaults (this machine's);
+    ``data_dir``: where the run's data is now (when it moved). Resume reads data, never makes any; the
+    caller's objects are not changed."""
+    requested = dict(requested or {})
+    extra = sorted(set(requested) - set(RESUME_FIELDS))
+    if extra:
+        raise ValueError(f"resume: {', '.join(extra)} are the stored run's, not requested ones")
+    pointer = os.path.join(run_dir, checkpoint.POINTER)
+    meta = checkpoint.load_meta(run_dir)
+    saved = meta['recipe']
     stored = Recipe.from_dict(saved, source=pointer)
-    stored.fast_upsampling = saved.get('fast_upsampling', False)  # optimizer states keep the layout
-    stored.epochs = max(stored.epochs, epochs or 0)
-    stored.ctx, stored.workers, stored.kvstore = requested.ctx, requested.workers, requested.kvstore
-    if data_dir is not None:
-        stored.data_dir = data_dir
+    where = {k: requested.get(k, getattr(Recipe(), k)) for k in ('ctx', 'workers', 'kvstore')}
+    stored = dataclasses.replace(stored, fast_upsampling=saved.get('fast_upsampling', False),  # optimizer layout
+                                 epochs=max(stored.epochs, requested.get('epochs') or 0), **where)
+    if requested.get('data_dir') is not None:
+        stored = dataclasses.replace(stored, data_dir=requested['data_dir'])
     if not has_voc(stored.data_folder, (stored.train_split, stored.val_split)):
-        where = 'the data folder given' if data_dir is not None else f"the run's data folder (stored in {pointer})"
+        where = 'the data folder given' if requested.get('data_dir') else f"the run's data folder (stored in {pointer})"
         raise D2lsegError(f"--data-dir {stored.data_folder}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
                           "no data; pass --data-dir with the folder that holds the run's data now"
                           + (f" (or make it again: d2lseg synth --root {stored.data_folder} --seed {stored.seed})"
                              if stored.synthetic else ''))
-    return stored
+    return Resumed(run_dir, stored, meta)
 
+
+_resume = resume  # fit's parameter has the name
 
 def train_step(run, batch):
     """One step of ``fit``: forward and backward per context shard, then the SGD update.
@@ -318,26 +344,47 @@ def _epoch_record(run, recipe, epoch, figures, tic):
                 train_time=train_time, time=time.time() - tic, img_s=n_img * run.num_workers / train_time)
 
 
+# What train's per-epoch val_* figures are (history.json says it): not the figure to quote.
+VAL_METRICS = ("val_*: {crop} crops of the validation images (the chapter's crop, the void border as the recipe "
+               "treats it), to follow training; the figure to report is d2lseg evaluate's (whole images, the "
+               "published protocol)")
+
+
+def provenance(recipe):
+    """Where a run's starting parameters came from (history.json; predict's caveat reads it)."""
+    if recipe.init_from:
+        backbone = f'the trained model {recipe.init_from} (--init-from; no backbone fetched)'
+    elif recipe.backbone_params:
+        backbone = f'the file {recipe.backbone_params} (--backbone-params)'
+    else:
+        backbone = "ImageNet resnet18_v2 (MXNet's model zoo)" if recipe.pretrained else 'random (--no-pretrained)'
+    return {'init_from': recipe.init_from, 'backbone': backbone}
+
+
 def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, batch_callbacks=()):
     """Train a recipe; returns the history dict (recipe, environment, per-epoch records).
 
     callbacks: callables ``cb(state: TrainState)`` run after every epoch (printing, checkpoints,
     plots). resume: a folder holding ``checkpoint.json``; training continues after its epoch with
     the same data order, so the final parameters equal an uninterrupted run's (CPU, same seed).
-    run: the ``prepare``d run to train (with ``resume``, of the recipe ``resume_recipe`` returned).
+    run: the ``prepare``d run to train (with ``resume``, of the recipe ``resume`` returned).
     batch_callbacks: callables ``cb(state: BatchState)`` run after every step (``callbacks.BatchLogger``).
+    resume may also be a ``Resumed`` (the checkpoint already read; its folder is ``recipe``'s run folder).
     """
-    meta = checkpoint.load_meta(resume) if resume else None
+    resumed = resume if isinstance(resume, Resumed) or not resume else _resume(resume, dict(
+        ctx=recipe.ctx, workers=recipe.workers, kvstore=recipe.kvstore, epochs=recipe.epochs))
+    meta = resumed.meta if resumed else None
     if run is None:
-        recipe = resume_recipe(resume, recipe, epochs=recipe.epochs, meta=meta) if resume else recipe
+        recipe = resumed.recipe if resumed else recipe
         run = prepare(recipe, kv=kv, stored=meta.get('history') if meta else None)
-    history = {'recipe': recipe.to_dict(), 'environment': environment(run.ctx), 'ctx': [str(c) for c in run.ctx],
-               'num_workers': run.num_workers, 'classes': (run.classes or ClassList.voc()).to_dict(),
-               'class_weights': run.class_weights, 'epochs': []}
+    history = {'recipe': recipe.to_dict(), 'provenance': provenance(recipe), 'environment': environment(run.ctx),
+               'ctx': [str(c) for c in run.ctx], 'num_workers': run.num_workers,
+               'classes': (run.classes or ClassList.voc()).to_dict(), 'class_weights': run.class_weights,
+               'val_metrics': VAL_METRICS.format(crop='x'.join(map(str, recipe.crop))), 'epochs': []}
     start_epoch = 0
     if meta is not None:
-        checkpoint.restore(resume, meta, run.net, run.trainer, run.ctx)
-    _check_start(run, recipe, resume)
+        checkpoint.restore(resumed.run_dir, meta, run.net, run.trainer, run.ctx)
+    _check_start(run, recipe, resumed.run_dir if resumed else None)
     if meta is not None:
         history = dict(meta.get('history', history), recipe=recipe.to_dict())  # epochs may have been extended
         start_epoch = meta['epoch']

@@ -242,6 +242,24 @@ def init_from(net, path, ctx=None):
         target.update({k: _starting_value(source[k], target[k].dtype, k, path) for k in copied})
         nd.save(mine, target)
         net.load_parameters(mine, ctx=ctx)
-    fresh = sorted({k.rsplit('.', 1)[0] for k in target if k not in copied})
+    fresh = sorted({k.rsplit('.', 1)[0] for k in target if k not in copied}, key=lambda k: (len(k), k))
     return (f"init from {path}: copied {len(copied)} of {len(target)} parameter arrays"
-            + (f"; initialised anew (another class count): {', '.join(fresh)}" if fresh else ''))
+            + (f"; initialised anew (another class count): {', '.join(_layer_text(net, k) for k in fresh)}"
+               if fresh else ''))
+
+
+def _layer_text(net, key):
+    """A layer of ``net`` by what it does and where it is: '11' -> 'the 1x1 class-score convolution (layer 11)'."""
+    block = net
+    for part in key.split('.'):
+        block = block[int(part)] if part.isdigit() else getattr(block, part, None)
+        if block is None:
+            return f'layer {key}'
+    kind = type(block).__name__
+    if kind == 'Conv2D' and tuple(block.weight.shape[2:]) == (1, 1):
+        what = 'the 1x1 class-score convolution'
+    elif kind in ('Conv2DTranspose', 'FastUpsampling'):
+        what = 'the bilinear upsampling transposed convolution'
+    else:
+        what = f'the {kind}'
+    return f'{what} (layer {key})'

@@ -27,7 +27,7 @@ def build_parser():
     p.add_argument('--out', '--output-dir', default='predictions', help='output folder (default %(default)s)')
     p.add_argument('--json', metavar='FILE', help='also write what was found per image as JSON (default: none)')
     p.add_argument('--overwrite', action='store_true', help='replace files predict did not write')
-    p.add_argument('--crop', action='store_true', help="only the top-left crop with sides multiples of 32")
+    p.add_argument('--chapter-crop', action='store_true', help="only the top-left crop with sides multiples of 32")
     p.add_argument('--max-pixels', type=int, default=onnxrun.MAX_PIXELS, help='refuse larger images (default '
                    '%(default)s)')
     e = sub.add_parser('evaluate', help='metrics of an exported model under the published protocol')
@@ -43,7 +43,7 @@ def main(argv):
     args = build_parser().parse_args(argv)
     try:
         if args.command == 'predict':
-            return 1 if onnxrun.predict_files(args.onnx, args.images, args.out, args.json, full=not args.crop,
+            return 1 if onnxrun.predict_files(args.onnx, args.images, args.out, args.json, full=not args.chapter_crop,
                                               overwrite=args.overwrite, max_pixels=args.max_pixels) else 0
         out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.onnx)), 'eval-published.json')
         check_paths([Output.of('--json', out)], [('the ONNX model', args.onnx)])  # before any work

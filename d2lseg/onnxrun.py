@@ -376,7 +376,7 @@ def plan_outputs(images, out_dir, json_path=None, model_path=None, overwrite=Fal
         outs.append(Output.of('--json', json_path))
     inputs = [('the image', p) for p in paths] + ([('the ONNX model', model_path)] if model_path else [])
     check_paths(outs, inputs)
-    refuse_foreign(outs, 'predict', overwrite)
+    refuse_foreign(outs, 'predict', overwrite, own=False)
     return paths, stems, outs
 
 

@@ -229,17 +229,22 @@ def _alive(pid):
     return True
 
 
-def refuse_foreign(outputs, kind, overwrite=False):
+def refuse_foreign(outputs, kind, overwrite=False, own=True):
     """One-line D2lsegError for the first output that exists and was not recorded by a ``kind`` command:
-    recorded by another command (never replaced), or by none (replaced only with ``overwrite``)."""
+    recorded by another command (never replaced), or by none (replaced only with ``overwrite``). own=False:
+    a ``kind`` command's earlier output too is replaced only with ``overwrite`` (predict, evaluate: a user
+    may have kept, edited or renamed a file into one of their names)."""
     manifests = {}
     for out in outputs:
         if not os.path.lexists(out.path):
             continue
         folder, name = os.path.split(os.path.abspath(out.path))
         owner = manifests.setdefault(folder, owners(folder)).get(name)
-        if owner == kind:
+        if owner == kind and (own or overwrite):
             continue
+        if owner == kind:
+            raise D2lsegError(f"{out.label}: exists (an earlier d2lseg {kind} wrote it); choose another {out.flag}, "
+                              "or replace it with --overwrite")
         if owner is not None:
             raise D2lsegError(f"{out.label}: written there by d2lseg {owner}, which {kind} never replaces; choose "
                               f"another {out.flag}")

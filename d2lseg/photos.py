@@ -74,9 +74,12 @@ def image_files(paths):
     return found
 
 
+SYNTHETIC_CAVEAT = 'was trained on the synthetic shapes'
+
+
 def training_caveat(params):
     """A one-line warning when the run that wrote ``params`` (its history.json beside it) trained on the
-    synthetic set or without a pretrained backbone, else None."""
+    synthetic set or from a random backbone (not fine-tuned with --init-from: ``engine.provenance``), else None."""
     path = os.path.join(os.path.dirname(os.path.abspath(params)), 'history.json')
     try:
         history = read_json(path)
@@ -86,8 +89,10 @@ def training_caveat(params):
     if not isinstance(recipe, dict):
         return None
     if recipe.get('synthetic'):
-        return (f"{params} was trained on the synthetic shapes ({path}): on photographs its classes are not "
+        return (f"{params} {SYNTHETIC_CAVEAT} ({path}): on photographs its classes are not "
                 "meaningful; a model trained on Pascal VOC2012 (d2lseg reproduce) segments photos")
+    if recipe.get('init_from'):  # fine-tuned from a trained model (history's provenance): no random start
+        return None
     if recipe.get('pretrained') is False and not recipe.get('backbone_params'):
         return f"{params} was trained from a random backbone (--no-pretrained, {path}): expect rough results"
     return None
@@ -159,7 +164,7 @@ def plan_outputs(images, out_dir, json_path=None, params=None, overwrite=False, 
     if calib_dir:
         inputs += split_files(voc_root(calib_dir), 'train', 8)
     check_paths(outs, inputs)
-    refuse_foreign(outs, 'predict', overwrite)
+    refuse_foreign(outs, 'predict', overwrite, own=False)
     return Plan(paths, stems, outs)
 
 
@@ -202,7 +207,9 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=CHAPTER_CROP, i
               for path, stem in zip(plan.paths, plan.stems)]
     found = {name for r in report for name in r.get('classes', ())}
     if found:
-        legend_figure([classes.names.index(c) for c in found], os.path.join(out_dir, 'legend.png'), classes)
+        stand_in = bool(warn) and SYNTHETIC_CAVEAT in warn  # VOC's names on synthetic shapes: said on the legend
+        legend_figure([classes.names.index(c) for c in found], os.path.join(out_dir, 'legend.png'), classes,
+                      'class colours (synthetic stand-ins)' if stand_in else 'class colours')
     if json_path:
         outputs.atomic_write_json(json_path, {'images': report})
     return sum('error' in r for r in report)

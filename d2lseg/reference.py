@@ -1,12 +1,17 @@
-"""Published figures of the chapter's recipe, with their sources, and the comparison against them.
+"""Published figures of the chapter's recipe, with their sources, and the comparison against them; the named
+recipes (``RECIPES``: ``d2lseg train --preset``) and the stored bands they are judged by (``BANDS``).
 
-Kept as data next to the recipe that produced them (as torchvision keeps its model cards).
+Kept as data next to the recipe that produced them (as torchvision keeps its model cards). About 340 lines, half
+of them the published tables and the presets: the figures and the code that judges by them stay together.
 """
+import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 from .config import ADDED_FIELDS, RESULT_KEYS, Recipe
 from .errors import D2lsegError
+from .textfiles import read_json
 
 # The recipe every d2l figure below used (D2L 10.10.4-10.10.5): the Recipe's defaults, over the fields
 # that change the result (epochs and max_images are compared per epoch instead). Compare only
@@ -79,6 +84,53 @@ PRESETS = {
                        '--epochs', '9', '--lr', '0.05', '--warmup-epochs', '1', '--momentum', '0.9',
                        '--lr-schedule', 'poly']},
 }
+
+
+# Named recipes: d2lseg train --preset NAME (explicit flags override them). Each is the Recipe's fields that
+# differ from its defaults (which are the chapter's).
+RECIPES = {
+    'chapter': {},  # the book's GPU recipe: pretrained ImageNet backbone, 320x480 crops, batch 32, lr 0.1
+    'demo': dict(pretrained=False, ctx='cpu', crop=(128, 192), batch_size=8, epochs=9, lr=0.05, warmup_epochs=1,
+                 momentum=0.9, lr_schedule='poly'),  # make demo (PRESETS['demo'] has it as flags, for the band)
+    'small': dict(pretrained=False, crop=(160, 160), batch_size=4, epochs=40, lr=0.05, warmup_epochs=1,
+                  momentum=0.9, lr_schedule='poly', augment=True),  # ~20 images of one's own on a CPU
+}
+# Presets whose crop, when --crop is not given, is the largest (sides multiples of 32, at most this) that every
+# image of the data holds: a small data set of one's own has images of any size.
+FIT_CROP = {'small': (256, 256)}
+RECIPE_TEXT = {
+    'chapter': "the book's GPU recipe and the default: ImageNet backbone (downloads), 320x480 crops, batch 32, "
+               "lr 0.1, no momentum, 5 epochs",
+    'demo': 'make demo: random backbone, 128x192 crops, batch 8, lr 0.05 with momentum 0.9, 9 epochs, CPU',
+    'small': 'a few dozen images of your own on a CPU: random backbone (offline), the largest crop up to 256x256 '
+             'that every image holds (160x160 before the data exists), batch 4, lr 0.05 with momentum 0.9, 40 '
+             'epochs, augmentation',
+}
+
+
+def preset(name, given=None):
+    """The Recipe of preset ``name`` with ``given`` ({field: value}, the flags a user gave) over it."""
+    if name not in RECIPES:
+        raise D2lsegError(f"--preset {name}: unknown; choose one of {', '.join(RECIPES)}")
+    return dataclasses.replace(Recipe(), **dict(RECIPES[name], **(given or {})))
+
+
+# The stored bands compare judges a history by (d2lseg/baselines/NAME), and 'book', the published spread.
+BANDS = {'demo': 'demo-spread.json', 'regression': 'regression-band.json'}
+BASELINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'baselines')
+
+
+def band_path(name):
+    """The file of stored band ``name`` (``BANDS``)."""
+    return os.path.join(BASELINES, BANDS[name])
+
+
+def recipe_differences(history, expected):
+    """The result fields in which ``history``'s recipe differs from ``expected`` -> ['key=ours (expected x)']."""
+    recipe = history.get('recipe') if isinstance(history, dict) else None
+    recipe = recipe if isinstance(recipe, dict) else {}
+    return [f"{k}={recipe.get(k, ADDED_FIELDS.get(k))!r} (expected {v!r})" for k, v in expected.items()
+            if recipe.get(k, ADDED_FIELDS.get(k)) != v]
 
 
 class UnusableHistory(D2lsegError):
@@ -172,8 +224,7 @@ def _check_recipe(history, expected, path):
     recipe = history.get('recipe') if isinstance(history, dict) else None
     if not isinstance(recipe, dict):
         raise UnusableHistory(f"{path}: the history names no recipe; cannot tell what it should match")
-    diffs = [f"{k}={recipe.get(k, ADDED_FIELDS.get(k))!r} (expected {v!r})" for k, v in expected.items()
-             if recipe.get(k, ADDED_FIELDS.get(k)) != v]
+    diffs = recipe_differences(history, expected)
     if diffs:
         raise UnusableHistory(f"{path}: another recipe, not compared: " + ', '.join(diffs))
 
@@ -258,3 +309,38 @@ def fcn_paper_table():
     lines = [FCN_PAPER['source'], f"{'model':<14}" + ''.join(f'{c:>10}' for c in cols)]
     lines += [f"{name:<14}" + ''.join(f'{v:>10.1f}' for v in row) for name, row in FCN_PAPER['rows'].items()]
     return '\n'.join(lines)
+
+
+def _band_recipe(name):
+    """The result fields a history must share with band ``name`` ('book' or one of ``BANDS``)."""
+    if name == 'book':
+        return CHAPTER_RECIPE
+    stored = read_json(band_path(name), what='a stored band (JSON)', limit=64 << 20).get('recipe', {})
+    return {k: stored[k] for k in RECIPE_KEYS if k in stored}
+
+
+def fitting_bands(history):
+    """The named bands whose recipe ``history``'s is (``d2lseg compare`` picks the first by default)."""
+    return [name for name in ('book', *BANDS) if not recipe_differences(history, _band_recipe(name))]
+
+
+def compare_named(history, target, path='history'):
+    """One comparison of ``history`` with ``target``: a published run (``PUBLISHED_NAMES``), a named band
+    (``BANDS``) or a baseline file -> a ``Comparison``; a refusal for another recipe names the bands that fit."""
+    try:
+        if target in PUBLISHED_NAMES:
+            return compare_published(history, target, path=path)
+        if target in BANDS or os.path.isfile(target):
+            baseline = read_json(band_path(target) if target in BANDS else target, what='a baseline (JSON)',
+                                 limit=64 << 20)
+            return compare_baseline(history, baseline, path=path, baseline_path=target)
+    except UnusableHistory as e:
+        if 'another recipe' not in str(e):
+            raise
+        fits = fitting_bands(history)
+        raise UnusableHistory(f"--against {target}: {e}; " + (
+            f"the band that fits it: --against {' or --against '.join(fits)}" if fits else
+            f"no stored band ({', '.join(('book',) + tuple(BANDS))}) has its recipe: give --against FILE, a "
+            "history.json of the same recipe")) from None
+    raise D2lsegError(f"--against {target}: not a named band ({', '.join(('book',) + tuple(BANDS))}), "
+                      f"{', '.join(PUBLISHED_NAMES[1:])}, all, nor a file")

@@ -9,6 +9,7 @@ records), and, when the run fails before writing anything, removes the folder it
 would replace files d2lseg did not write; ``clear_run`` (``--overwrite``) removes only what the manifest
 records (``outputs``).
 """
+import contextlib
 import errno
 import fcntl
 import os
@@ -121,6 +122,9 @@ class RunFolder:
         try:
             if self.created and set(os.listdir(self.out)) <= {LOCK, MANIFEST}:  # failed before writing anything
                 shutil.rmtree(self.out, ignore_errors=True)
+            elif exc[0] is None and self.fd is not None:  # a clean end: no lock file left behind (still held here)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.out, LOCK))
         finally:
             if self.fd is not None:
                 os.close(self.fd)  # releases the lock

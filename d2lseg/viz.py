@@ -159,17 +159,20 @@ def prediction_grid(rows, titles=('input', 'label', 'prediction'), path=None, sc
     return label_grid([list(part) for part in zip(*rows)], titles, class_list=class_list, scale=scale, path=path)
 
 
-def legend_figure(classes, path=None, class_list=None):
+def legend_figure(classes, path=None, class_list=None, title='class colours'):
     """A stand-alone colour legend of the classes with indices ``classes`` (of ``class_list``, default VOC's)
     -> the figure, saved to ``path``."""
     fig, ax = plt.subplots(figsize=(2.6, 0.3 + 0.26 * max(len(classes), 1)))
     ax.axis('off')
     legend(ax, classes, class_list)
     ax.get_legend().set_bbox_to_anchor((0, 0.5))
-    ax.get_legend().set_title('class colours')
+    ax.get_legend().set_title(title)
     if path:
         save_figure(fig, path, bbox_inches='tight')
     return fig
+
+
+CELL_NUMBERS = 12  # up to this many classes the confusion matrix prints a number in every cell
 
 
 def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
@@ -181,10 +184,18 @@ def plot_confusion(mat, classes=VOC_CLASSES, ax=None, normalize=True):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(m, cmap='Blues', vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(len(classes)))
-    ax.set_yticks(range(len(classes)))
-    ax.set_xticklabels(classes, rotation=90, fontsize=7)
-    ax.set_yticklabels(classes, fontsize=7)
+    n = len(classes)
+    size = 7 if n > CELL_NUMBERS else 12 - 5 * n // CELL_NUMBERS  # 21 classes 7 pt, 4 classes 11 pt
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(classes, rotation=90, fontsize=size)
+    ax.set_yticklabels(classes, fontsize=size)
+    if n <= CELL_NUMBERS:  # few classes: the share (or count) in every cell
+        top = m.max() or 1
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f'{m[i, j]:.2f}' if normalize else f'{int(m[i, j])}', ha='center', va='center',
+                        fontsize=size - 1, color='white' if m[i, j] > 0.6 * top else 'black')
     ax.set_xlabel('predicted')
     ax.set_ylabel('true')
     plt.colorbar(im, ax=ax, fraction=0.046)
@@ -209,7 +220,8 @@ def plot_history(history, path=None):
     a1.set_ylabel('loss')
     a1.set_title('training loss')
     a1.legend()
-    for key, label in (('train_acc', 'train pixel acc'), ('test_acc', 'val pixel acc'), ('val_miou', 'val mIoU')):
+    for key, label in (('train_acc', 'train pixel acc'), ('test_acc', 'val pixel acc (crops)'),
+                       ('val_miou', 'val mIoU (crops)')):
         if epochs and key in epochs[0]:
             a2.plot(x, [r[key] for r in epochs], 'o-', label=label)
     a2.set_ylim(0, 1)

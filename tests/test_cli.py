@@ -209,8 +209,11 @@ def test_predict_takes_folders_and_names_any_crop(trained, voc_dir, tmp_path):
     Image.fromarray(img).save(photos / 'more' / 'c.png')          # 70x100: sides not multiples of 32
     (photos / 'notes.txt').write_text('not an image')
     pred = tmp_path / 'pred'
+    code, _, stderr = run_main(['predict', str(photos), '--params', os.path.join(out, 'model.params'), '--out',
+                                str(pred), '--crop'])  # the old spelling of the switch: one line naming the new one
+    assert code == 2 and stderr.count('\n') == 1 and '--crop is now --chapter-crop' in stderr and not pred.exists()
     code, stdout, stderr = run_main(['predict', str(photos), '--params', os.path.join(out, 'model.params'),
-                                     '--out', str(pred), '--crop', '--no-progress'])
+                                     '--out', str(pred), '--chapter-crop', '--no-progress'])
     assert code == 0, stderr
     assert sorted(os.listdir(pred)) == [MANIFEST, 'a.png', 'a_overlay.png', 'b.png', 'b_overlay.png', 'c.png',
                                         'c_overlay.png', 'legend.png']  # the manifest: what predict wrote there
@@ -337,7 +340,8 @@ def test_every_flag_has_help_and_there_is_a_version(capsys):
     assert blank == []
     switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
     no_default = [f'{name} {a.option_strings}' for name, sub in subparsers.choices.items() for a in sub._actions
-                  if a.option_strings and not a.required and not isinstance(a, switches) and 'default' not in a.help]
+                  if a.option_strings and not a.required and not isinstance(a, switches) and 'default' not in a.help
+                  and a.help != argparse.SUPPRESS]  # a renamed flag is hidden: it only names its new spelling
     assert no_default == []                          # every flag's help names its default
     assert all(sub.description for sub in subparsers.choices.values())
     with pytest.raises(SystemExit) as exit_info:
@@ -394,3 +398,63 @@ def test_train_with_augmentation_and_median_frequency_class_weights(data_root, v
     bad.write_text('1 2 3')
     code, _, stderr = run_main(tiny_flags(data_root, str(tmp_path / 'bad'), epochs=1) + ['--class-weights', str(bad)])
     assert code == 2 and 'needs 21 non-negative numbers' in stderr and not os.path.exists(tmp_path / 'bad')
+
+
+def test_predict_and_evaluate_never_replace_a_file_without_overwrite(trained, data_root, voc_dir, tmp_path):
+    """A user's own file, and an earlier predict's or evaluate's output, are refused in one line (exit 2) before
+    any work; --overwrite replaces them."""
+    out, _ = trained
+    params = os.path.join(out, 'model.params')
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    shutil.copy(os.path.join(voc_dir, 'JPEGImages', sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages')))[0]),
+                photos / 'board.jpg')
+    mine = tmp_path / 'mine_out'
+    mine.mkdir()
+    (mine / 'board.png').write_bytes(b'my own drawing')
+    code, stdout, stderr = run_main(['predict', str(photos), '--params', params, '--out', str(mine), '--no-progress'])
+    assert code == 2 and stderr.count('\n') == 1 and 'board.png' in stderr and '--overwrite' in stderr
+    assert (mine / 'board.png').read_bytes() == b'my own drawing' and os.listdir(mine) == ['board.png']
+    pred = tmp_path / 'pred'
+    predict = ['predict', str(photos), '--params', params, '--out', str(pred), '--no-progress', '--tile', '64x96']
+    assert run_main(predict)[0] == 0
+    first = (pred / 'board.png').read_bytes()
+    code, _, stderr = run_main(predict)
+    assert code == 2 and 'an earlier d2lseg predict wrote it' in stderr and '--overwrite' in stderr
+    assert (pred / 'board.png').read_bytes() == first
+    assert run_main(predict + ['--overwrite'])[0] == 0
+    code, _, stderr = run_main(predict[:-1] + ['50x50', '--overwrite'])
+    assert code == 2 and '--tile 50x50: both sides must be positive multiples of 32' in stderr
+    metrics = tmp_path / 'eval.json'
+    evaluate = ['evaluate', '--params', params, '--data-dir', data_root, '--json', str(metrics), '--no-progress',
+                '--tile', '64x96']
+    code, stdout, _ = run_main(evaluate)
+    assert code == 0 and 'the figure to report for this model' in stdout
+    record = json.loads(metrics.read_text())
+    assert record['tile'] == [64, 96] and record['protocol'] == 'published'
+    metrics.write_text('{"kept": "a multi-scale result"}')
+    code, _, stderr = run_main(evaluate)
+    assert code == 2 and 'an earlier d2lseg evaluate wrote it' in stderr
+    assert json.loads(metrics.read_text()) == {'kept': 'a multi-scale result'}
+    assert run_main(evaluate + ['--overwrite'])[0] == 0 and json.loads(metrics.read_text())['tile'] == [64, 96]
+
+
+def test_keep_checkpoints_keeps_the_last_n(data_root, tmp_path):
+    out = str(tmp_path / 'run')
+    code, _, stderr = run_main(tiny_flags(data_root, out, epochs=3) + ['--keep-checkpoints', '1'])
+    assert code == 0, stderr
+    assert sorted(n for n in os.listdir(out) if n.startswith('ckpt-')) == ['ckpt-epoch0003.optimizer',
+                                                                          'ckpt-epoch0003.params']
+    assert '.d2lseg.lock' not in os.listdir(out)
+
+
+def test_predict_names_the_synthetic_classes_stand_ins_on_its_legend(trained, voc_dir, tmp_path, monkeypatch):
+    from d2lseg import photos
+    out, _ = trained
+    titles, real = [], photos.legend_figure
+    monkeypatch.setattr(photos, 'legend_figure', lambda *a: titles.append(a[3]) or real(*a))
+    image = os.path.join(voc_dir, 'JPEGImages', sorted(os.listdir(os.path.join(voc_dir, 'JPEGImages')))[0])
+    code, _, stderr = run_main(['predict', image, '--params', os.path.join(out, 'model.params'), '--out',
+                                str(tmp_path / 'p'), '--no-progress'])
+    assert code == 0 and 'was trained on the synthetic shapes' in stderr
+    assert titles == ['class colours (synthetic stand-ins)']

@@ -43,28 +43,44 @@ def _train_options():
     return sub.choices['train']
 
 
+def _recipe_from(args):
+    return cli.preset(getattr(args, 'preset', 'chapter'), cli._given(args))
+
+
 def test_train_flags_are_generated_from_the_recipe_fields():
     train = _train_options()
     defaults = Recipe()
-    assert cli._recipe_from(train.parse_args([])) == defaults       # no flag: the Recipe's defaults
+    assert _recipe_from(train.parse_args([])) == defaults       # no flag: the chapter preset, the Recipe's defaults
+    assert cli._given(train.parse_args([])) == {}               # no flag has a default: the parsed values are the given
     for f in config.recipe_fields(flag=True):
-        args = train.parse_args([])
-        assert hasattr(args, f.name), f.name                      # every flag field is a flag
-        if f.name != 'epochs':                                    # absent --epochs: "as stored" under --resume
-            assert getattr(args, f.name) == f.default, f.name
-    assert cli._recipe_from(train.parse_args(['--synthetic'])).data_folder == os.path.join('data', 'synthetic')
+        assert ('--' + f.name.replace('_', '-')) in train.format_help() or f.name in ('pretrained', 'backbone_params')
+    assert _recipe_from(train.parse_args(['--synthetic'])).data_folder == os.path.join('data', 'synthetic')
     assert dataclasses.replace(Recipe(), synthetic=True).data_folder == os.path.join('data', 'synthetic')
     aliased = train.parse_args(['-b', '4', '-j', '1', '--weight-decay', '0.5'])
     assert (aliased.batch_size, aliased.workers, aliased.wd) == (4, 1, 0.5)
     args = train.parse_args(['--lr', '0.02', '--crop', '64x96', '--max-images', '3', '--ignore-boundary',
                              '--no-pretrained', '--ctx', 'cpu'])
-    recipe = cli._recipe_from(args)
+    recipe = _recipe_from(args)
     assert (recipe.lr, recipe.crop, recipe.max_images, recipe.ignore_boundary, recipe.pretrained, recipe.ctx) == \
         (0.02, (64, 96), 3, True, False, 'cpu')
     assert recipe.epochs == defaults.epochs and recipe.num_classes == 21   # not a flag: the field's default
     help_text = train.format_help()
     for f in config.recipe_fields(flag=True):
         assert config.help_text(f).split('(')[0].strip()[:30] in ' '.join(help_text.split()), f.name
+
+
+def test_a_preset_is_a_recipe_and_explicit_flags_override_it():
+    train = _train_options()
+    small = _recipe_from(train.parse_args(['--preset', 'small']))
+    assert (small.pretrained, small.crop, small.batch_size, small.lr, small.momentum, small.augment) == \
+        (False, (160, 160), 4, 0.05, 0.9, True) and small.epochs > Recipe().epochs
+    mine = _recipe_from(train.parse_args(['--preset', 'small', '--lr', '0.01', '--crop', '128x128', '--pretrained']))
+    assert (mine.lr, mine.crop, mine.pretrained, mine.batch_size, mine.momentum) == (0.01, (128, 128), True, 4, 0.9)
+    # a flag given with the chapter's value still wins over the preset's (given, not "different from the default")
+    assert _recipe_from(train.parse_args(['--preset', 'demo', '--momentum', '0.0'])).momentum == 0.0
+    assert _recipe_from(train.parse_args(['--preset', 'chapter'])) == Recipe()
+    with pytest.raises(SystemExit):
+        train.parse_args(['--preset', 'huge'])
 
 
 def test_the_chapters_recipe_and_the_compared_keys_derive_from_the_fields():

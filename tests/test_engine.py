@@ -1,5 +1,6 @@
 """The reference trainer (``d2lseg.engine``): learning-rate schedule, fit with callbacks and checkpoints,
 resume equal to an uninterrupted run, seeds, divergence."""
+import dataclasses
 import json
 import math
 import os
@@ -84,9 +85,13 @@ def test_resume_after_interruption_equals_uninterrupted(straight_run, data_root,
     assert checkpoint.load_meta(out)['epoch'] == 1
     # resume with a different (ignored) seed/lr: the stored recipe wins
     run_recipe = tiny_recipe(data_root, epochs=3, seed=99, lr=9.0)
-    from d2lseg.engine import resume_recipe
-    resumed = resume_recipe(out, run_recipe)
-    assert (resumed.seed, resumed.lr, resumed.lr_schedule) == (3, 0.05, 'poly')
+    from d2lseg.engine import resume
+    before = dataclasses.replace(run_recipe)
+    resumed = resume(out, dict(ctx=run_recipe.ctx, workers=run_recipe.workers, epochs=3)).recipe
+    assert (resumed.seed, resumed.lr, resumed.lr_schedule, resumed.epochs) == (3, 0.05, 'poly', 3)
+    assert run_recipe == before and resumed is not run_recipe  # the caller's recipe is not changed
+    with pytest.raises(ValueError):  # what changes the result is the stored run's, never requested
+        resume(out, dict(lr=9.0))
     run = prepare(resumed)
     h2 = fit(resumed, [Checkpointer(out)], resume=out, progress=False, run=run)
     assert [r['epoch'] for r in h2['epochs']] == [1, 2, 3]

@@ -93,8 +93,11 @@ def test_a_users_own_file_survives_unless_overwrite_is_given(done, tmp_path, cap
     assert (mine / 'board.png').read_bytes() == b'my own drawing' and sorted(os.listdir(mine)) == ['board.png']
     code, _, _ = run(predict(done, board, '--out', mine, '--overwrite'), capsys)  # asked: replaced
     assert code == 0 and Image.open(mine / 'board.png').mode == 'P'
-    code, _, _ = run(predict(done, board, '--out', mine), capsys)  # its own outputs: replaced without asking
-    assert code == 0 and outputs.owners(str(mine))['board.png'] == 'predict'
+    assert outputs.owners(str(mine))['board.png'] == 'predict'
+    drawn = (mine / 'board.png').read_bytes()
+    code, _, err = run(predict(done, board, '--out', mine), capsys)  # its own earlier outputs: refused too
+    assert code == 2 and len(err) == 1 and 'an earlier d2lseg predict wrote it' in err[0] and '--overwrite' in err[0]
+    assert (mine / 'board.png').read_bytes() == drawn
 
 
 def test_outputs_of_one_command_never_share_a_name(done, tmp_path, capsys):
@@ -135,7 +138,7 @@ def test_a_failed_rewrite_keeps_the_earlier_outputs(done, tmp_path, capsys, monk
         open(path, 'wb').write(b'\x89PNG half')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(photos, 'save_label_png', half)
-    code, stdout, _ = run(predict(done, a, '--out', out), capsys)
+    code, stdout, _ = run(predict(done, a, '--out', out, '--overwrite'), capsys)
     assert code == 1 and 'No space left on device' in stdout
     assert snapshot(out) == before  # the old outputs whole, no temporary left
 
@@ -159,7 +162,7 @@ def test_every_label_void_keeps_the_previous_metrics(done, data_root, tmp_path, 
         void.save(path)
     report = tmp_path / 'eval.json'
     argv = ['evaluate', '--params', os.path.join(done, 'model.params'), '--data-dir', str(root), '--max-images', '2',
-            '--json', str(report), '--no-progress']
+            '--json', str(report), '--no-progress', '--overwrite']
     good = ['evaluate', '--params', os.path.join(done, 'model.params'), '--data-dir', data_root, '--max-images', '2',
             '--json', str(report), '--no-progress']
     assert run(good, capsys)[0] == 0

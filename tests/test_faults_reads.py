@@ -135,7 +135,7 @@ def test_predict_skips_a_fifo_among_the_photos_and_a_fifo_model_json_is_named(da
     os.replace(out / 'model.json', tmp_path / 'model.json.bak')
     os.mkfifo(out / 'model.json')
     code, _, err = run(['predict', str(photos / 'a.jpg'), '--params', str(out / 'model.params'), '--out',
-                        str(tmp_path / 'pred'), '--no-progress'], capsys)
+                        str(tmp_path / 'pred'), '--no-progress', '--overwrite'], capsys)
     assert code == 2 and len(err) == 1 and 'model.json: a FIFO' in err[0], err
 
 

@@ -146,8 +146,15 @@ def test_plots_are_written(tmp_path):
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     ax = plot_confusion(np.eye(21) * 5 + 1)
     assert len(ax.get_xticklabels()) == 21
+    assert len(ax.texts) == 0 and ax.get_xticklabels()[0].get_fontsize() == 7  # 21 classes: no numbers in the cells
     legend(ax, classes=[0, 3])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ['background', 'bird']
+    few = plot_confusion([[8, 2, 0, 0], [0, 5, 5, 0], [0, 0, 4, 0], [1, 0, 0, 3]], ['sky', 'tree', 'house', 'car'])
+    cells = [t.get_text() for t in few.texts]  # 4 classes: each cell's share of its true class, larger fonts
+    assert cells == ['0.80', '0.20', '0.00', '0.00', '0.00', '0.50', '0.50', '0.00', '0.00', '0.00', '1.00', '0.00',
+                     '0.25', '0.00', '0.00', '0.75'] and few.get_xticklabels()[0].get_fontsize() == 11
+    counts = plot_confusion([[8, 2], [0, 5]], ['a', 'b'], normalize=False)
+    assert [t.get_text() for t in counts.texts] == ['8', '2', '0', '5']
     axes = show_images([np.zeros((4, 4, 3), np.uint8)] * 3, 1, 3)
     assert axes.shape == (1, 3)
     plt.close('all')

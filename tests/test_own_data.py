@@ -146,7 +146,9 @@ def test_fine_tune_a_21_class_model_into_4_classes(tmp_path, capsys):
     for k in copied:                                               # the backbone: bit-identical
         assert (src[k] == mine[k]).min().asscalar() == 1, k
     fresh = sorted(k for k in mine if k not in copied)
-    assert fresh == ['11.bias', '11.weight', '12.bias', '12.weight'] and '11, 12' in message
+    assert fresh == ['11.bias', '11.weight', '12.bias', '12.weight']
+    assert message.endswith('initialised anew (another class count): the 1x1 class-score convolution (layer 11), '
+                            'the bilinear upsampling transposed convolution (layer 12)')  # layers, not indices
     np.testing.assert_array_equal(mine['12.weight'].asnumpy(), bilinear_kernel(4, 4, 64).asnumpy())  # bilinear
     assert mine['11.weight'].shape == (4, 512, 1, 1) and float(mine['11.weight'].abs().sum().asscalar()) > 0
 
@@ -176,3 +178,55 @@ def test_resume_keeps_the_runs_classes_when_the_file_is_gone(own, tmp_path):
     assert code == 0, stderr
     history = json.loads((out / 'history.json').read_text())
     assert len(history['epochs']) == 2 and history['classes']['names'] == [n for n, _ in CLASSES]
+
+
+def test_the_small_preset_works_first_time_on_a_few_images_on_a_cpu(own, tmp_path, monkeypatch):
+    """The chapter's GPU recipe on 8 small images: every problem in one line, nothing made; --preset small:
+    trains offline (no backbone fetched), with the largest crop the images hold and a batch they fill."""
+    import d2lseg.model
+    root, classes = own
+    monkeypatch.setenv('MXNET_HOME', str(tmp_path / 'mxnet-home'))  # nothing cached
+    code, _, stderr = run(['train', '--data-dir', str(root), '--classes', str(classes), '--ctx', 'cpu', '--out',
+                           str(tmp_path / 'x')])
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and not (tmp_path / 'x').exists()
+    assert '3 problems: (1) --crop 320x480: all 8 images of the train split are smaller (a crop every one holds: ' \
+           '--crop 96x128); (2) --batch-size 32: larger than the 8 training images; use --batch-size 8 or less; ' \
+           '(3) --crop 320x480: all 4 images of the val split are smaller' in lines[0]
+    assert 'download the ImageNet backbone' in lines[0] and '--preset small' in lines[0]
+    fetched = []
+    real = d2lseg.model.load_backbone
+    monkeypatch.setattr(d2lseg.model, 'load_backbone', lambda pretrained, *a, **k: fetched.append(pretrained) or
+                        real(pretrained, *a, **k))
+    out = tmp_path / 'small'
+    code, stdout, stderr = run(['train', '--data-dir', str(root), '--classes', str(classes), '--preset', 'small',
+                                '--epochs', '2', '--ctx', 'cpu', '--workers', '0', '--no-progress', '--out', str(out)])
+    assert code == 0, stderr
+    assert fetched == [False] and '--preset small: crop 96x128, the largest (up to 256x256)' in stderr
+    history = json.loads((out / 'history.json').read_text())
+    r = history['recipe']
+    assert (r['pretrained'], r['crop'], r['batch_size'], r['lr'], r['momentum'], r['augment']) == \
+        (False, [96, 128], 4, 0.05, 0.9, True)
+    assert history['provenance'] == {'init_from': None, 'backbone': 'random (--no-pretrained)'}
+    assert history['val_metrics'].startswith('val_*: 96x128 crops of the validation images')
+    assert 'val mIoU' in stdout and '(96x128 crops)' in stdout and 'the figure to report: d2lseg evaluate' in stdout
+    assert '.d2lseg.lock' not in os.listdir(out)  # a clean end leaves no lock file
+
+
+def test_init_from_fetches_no_backbone_and_predict_knows_it_was_fine_tuned(own, trained, tmp_path, monkeypatch):
+    import d2lseg.model
+    from d2lseg.photos import training_caveat
+    root, classes = own
+    fetched = []
+    real = d2lseg.model.load_backbone
+    monkeypatch.setattr(d2lseg.model, 'load_backbone', lambda pretrained, *a, **k: fetched.append(pretrained) or
+                        real(pretrained, *a, **k))
+    flags = [f for f in _train_flags(root, classes, tmp_path / 'tuned') if f != '--no-pretrained']  # pretrained on
+    code, stdout, stderr = run(flags + ['--epochs', '1', '--init-from', str(trained / 'model.params')])
+    assert code == 0, stderr
+    assert fetched == [False]  # every backbone array comes from --init-from: nothing downloaded
+    history = json.loads((tmp_path / 'tuned' / 'history.json').read_text())
+    assert history['provenance']['init_from'] == str(trained / 'model.params')
+    assert history['provenance']['backbone'].startswith(f"the trained model {trained / 'model.params'}")
+    assert training_caveat(str(trained / 'model.params')).endswith('expect rough results')  # random start: said
+    assert training_caveat(str(tmp_path / 'tuned' / 'model.params')) is None  # fine-tuned: not "random backbone"

@@ -208,3 +208,32 @@ def test_reproduce_offline_fails_clearly_without_the_backbone(monkeypatch, tmp_p
     err = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
     assert len(err) == 1 and 'resnet18_v2' in err[0] and '--backbone-params' in err[0]
     assert not out.exists()
+
+
+def test_compare_judges_a_stored_presets_history_by_its_band_and_names_the_bands_that_fit(tmp_path, capsys):
+    """`d2lseg compare runs/demo/history.json` picks the demo band; a band of another recipe is refused in one
+    line naming the one that fits; --help lists the named bands."""
+    from d2lseg.cli import build_parser, main
+    from d2lseg.reference import band_path
+    with open(band_path('demo')) as f:
+        band = json.load(f)
+    history = {'recipe': dict(band['recipe'], data_dir='data/synthetic', seed=0), 'epochs': band['runs'][0]['epochs']}
+    path = tmp_path / 'history.json'
+    path.write_text(json.dumps(history))
+    assert main(['compare', str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('against demo: the stored band of this history\'s recipe') and 'verdict: within the band' in out
+    assert '7-9 mean' in out  # the demo band's judged epochs
+    for other in ('regression', 'book'):
+        assert main(['compare', str(path), '--against', other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'another recipe, not compared' in err[0] and 'the band that fits it: --against demo' \
+            in err[0], err
+    path.write_text(json.dumps(dict(history, recipe=dict(history['recipe'], lr=0.2))))
+    assert main(['compare', str(path)]) == 2
+    err = capsys.readouterr().err
+    assert 'made by none of the stored recipes (book, demo, regression)' in err and '--against FILE' in err
+    compare = next(a for a in build_parser()._actions if a.dest == 'command').choices['compare']
+    text = ' '.join(compare.format_help().split())
+    assert 'demo (d2lseg/baselines/demo-spread.json)' in text and 'regression (d2lseg/baselines/regression-band.json)' \
+        in text

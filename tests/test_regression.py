@@ -19,6 +19,7 @@ import sys
 import pytest
 
 import d2lseg
+from d2lseg import cli
 from d2lseg.reference import PRESETS, compare_baseline
 from d2lseg.synthetic import make_synthetic_voc
 
@@ -83,9 +84,14 @@ def test_planted_faults_are_flagged(fault, flagged, band, regression_data, tmp_p
 
 
 def test_makefile_demo_is_the_demo_preset():
+    """make demo trains --preset demo; the band's flags (PRESETS['demo'], demo-spread.json) give the same Recipe."""
     with open(os.path.join(ROOT, 'Makefile')) as f:
         recipe = re.search(r'^DEMO_RECIPE := (.*)$', f.read(), re.M).group(1).split()
-    assert recipe == PRESETS['demo']['train']
+    assert recipe == ['--preset', 'demo']
+    train = cli.build_parser()
+    made = cli.preset('demo', cli._given(train.parse_args(['train', *recipe])))
+    from_flags = cli.preset('chapter', cli._given(train.parse_args(['train', *PRESETS['demo']['train']])))
+    assert made == from_flags and (made.crop, made.batch_size, made.epochs, made.pretrained) == ((128, 192), 8, 9, False)
 
 
 def test_the_stored_demo_spread_clears_the_bar_on_every_variant():

@@ -40,7 +40,7 @@ LAYOUT = (
     ('training', 'a training run: the Recipe, the loop, checkpoints, callbacks, several workers, the references',
      ('config', 'checkpoint', 'callbacks', 'engine', 'kvstore', 'reference', 'teaching')),
     ('command', 'the d2lseg command: flags, what each subcommand does, predict on files, doctor, launch',
-     ('cli', 'app', 'photos', 'doctor', 'onnxcli', 'launcher')),
+     ('cli', 'app', 'specs', 'preflight', 'photos', 'doctor', 'onnxcli', 'launcher')),
 )
 TOP = ('__init__', '__main__')  # stay in d2lseg/: the package and ``python -m d2lseg``
 MOVED = {name: sub for sub, _, names in LAYOUT for name in names}
