@@ -230,3 +230,18 @@ def test_init_from_fetches_no_backbone_and_predict_knows_it_was_fine_tuned(own, 
     assert history['provenance']['backbone'].startswith(f"the trained model {trained / 'model.params'}")
     assert training_caveat(str(trained / 'model.params')).endswith('expect rough results')  # random start: said
     assert training_caveat(str(tmp_path / 'tuned' / 'model.params')) is None  # fine-tuned: not "random backbone"
+
+
+def test_run_training_leaves_the_callers_recipe_as_it_was(own, tmp_path):
+    """run_training resolves the device and takes the class count from the classes file on a copy: the Recipe a
+    notebook or script holds is not changed (ctx stays 'auto', num_classes 21 although the file has 4)."""
+    import dataclasses
+    from d2lseg.app import run_training
+    from d2lseg.config import Recipe
+    root, classes = own
+    recipe = Recipe(data_dir=str(root), classes=str(classes), pretrained=False, crop=(64, 96), batch_size=2, epochs=1,
+                    workers=0, lr=0.05)
+    before = dataclasses.replace(recipe)
+    history = run_training(recipe, str(tmp_path / 'run'), progress=False)
+    assert recipe == before and (recipe.ctx, recipe.num_classes) == ('auto', 21)
+    assert history['recipe']['num_classes'] == 4 and history['recipe']['ctx'] in ('cpu', 'gpu')
