@@ -7,7 +7,6 @@ stream scores by bands of rows, so memory grows with the image's width, not its 
 """
 import weakref
 
-import cv2
 import numpy as np
 import mxnet as mx
 from mxnet import gluon, nd
@@ -219,16 +218,38 @@ def _mix(a, b, weight):
     return a
 
 
+class ResizedRows:
+    """An (H, W, 3) uint8 image resized bilinearly to ``size`` (height, width) and, with ``mirrored``, mirrored,
+    computed only for the rows asked for (``rows[a:b]``, as ``logit_bands`` reads them): OpenCV's INTER_LINEAR
+    rule (``_linear``) in float32, rounded, so a value may differ from ``cv2.resize``'s fixed point by 1.
+    Holds no resized copy of the whole image: a band of rows is 3 bytes x its rows x the width."""
+
+    def __init__(self, img, size, mirrored=False):
+        self.img, self.mirrored = img, mirrored
+        self.shape = (size[0], size[1], img.shape[2])
+        self.rows, self.cols = _linear(size[0], img.shape[0]), _linear(size[1], img.shape[1])
+
+    def __getitem__(self, rows):
+        a, b, _ = rows.indices(self.shape[0])
+        if self.shape[:2] == self.img.shape[:2]:
+            band = self.img[a:b]
+        else:
+            (r0, r1, rw), (c0, c1, cw) = (v[a:b] for v in self.rows), self.cols
+            band = _mix(self.img[r0].astype(np.float32), self.img[r1].astype(np.float32), rw[:, None, None])
+            band = np.clip(np.rint(_mix(band[:, c0], band[:, c1], cw[None, :, None])), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(band[:, ::-1]) if self.mirrored else band
+
+
 def _variant_bands(net, img, scale, mirrored, tile, ctx):
-    """Logit bands of ``img`` resized by ``scale`` (and mirrored), brought back to the image's rows and columns."""
+    """Logit bands of ``img`` resized by ``scale`` (and mirrored), brought back to the image's rows and columns;
+    the resized image is made a band of rows at a time (``ResizedRows``), never whole."""
     H, W = img.shape[:2]
-    x = img if scale == 1 else cv2.resize(img, (max(1, round(W * scale)), max(1, round(H * scale))),
-                                          interpolation=cv2.INTER_LINEAR)
-    x = np.ascontiguousarray(x[:, ::-1]) if mirrored else x
+    size = (H, W) if scale == 1 else (max(1, round(H * scale)), max(1, round(W * scale)))
+    x = ResizedRows(img, size, mirrored) if (size != (H, W) or mirrored) else img
     bands = logit_bands(net, x, tile, ctx)
     if mirrored:
         bands = ((y0, y1, band[:, :, ::-1]) for y0, y1, band in bands)
-    return bands if x.shape[:2] == (H, W) else resized_bands(bands, x.shape[:2], (H, W))
+    return bands if size == (H, W) else resized_bands(bands, size, (H, W))
 
 
 def _summed(streams):
@@ -265,6 +286,12 @@ def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=(320, 480), ctx
     return labels
 
 
+def _count_by_bands(cm, pred, label, rows=256):
+    """``cm.update(pred, label)`` of a whole image ``rows`` rows at a time (its index arrays are 4-5 bytes a pixel)."""
+    for y in range(0, pred.shape[0], rows):
+        cm.update(pred[y:y + rows], label[y:y + rows])
+
+
 def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320, 480), scales=(1.0,), flip=False):
     """Update ``cm`` with predictions for (name, image, label) items; returns how many were skipped.
 
@@ -277,9 +304,9 @@ def eval_images(net, items, cm, ctx=None, full=False, crop=(320, 480), tile=(320
     tta = tuple(scales) != (1.0,) or flip
     for _, img, lab in items:  # uint8 labels (at most 255 classes): an eighth of int64's memory
         if full and tta:
-            cm.update(predict_multiscale(net, img, scales, flip, tile, ctx, dtype=np.uint8), lab)
+            _count_by_bands(cm, predict_multiscale(net, img, scales, flip, tile, ctx, dtype=np.uint8), lab)
         elif full:
-            cm.update(predict_full(net, img, tile, ctx, dtype=np.uint8), lab)
+            _count_by_bands(cm, predict_full(net, img, tile, ctx, dtype=np.uint8), lab)
         elif img.shape[0] < h or img.shape[1] < w:
             skipped += 1
         else:

@@ -1,6 +1,10 @@
 """Memory by tile: predict and evaluate (multi-scale included) hold bands of rows besides the image and its
 labels, never a whole score map; a pixel cap refuses decompression-bomb sizes before decoding, in one line."""
+import json
+import os
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
 
@@ -13,6 +17,7 @@ from d2lseg.cli import main
 from d2lseg.images import read_image
 from d2lseg.inference import predict_full, predict_multiscale
 from d2lseg.model import build_fcn
+from d2lseg.palette import voc_palette
 from d2lseg.photos import class_shares
 from d2lseg.viz import overlay
 
@@ -80,6 +85,49 @@ def test_prediction_outputs_hold_bytes_per_pixel_not_float_copies(net):
         return numpy_peak(lambda: (overlay(tall, tall_labels), class_shares(tall_labels)))[1]
     added = 256 * 512 * 12
     assert outputs_peak(16) - outputs_peak(4) < 4 * added, (outputs_peak(16) - outputs_peak(4)) / added
+
+
+PROBE = os.path.join(os.path.dirname(__file__), 'helpers', 'memory_probe.py')
+
+
+def _voc_tree(root, height, width):
+    """A VOC tree of one (height, width) image (a PNG of patterns) and its palette label (void rows too)."""
+    for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([(x * 7 + y) % 256, (y * 3) % 256, (x ^ y) & 255], axis=-1).astype(np.uint8)
+    Image.fromarray(img).save(os.path.join(root, 'JPEGImages', 'big.png'), compress_level=1)
+    label = Image.fromarray(np.where(y % 50 == 0, 255, (x // 97 + y // 89) % 21).astype(np.uint8))
+    label.putpalette(voc_palette().reshape(-1).tolist())
+    label.save(os.path.join(root, 'SegmentationClass', 'big.png'))
+    with open(os.path.join(root, 'ImageSets', 'Segmentation', 'val.txt'), 'w') as f:
+        f.write('big\n')
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def tall_trees(tmp_path_factory):
+    """256 wide, 2048 and 24576 rows: 5.8 million pixels apart, so a byte per pixel is 5.8 MB of peak RSS."""
+    root = tmp_path_factory.mktemp('tall')
+    return [_voc_tree(root / str(h), h, 256) for h in (2048, 24576)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['predict', 'overlay', 'multiscale'])
+def test_peak_rss_grows_by_a_few_bytes_per_pixel(mode, tall_trees, tmp_path):
+    """Peak resident memory (ru_maxrss, a fresh process each) of d2lseg predict's steps (``predict``: read and
+    label; ``overlay``: everything it writes) and of evaluate --scales 0.75,1,1.25 --flip, on two images of
+    the same width: what the taller one adds per pixel is its image, labels and Pillow's decoding (about 8
+    bytes measured, docs/hardening.md), never float copies of it. At d0eafc3: overlay 72, multi-scale 61."""
+    found = []
+    for k, tree in enumerate(tall_trees):
+        out = subprocess.run([sys.executable, PROBE, mode, tree, str(tmp_path / str(k)), '--classes', '2'],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        found.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    (small, large) = found
+    per_pixel = (large['rss_peak'] - small['rss_peak']) / (large['pixels'] - small['pixels'])
+    assert per_pixel < 16, (mode, per_pixel, found)
 
 
 def png_header(width, height):
