@@ -15,6 +15,7 @@ from . import native
 from .errors import D2lsegError
 from .model import OUTPUT_STRIDE, SegmentationNet
 from .images import normalize_image
+from .pixels import ResizedRows, linear_weights, mix
 from .palette import VOC_COLORMAP
 
 
@@ -177,14 +178,6 @@ def predict_full(net, img, tile=(320, 480), ctx=None, batch_size=4, dtype=np.int
     return labels
 
 
-def _linear(n_out, n_in):
-    """Bilinear resampling of ``n_in`` samples to ``n_out`` along one axis, with OpenCV's INTER_LINEAR rule
-    (half-pixel centres, edges repeated) -> (first source index, second source index, weight of the second)."""
-    pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    first = np.floor(pos).astype(np.int64)
-    return first, np.minimum(first + 1, n_in - 1), (pos - first).astype(np.float32)
-
-
 def resized_bands(bands, size_in, size_out, chunk=32):
     """Bilinearly resize a stream of row bands, keeping only the input rows still needed.
 
@@ -192,8 +185,8 @@ def resized_bands(bands, size_in, size_out, chunk=32):
     size_in (h, w), size_out (H, W) -> yields (Y0, Y1, (C, Y1 - Y0, W)) consecutive bands of the resized map
     (the values of OpenCV's INTER_LINEAR resize of the whole map), computed ``chunk`` rows at a time."""
     (h, w), (H, W) = size_in, size_out
-    r0, r1, rw = _linear(H, h)
-    c0, c1, cw = _linear(W, w)
+    r0, r1, rw = linear_weights(H, h)
+    c0, c1, cw = linear_weights(W, w)
     buf, base, y = None, 0, 0  # buf holds input rows [base, base + buf.shape[1])
     for _, b1, band in bands:
         buf = band if buf is None else np.concatenate([buf, band], axis=1)
@@ -201,43 +194,13 @@ def resized_bands(bands, size_in, size_out, chunk=32):
         out = np.empty((buf.shape[0], end - y, W), np.float32)
         for a in range(y, end, chunk):
             b = min(a + chunk, end)
-            rows = _mix(buf[:, r0[a:b] - base], buf[:, r1[a:b] - base], rw[a:b][None, :, None])
-            out[:, a - y:b - y] = _mix(rows[:, :, c0], rows[:, :, c1], cw)
+            rows = mix(buf[:, r0[a:b] - base], buf[:, r1[a:b] - base], rw[a:b][None, :, None])
+            out[:, a - y:b - y] = mix(rows[:, :, c0], rows[:, :, c1], cw)
         keep = int(r0[end]) if end < H else b1  # the first input row a later output row reads
         buf, base = buf[:, keep - base:].copy(), keep  # a copy: the rows passed are freed before the yield
         if end > y:
             yield y, end, out
             y = end
-
-
-def _mix(a, b, weight):
-    """``a * (1 - weight) + b * weight`` in place in ``a`` (both fresh copies)."""
-    a *= 1 - weight
-    b *= weight
-    a += b
-    return a
-
-
-class ResizedRows:
-    """An (H, W, 3) uint8 image resized bilinearly to ``size`` (height, width) and, with ``mirrored``, mirrored,
-    computed only for the rows asked for (``rows[a:b]``, as ``logit_bands`` reads them): OpenCV's INTER_LINEAR
-    rule (``_linear``) in float32, rounded, so a value may differ from ``cv2.resize``'s fixed point by 1.
-    Holds no resized copy of the whole image: a band of rows is 3 bytes x its rows x the width."""
-
-    def __init__(self, img, size, mirrored=False):
-        self.img, self.mirrored = img, mirrored
-        self.shape = (size[0], size[1], img.shape[2])
-        self.rows, self.cols = _linear(size[0], img.shape[0]), _linear(size[1], img.shape[1])
-
-    def __getitem__(self, rows):
-        a, b, _ = rows.indices(self.shape[0])
-        if self.shape[:2] == self.img.shape[:2]:
-            band = self.img[a:b]
-        else:
-            (r0, r1, rw), (c0, c1, cw) = (v[a:b] for v in self.rows), self.cols
-            band = _mix(self.img[r0].astype(np.float32), self.img[r1].astype(np.float32), rw[:, None, None])
-            band = np.clip(np.rint(_mix(band[:, c0], band[:, c1], cw[None, :, None])), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(band[:, ::-1]) if self.mirrored else band
 
 
 def _variant_bands(net, img, scale, mirrored, tile, ctx):

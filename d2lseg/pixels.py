@@ -1,5 +1,6 @@
 """Opening photos strictly with Pillow alone: a regular file only, a pixel cap checked before decoding,
-truncated files refused, EXIF orientation applied; writing label maps and overlays as PNGs band by band.
+truncated files refused, EXIF orientation applied; writing label maps and overlays as PNGs band by band;
+resizing an image a band of rows at a time.
 
 A leaf module (Pillow, numpy, ``errors``, ``textfiles``, ``vocpalette``; no MXNet): ``images`` (the data
 set's reader, on MXNet) and ``onnxrun`` (exported models without MXNet) share it.
@@ -155,3 +156,43 @@ def overlay_bands(img, pred, colors, alpha=0.5, rows=256):
         band, labels = img[y:y + rows].astype(np.float32), pred[y:y + rows].astype(np.int64)
         colored = (1 - alpha) * band + alpha * table[np.clip(labels, 0, len(table) - 1)]
         yield np.clip(np.where((labels > 0)[..., None], colored, band), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------ resizing by bands
+
+def linear_weights(n_out, n_in):
+    """Bilinear resampling of ``n_in`` samples to ``n_out`` along one axis, with OpenCV's INTER_LINEAR rule
+    (half-pixel centres, edges repeated) -> (first source index, second source index, weight of the second)."""
+    pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    first = np.floor(pos).astype(np.int64)
+    return first, np.minimum(first + 1, n_in - 1), (pos - first).astype(np.float32)
+
+
+def mix(a, b, weight):
+    """``a * (1 - weight) + b * weight`` in place in ``a`` (both fresh copies)."""
+    a *= 1 - weight
+    b *= weight
+    a += b
+    return a
+
+
+class ResizedRows:
+    """An (H, W, 3) uint8 image resized bilinearly to ``size`` (height, width) and, with ``mirrored``, mirrored,
+    computed only for the rows asked for (``rows[a:b]``, as ``logit_bands`` reads them): OpenCV's INTER_LINEAR
+    rule (``linear_weights``) in float32, rounded, so a value may differ from ``cv2.resize``'s fixed point by 1.
+    Holds no resized copy of the whole image: a band of rows is 3 bytes x its rows x the width."""
+
+    def __init__(self, img, size, mirrored=False):
+        self.img, self.mirrored = img, mirrored
+        self.shape = (size[0], size[1], img.shape[2])
+        self.rows, self.cols = linear_weights(size[0], img.shape[0]), linear_weights(size[1], img.shape[1])
+
+    def __getitem__(self, rows):
+        a, b, _ = rows.indices(self.shape[0])
+        if self.shape[:2] == self.img.shape[:2]:
+            band = self.img[a:b]
+        else:
+            (r0, r1, rw), (c0, c1, cw) = (v[a:b] for v in self.rows), self.cols
+            band = mix(self.img[r0].astype(np.float32), self.img[r1].astype(np.float32), rw[:, None, None])
+            band = np.clip(np.rint(mix(band[:, c0], band[:, c1], cw[None, :, None])), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(band[:, ::-1]) if self.mirrored else band
