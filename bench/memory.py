@@ -25,13 +25,14 @@ import subprocess
 import sys
 import tempfile
 
-import mxnet as mx
-import numpy as np
-from mxnet.gluon import nn
-from PIL import Image
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
+
+import d2lseg  # noqa: E402,F401  (first: the threads and AMX MXNet reads once, numpy's names for it)
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from d2lseg import inference, photos  # noqa: E402
 from d2lseg.classes import ClassList  # noqa: E402
