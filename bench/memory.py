@@ -61,7 +61,13 @@ def voc_tree(root, height, width):
 
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """This process's peak resident memory in bytes: VmHWM (Linux; reset by exec, unlike ``ru_maxrss``,
+    which keeps the peak of the process that forked this one), else ``ru_maxrss``."""
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:'))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def network(name, classes=21):

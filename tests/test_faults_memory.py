@@ -101,12 +101,12 @@ def tall_trees(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['predict', 'overlay', 'multiscale'])
 def test_peak_rss_grows_by_a_few_bytes_per_pixel(mode, tall_trees, tmp_path):
-    """Peak resident memory (ru_maxrss, a fresh process each) of d2lseg predict's steps (``predict``: read and
+    """Peak resident memory (VmHWM, a fresh process each) of d2lseg predict's steps (``predict``: read and
     label; ``overlay``: everything it writes) and of evaluate --scales 0.75,1,1.25 --flip, on two images of
     the same width: what the taller one adds per pixel is its image, labels and Pillow's decoding (about 8
     bytes measured, docs/hardening.md), never float copies of it. At d0eafc3: overlay 72, multi-scale 61."""
     found, per_pixel = bench_memory.measure(mode, tall_trees, str(tmp_path), ['--classes', '2'])
-    assert per_pixel < 16, (mode, per_pixel, found)
+    assert 3 <= per_pixel < 16, (mode, per_pixel, found)  # the image itself is 3: below, the peak was elsewhere
 
 
 @pytest.mark.parametrize('shape', [(517, 333), (1, 7), (300, 1)])
