@@ -5,6 +5,8 @@ what MXNet reads once, when it loads or runs its first operator (``startup``): `
 (MXNet otherwise uses one thread per two cores on CPU) and, on CPUs with Intel AMX, oneDNN's AMX
 kernels for INT8 and bfloat16 (``D2LSEG_AMX=0`` turns that off). Before that, ``compat`` gives numpy back
 the names MXNet 1.9.1 uses that numpy 1.24 and 2.0 removed (Python 3.12 and 3.13: docs/pythons.md).
+Without MXNet the package still imports (``d2lseg.onnxrun`` runs exported models); each chapter name then
+raises one ImportError naming what to install (docs/deployment.md).
 """
 from . import compat, startup
 from .errors import D2lsegError
