@@ -14,8 +14,9 @@ from .version import __version__
 
 compat.restore_numpy_names()  # before MXNet loads: the numpy names MXNet 1.9.1 uses that numpy removed
 startup.configure()
-# MXNet missing: recorded (compat.MXNET_ERROR), not raised, so that what needs no MXNet still imports (d2lseg.onnxrun,
-# `d2lseg predict --onnx`, `d2lseg doctor`); each name below then raises one ImportError naming the install (__getattr__).
+# MXNet missing: recorded (compat.MXNET_ERROR), not raised, so that what needs no MXNet still imports
+# (d2lseg.onnxrun, `d2lseg predict --onnx`, `d2lseg doctor`); each name below then raises one ImportError
+# naming the install (__getattr__).
 if compat.import_mxnet():
     from .ops import bilinear_kernel, corr2d, kernel2matrix, trans_conv
     from .palette import VOC_CLASSES, VOC_COLORMAP, build_colormap2label, voc_label_indices

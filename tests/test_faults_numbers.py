@@ -180,7 +180,8 @@ def test_compare_on_a_history_whose_epoch_is_not_a_number_is_one_line(done, tmp_
     original = os.path.join(done, 'history.json')  # the same recipe: compared epoch by epoch
     for argv in (['compare', str(path), '--against', original], ['compare', original, '--against', str(path)]):
         code, out, err = run(argv, capsys)
-        assert code == 2 and len(err) == 1 and f'{path}: record {len(history["epochs"])}: "epoch" must be a whole' in err[0], err
+        says = f'{path}: record {len(history["epochs"])}: "epoch" must be a whole'
+        assert code == 2 and len(err) == 1 and says in err[0], err
         assert 'Traceback' not in out + ''.join(err)
 
 
