@@ -51,8 +51,12 @@ lab: venv
 
 # Re-execute every notebook in full mode and store it with its outputs (about 15-20 min on 2 cores;
 # NB=04 runs one). tests/test_notebooks.py fails when a code cell changed since its stored run.
+# NB reaches the tool as one single-quoted word of its raw text: never expanded by make ($(value); unexported,
+# since make expands a variable it exports) nor by the shell; the tool accepts only notebook names (exit 2).
+unexport NB
+NB_WORD = '$(subst ','\'',$(value NB))'
 notebooks: kernels
-	$(BIN)/python tools/notebooks.py run "$$NB"
+	$(BIN)/python tools/notebooks.py run $(NB_WORD)
 
 # The stored notebooks as a static HTML site under build/book (nothing is executed): open build/book/index.html.
 book: venv

@@ -139,6 +139,35 @@ def int8(model, path, voc_dir, limit, num_classes, fp32_miou, warmup, iters):
             'per-channel INT8 weights, UINT8 activations'}
 
 
+DEMO_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'runs', 'demo')
+
+
+def part_onnx(args):
+    """bench/run.py's part 'onnx': ONNX Runtime float32 img/s on the batch run.py times MXNet and the peer on
+    (8 crops of 320x480: forward and argmax), and static INT8 with its mIoU change. The model: --onnx-run,
+    else runs/demo (make demo) when there, else random weights (speed only; the INT8 delta then says
+    nothing, ``onnxruntime_int8_model`` says so). -> the ``onnxruntime_*`` keys of bench/README.md."""
+    run_dir = args.onnx_run or (DEMO_RUN if os.path.isfile(os.path.join(DEMO_RUN, 'model.params')) else None)
+    iters, images = (3, 4) if args.quick else (10, 8)
+    with tempfile.TemporaryDirectory(prefix='d2lseg-onnx-bench-') as tmp:
+        run = run_dir or random_run(os.path.join(tmp, 'run'), 'fcn32s')
+        path = export_onnx(run, os.path.join(tmp, 'model.onnx'), log=lambda s: None)['onnx']
+        model = onnxrun.Model(path, threads=args.threads)
+        batch = np.random.default_rng(0).standard_normal((8,) + SHAPE[1:]).astype(np.float32)
+        res = {'onnxruntime': onnxruntime.__version__, 'onnxruntime_model': run_dir or 'fcn32s, random weights',
+               'onnxruntime_infer_img_s': 8 * img_s(lambda x: model.logits(x).argmax(axis=1), batch, 2, iters)}
+        voc_dir = voc_root(args.onnx_data_dir) if args.onnx_data_dir else data_of(argparse.Namespace(
+            data_dir=None, run=run_dir), run, tmp)
+        fp32 = miou(model, voc_dir, images, len(model.names))
+        q = int8(model, path, voc_dir, images, len(model.names), fp32, 2, iters)
+    res['onnxruntime_int8_model'] = 'trained' if run_dir else 'random weights: the mIoU delta says nothing'
+    if 'unavailable' in q:
+        return dict(res, onnxruntime_int8_unavailable=q['unavailable'])
+    return dict(res, onnxruntime_int8_img_s=q['img_s'], onnxruntime_int8_miou=q['miou'],
+                onnxruntime_fp32_miou=fp32, onnxruntime_int8_delta_points=q['delta_points'],
+                onnxruntime_int8_within_half_point=q['within_half_point'], onnxruntime_int8_val_images=images)
+
+
 def data_of(args, run, tmp):
     """The VOC root to validate on: the run's own data, --data-dir, else a tiny synthetic set made in ``tmp``."""
     if args.data_dir:

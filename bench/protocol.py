@@ -26,6 +26,7 @@ def child(part, args):
     python = args.peer_python if part.startswith('torch') else sys.executable
     cmd = [python, RUN_PY, '--part', part, '--steps', str(args.steps),
            '--threads', str(args.threads), '--data-dir', args.data_dir] + (['--quick'] if args.quick else [])
+    cmd += ['--onnx-run', args.onnx_run] if part == 'onnx' and getattr(args, 'onnx_run', None) else []
     tic = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

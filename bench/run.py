@@ -34,7 +34,8 @@ from protocol import BATCH, CROP, HERE, ROOT, child, paired
 PARTS = {'mxnet-env': ('timing', 'part_mxnet_env'), 'mxnet-ab': ('timing', 'part_mxnet_ab'),
          'mxnet': ('timing', 'part_mxnet'), 'mxnet-rss': ('timing', 'part_mxnet_rss'),
          'torch-rss': ('peer_torch', 'part_torch_rss'),
-         'serve-mxnet': ('timing', 'serve_mxnet'), 'serve-torch': ('peer_torch', 'serve_torch')}
+         'serve-mxnet': ('timing', 'serve_mxnet'), 'serve-torch': ('peer_torch', 'serve_torch'),
+         'onnx': ('onnx_speed', 'part_onnx')}
 PEER_VENV_PYTHON = os.path.join(HERE, '.venv-peer', 'bin', 'python')
 
 
@@ -59,6 +60,22 @@ def _have_torch(python):
     return subprocess.run([python, '-c', 'import torch'], capture_output=True).returncode == 0
 
 
+def _onnx(args, res):
+    """The onnxruntime_* keys, beside MXNet's and the peer's figures in ``res``: its part's figures and their
+    ratios, or null with the reason when onnxruntime is missing or --no-onnx."""
+    try:
+        if args.no_onnx:
+            raise ImportError('--no-onnx')
+        import onnxruntime  # noqa: F401  (the d2lseg[onnx] extra)
+    except ImportError as e:
+        print(f'onnx: {e}; onnxruntime figures are null (pip install -e ".[onnx]")', flush=True)
+        return {'onnxruntime_infer_img_s': None, 'onnxruntime_unavailable': str(e)}
+    found = child('onnx', args)
+    for key, base in (('onnxruntime_vs_mxnet', 'infer_img_s'), ('onnxruntime_vs_peer', 'peer_infer_img_s')):
+        found[key] = found['onnxruntime_infer_img_s'] / res[base] if res.get(base) else None
+    return found
+
+
 def _parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='fewer repetitions (about half the time)')
@@ -71,6 +88,10 @@ def _parse_args(argv):
     p.add_argument('--threads', type=int, default=None, help='threads for both frameworks (default: all CPUs)')
     p.add_argument('--data-dir', default=os.path.join(tempfile.gettempdir(), 'd2lseg-bench-data'),
                    help='synthetic VOC-sized data set (made when missing, default %(default)s)')
+    p.add_argument('--no-onnx', action='store_true', help='skip ONNX Runtime (onnxruntime_* keys null)')
+    p.add_argument('--onnx-run', help='a d2lseg train --out folder for ONNX Runtime\'s INT8 mIoU (default: runs/demo '
+                   'when there, else random weights)')
+    p.add_argument('--onnx-data-dir', help=argparse.SUPPRESS)  # validation data of --onnx-run (default: its own)
     p.add_argument('--peer-python', help='python with torch for the peer (default: $D2LSEG_PEER_PYTHON, '
                    'bench/.venv-peer/bin/python, else this one)')
     args = p.parse_args(argv)
@@ -116,6 +137,7 @@ def main(argv=None):
         print(f'peer: PyTorch is not importable from {args.peer_python} (make bench/.venv-peer, see '
               'bench/README.md); peer figures are null', flush=True)
         res.update({k: None for k in peer_keys})
+    res.update(_onnx(args, res))
     res['batch'], res['crop'], res['variant'], res['quick'] = BATCH, list(CROP), 'fcn32s', args.quick
     res['bench_seconds'] = time.perf_counter() - tic
     from d2lseg.environment import environment  # loaded by _threads already (after --threads took effect)

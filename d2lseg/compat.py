@@ -10,7 +10,6 @@ stay on ``numpy`` for the process, so your own code sees them too (docs/pythons.
 
 A leaf module: imports only numpy and the standard library, never MXNet or the rest of the package.
 """
-import os
 import sys
 import types
 import warnings
@@ -101,27 +100,19 @@ def mxnet_missing_message():
             f"run `make venv` in the d2lseg checkout, or `{MXNET_INSTALL}` (GPU: mxnet-cu112==1.9.1)")
 
 
-# When the d2lseg command runs (its console script, or python -m d2lseg), a missing MXNet is recorded
-# here instead of raised, so that the command can say it in one line, or run `d2lseg doctor`.
+# A missing MXNet is recorded here instead of raised (``import_mxnet``): ``import d2lseg`` still works for the
+# parts that need no MXNet (``d2lseg.onnxrun``, ``d2lseg predict --onnx``), the names that need it raise an
+# ImportError of this line when first used, and the command says it in one line or runs `d2lseg doctor`.
 MXNET_ERROR = None
 
 
-def _command_running():
-    if os.path.basename(sys.argv[0] if sys.argv else '') == 'd2lseg':
-        return True
-    argv = getattr(sys, 'orig_argv', [])  # python -m d2lseg (3.10+)
-    return any(a == '-m' and argv[i + 1:i + 2] == ['d2lseg'] for i, a in enumerate(argv))
-
-
 def import_mxnet():
-    """Import MXNet, or raise an ImportError whose message is one line naming the command that fixes it
-    (when the d2lseg command runs: recorded in ``MXNET_ERROR`` and returned False instead)."""
+    """Import MXNet -> True; when it cannot be imported, record the one line naming the command that fixes it
+    in ``MXNET_ERROR`` and return False."""
     global MXNET_ERROR
     try:
         _import_mxnet()
     except ImportError as e:
-        if not _command_running():
-            raise
         MXNET_ERROR = str(e)
         return False
     return True

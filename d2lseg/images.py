@@ -4,15 +4,15 @@ Every file the package reads goes through here: data-set images and labels (``vo
 predict (``read_photo``). Errors are one line naming the file and what to do.
 """
 import os
-import threading
-import warnings
 
 import numpy as np
 from mxnet import nd
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 
 from .errors import D2lsegError
-from .textfiles import FileMissing, open_regular
+from .pixels import (IMAGE_MODES, MAX_PIXELS, allow_pixels, bomb, check_pixels, load_strict,  # noqa: F401 (re-exported)
+                     read_image, save_label_png)
+from .textfiles import open_regular
 from .palette import IGNORE_INDEX, VOC_COLORMAP, colour_lut, known_packed, voc_label_indices, voc_palette
 
 RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -25,26 +25,10 @@ def normalize_image(img):
     return (np.asarray(img, dtype=np.float32) / 255 - RGB_MEAN) / RGB_STD
 
 
-# Pixel modes accepted. Images: any 8-bit mode, converted to RGB. Labels: palette ('P', the VOC
-# format) and 8-bit grey ('L', SegmentationClassAug's format) hold class indices; 'RGB'/'RGBA' hold
-# VOC colours (alpha ignored). Others (1-bit, 16-bit, float) would be silently mangled: refused.
-IMAGE_MODES = ('RGB', 'L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'PA', 'RGBX')
+# Labels: palette ('P', the VOC format) and 8-bit grey ('L', SegmentationClassAug's format) hold class indices;
+# 'RGB'/'RGBA' hold VOC colours (alpha ignored). Other modes would be silently mangled: refused.
 INDEX_LABEL_MODES = ('P', 'L')
 COLOUR_LABEL_MODES = ('RGB', 'RGBA')
-
-
-_PIL_LOCK = threading.Lock()
-
-
-def load_strict(im):
-    """``im.load()`` refusing truncated files even when some import (gluoncv does) set PIL's global
-    ``ImageFile.LOAD_TRUNCATED_IMAGES``, which would silently pad them with grey."""
-    with _PIL_LOCK:
-        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-        try:
-            im.load()
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def _has_jpeg_end(f, window=1024):
@@ -58,31 +42,6 @@ def _has_jpeg_end(f, window=1024):
     return b'\xff\xd9' in f.read()
 
 
-_ORIENTATION = 0x0112  # the EXIF tag saying how a camera was turned
-MAX_PIXELS = 50_000_000  # default cap of predict and evaluate (--max-pixels): 8000x6000 photos pass
-
-
-def allow_pixels(max_pixels):
-    """Let PIL open images up to ``max_pixels`` (its own guard refuses twice ``Image.MAX_IMAGE_PIXELS``, about
-    179 million, and warns above half that): d2lseg's cap, checked by the readers, takes its place, only ever
-    raising PIL's limit, for this process."""
-    if max_pixels and max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
-        Image.MAX_IMAGE_PIXELS = max_pixels
-    warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)  # the cap's one line says it
-
-
-def _check_pixels(path, im, max_pixels):
-    """One-line D2lsegError when ``im`` (opened, not decoded) has more than ``max_pixels`` pixels."""
-    if max_pixels and im.width * im.height > max_pixels:
-        raise D2lsegError(f"{path}: {im.width}x{im.height}, {im.width * im.height / 1e6:.0f} million pixels, more "
-                          f"than --max-pixels {max_pixels} (a decompression bomb?); raise --max-pixels to read it")
-
-
-def _bomb(path, max_pixels):
-    return D2lsegError(f"{path}: more pixels than {Image.MAX_IMAGE_PIXELS * 2} (PIL's guard; a decompression bomb?); "
-                       f"raise --max-pixels (now {max_pixels}) to read it")
-
-
 def open_image(path, mode, max_pixels=None):
     """Read ``path`` -> (H, W, 3) uint8 (``mode='rgb'``) or the PIL image of a label (``mode='label'``); only a
     regular file (a FIFO is refused, never waited on); ``max_pixels``: refuse larger images before decoding."""
@@ -91,7 +50,7 @@ def open_image(path, mode, max_pixels=None):
                           f"its name from the list file")
     try:
         with open_regular(path) as f, Image.open(f) as im:
-            _check_pixels(path, im, max_pixels)
+            check_pixels(path, im, max_pixels)
             load_strict(im)
             if mode == 'label':
                 if im.mode not in INDEX_LABEL_MODES + COLOUR_LABEL_MODES:
@@ -108,7 +67,7 @@ def open_image(path, mode, max_pixels=None):
     except D2lsegError:
         raise
     except Image.DecompressionBombError:
-        raise _bomb(path, max_pixels) from None
+        raise bomb(path, max_pixels) from None
     except Exception as e:  # PIL raises many kinds for broken files
         raise D2lsegError(f"{path}: not a readable image ({type(e).__name__}: {e}); replace the file or "
                           f"remove its name from the list file") from None
@@ -168,37 +127,3 @@ def read_label_indices(path, ignore_boundary=False, colormap2label=None, stats=N
     if stats is not None:
         stats['unknown_pixels'] = stats.get('unknown_pixels', 0) + int(bad.sum())
     return idx
-
-
-def read_image(path, max_pixels=MAX_PIXELS):
-    """A photo to predict as (H, W, 3) uint8, the way it is displayed (EXIF orientation applied), read as
-    strictly as training images (``open_image``: truncated files and 16-bit or float modes refused, a
-    regular file only, at most ``max_pixels`` pixels, checked before decoding); a one-line D2lsegError
-    naming the file otherwise."""
-    if os.path.isdir(path):
-        raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
-    try:
-        with open_regular(path) as f, Image.open(f) as im:
-            _check_pixels(path, im, max_pixels)
-            load_strict(im)  # (no end-marker check: phones append video after a photo's JPEG end)
-            if im.mode not in IMAGE_MODES + ('1',):
-                raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
-                                  "an 8-bit RGB image")
-            shown = ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im
-            return np.asarray(shown if shown.mode == 'RGB' else shown.convert('RGB'))  # no copy more than needed
-    except FileMissing:
-        raise D2lsegError(f"{path}: no such file") from None
-    except D2lsegError:
-        raise
-    except Image.DecompressionBombError:
-        raise _bomb(path, max_pixels) from None
-    except Exception as e:
-        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
-
-
-def save_label_png(label, path, palette=None):
-    """Write class indices (H, W) as a palette PNG (the VOC label format) with ``palette`` ((256, 3), default
-    VOC's)."""
-    im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode='P')
-    im.putpalette((voc_palette() if palette is None else np.asarray(palette, np.uint8)).reshape(-1).tolist())
-    im.save(path, format='PNG')  # whatever the name says (a temporary's name says nothing)

@@ -7,7 +7,6 @@ stream scores by bands of rows, so memory grows with the image's width, not its 
 """
 import weakref
 
-import cv2
 import numpy as np
 import mxnet as mx
 from mxnet import gluon, nd
@@ -17,6 +16,7 @@ from .constants import CHAPTER_CROP, check_sides
 from .errors import D2lsegError
 from .model import SegmentationNet
 from .images import normalize_image
+from .pixels import ResizedRows, linear_weights, mix
 from .palette import VOC_COLORMAP
 
 
@@ -176,14 +176,6 @@ def predict_full(net, img, tile=CHAPTER_CROP, ctx=None, batch_size=4, dtype=np.i
     return labels
 
 
-def _linear(n_out, n_in):
-    """Bilinear resampling of ``n_in`` samples to ``n_out`` along one axis, with OpenCV's INTER_LINEAR rule
-    (half-pixel centres, edges repeated) -> (first source index, second source index, weight of the second)."""
-    pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    first = np.floor(pos).astype(np.int64)
-    return first, np.minimum(first + 1, n_in - 1), (pos - first).astype(np.float32)
-
-
 def resized_bands(bands, size_in, size_out, chunk=32):
     """Bilinearly resize a stream of row bands, keeping only the input rows still needed.
 
@@ -191,8 +183,8 @@ def resized_bands(bands, size_in, size_out, chunk=32):
     size_in (h, w), size_out (H, W) -> yields (Y0, Y1, (C, Y1 - Y0, W)) consecutive bands of the resized map
     (the values of OpenCV's INTER_LINEAR resize of the whole map), computed ``chunk`` rows at a time."""
     (h, w), (H, W) = size_in, size_out
-    r0, r1, rw = _linear(H, h)
-    c0, c1, cw = _linear(W, w)
+    r0, r1, rw = linear_weights(H, h)
+    c0, c1, cw = linear_weights(W, w)
     buf, base, y = None, 0, 0  # buf holds input rows [base, base + buf.shape[1])
     for _, b1, band in bands:
         buf = band if buf is None else np.concatenate([buf, band], axis=1)
@@ -200,8 +192,8 @@ def resized_bands(bands, size_in, size_out, chunk=32):
         out = np.empty((buf.shape[0], end - y, W), np.float32)
         for a in range(y, end, chunk):
             b = min(a + chunk, end)
-            rows = _mix(buf[:, r0[a:b] - base], buf[:, r1[a:b] - base], rw[a:b][None, :, None])
-            out[:, a - y:b - y] = _mix(rows[:, :, c0], rows[:, :, c1], cw)
+            rows = mix(buf[:, r0[a:b] - base], buf[:, r1[a:b] - base], rw[a:b][None, :, None])
+            out[:, a - y:b - y] = mix(rows[:, :, c0], rows[:, :, c1], cw)
         keep = int(r0[end]) if end < H else b1  # the first input row a later output row reads
         buf, base = buf[:, keep - base:].copy(), keep  # a copy: the rows passed are freed before the yield
         if end > y:
@@ -209,24 +201,16 @@ def resized_bands(bands, size_in, size_out, chunk=32):
             y = end
 
 
-def _mix(a, b, weight):
-    """``a * (1 - weight) + b * weight`` in place in ``a`` (both fresh copies)."""
-    a *= 1 - weight
-    b *= weight
-    a += b
-    return a
-
-
 def _variant_bands(net, img, scale, mirrored, tile, ctx):
-    """Logit bands of ``img`` resized by ``scale`` (and mirrored), brought back to the image's rows and columns."""
+    """Logit bands of ``img`` resized by ``scale`` (and mirrored), brought back to the image's rows and columns;
+    the resized image is made a band of rows at a time (``ResizedRows``), never whole."""
     H, W = img.shape[:2]
-    x = img if scale == 1 else cv2.resize(img, (max(1, round(W * scale)), max(1, round(H * scale))),
-                                          interpolation=cv2.INTER_LINEAR)
-    x = np.ascontiguousarray(x[:, ::-1]) if mirrored else x
+    size = (H, W) if scale == 1 else (max(1, round(H * scale)), max(1, round(W * scale)))
+    x = ResizedRows(img, size, mirrored) if (size != (H, W) or mirrored) else img
     bands = logit_bands(net, x, tile, ctx)
     if mirrored:
         bands = ((y0, y1, band[:, :, ::-1]) for y0, y1, band in bands)
-    return bands if x.shape[:2] == (H, W) else resized_bands(bands, x.shape[:2], (H, W))
+    return bands if size == (H, W) else resized_bands(bands, size, (H, W))
 
 
 def _summed(streams):
@@ -263,6 +247,12 @@ def predict_multiscale(net, img, scales=(1.0,), flip=False, tile=CHAPTER_CROP, c
     return labels
 
 
+def _count_by_bands(cm, pred, label, rows=256):
+    """``cm.update(pred, label)`` of a whole image ``rows`` rows at a time (its index arrays are 4-5 bytes a pixel)."""
+    for y in range(0, pred.shape[0], rows):
+        cm.update(pred[y:y + rows], label[y:y + rows])
+
+
 def eval_images(net, items, cm, ctx=None, full=False, crop=CHAPTER_CROP, tile=CHAPTER_CROP, scales=(1.0,), flip=False):
     """Update ``cm`` with predictions for (name, image, label) items; returns how many were skipped.
 
@@ -275,9 +265,9 @@ def eval_images(net, items, cm, ctx=None, full=False, crop=CHAPTER_CROP, tile=CH
     tta = tuple(scales) != (1.0,) or flip
     for _, img, lab in items:  # uint8 labels (at most 255 classes): an eighth of int64's memory
         if full and tta:
-            cm.update(predict_multiscale(net, img, scales, flip, tile, ctx, dtype=np.uint8), lab)
+            _count_by_bands(cm, predict_multiscale(net, img, scales, flip, tile, ctx, dtype=np.uint8), lab)
         elif full:
-            cm.update(predict_full(net, img, tile, ctx, dtype=np.uint8), lab)
+            _count_by_bands(cm, predict_full(net, img, tile, ctx, dtype=np.uint8), lab)
         elif img.shape[0] < h or img.shape[1] < w:
             skipped += 1
         else:

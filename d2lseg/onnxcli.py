@@ -11,6 +11,7 @@ import sys
 from . import onnxrun
 from .errors import D2lsegError
 from .outputs import Output, check_paths
+from .pixels import allow_pixels
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -41,6 +42,7 @@ def build_parser():
 
 def main(argv):
     args = build_parser().parse_args(argv)
+    allow_pixels(getattr(args, 'max_pixels', onnxrun.MAX_PIXELS))  # PIL's own guard gives way to --max-pixels
     try:
         if args.command == 'predict':
             return 1 if onnxrun.predict_files(args.onnx, args.images, args.out, args.json, full=not args.chapter_crop,

@@ -6,26 +6,28 @@ does (same tile, overlap rule, padding, batching and averaging); ``predict_files
 ``d2lseg predict`` writes (label PNGs in the classes' palette, overlays, a legend, the JSON report);
 ``evaluate`` measures mIoU on a VOC-format split under the published protocol.
 
-It imports nothing that imports MXNet (only ``errors``, ``outputs``, ``textfiles``), so it runs where
-MXNet does not install (macOS on Apple silicon, Windows; ``pip install onnxruntime numpy Pillow``).
-About 560 lines, one job: it repeats, without MXNet, the small parts of ``inference``, ``photos``,
-``images``, ``palette``, ``viz`` and ``metrics`` that prediction needs (those modules import MXNet);
-tests/test_onnx.py checks each copy against its original, so the two cannot drift apart silently.
+It imports nothing that imports MXNet (only the leaf modules ``errors``, ``outputs``, ``textfiles``,
+``photofiles``, ``pixels`` and ``vocpalette``, which the MXNet side uses too), so it runs where MXNet does
+not install (macOS on Apple silicon, Windows; ``pip install onnxruntime numpy Pillow``). About 440 lines,
+one job: it repeats, without MXNet, the small numpy parts of ``inference`` (tiling), ``classes`` (palette),
+``viz`` (legend) and ``metrics`` that prediction needs (those modules import MXNet); tests/test_onnx.py
+checks each against its original, so the two cannot drift apart silently.
 """
 import hashlib
 import json
 import os
 import sys
-import threading
-import warnings
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from .constants import CHAPTER_CROP, OUTPUT_STRIDE, check_sides
 from .errors import D2lsegError
 from .outputs import Output, check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
+from .photofiles import class_shares, image_files, output_stems
+from .pixels import MAX_PIXELS, check_pixels, label_bands, load_strict, overlay_bands, read_image, write_png
 from .textfiles import FileMissing, open_regular, read_lines
+from .vocpalette import IGNORE_INDEX, VOID_COLOR, voc_palette
 
 try:  # the d2lseg[onnx] extra; without it the first use says how to install it, in one line
     import onnxruntime
@@ -41,11 +43,6 @@ KEYS = ('format', 'variant', 'classes', 'input', 'output', 'recipe', 'version', 
 JSON_KEYS = ('classes', 'input', 'output', 'recipe', 'environment', 'metrics', 'source')
 MULTIPLE = OUTPUT_STRIDE  # the networks' output stride: input sides are multiples of it
 TILE = CHAPTER_CROP  # the chapter's crop, predict_full's default tile
-IGNORE_INDEX = 255
-VOID_COLOR = (224, 224, 192)
-MAX_PIXELS = 50_000_000  # as images.MAX_PIXELS
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')  # as photos.IMAGE_SUFFIXES
-IMAGE_MODES = ('RGB', 'L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'PA', 'RGBX', '1')  # as images.read_image
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -207,88 +204,12 @@ def predict(model, img):
 
 # ---------------------------------------------------------------------------------------------- files
 
-_PIL_LOCK = threading.Lock()
-
-
-def _decode(path, f, max_pixels):
-    """The PIL image of an open file, decoded strictly (``images.read_image``: truncated files refused even
-    when some import set PIL's LOAD_TRUNCATED_IMAGES, larger than ``max_pixels`` refused before decoding)."""
-    im = Image.open(f)
-    if max_pixels and im.width * im.height > max_pixels:
-        raise D2lsegError(f"{path}: {im.width}x{im.height}, {im.width * im.height / 1e6:.0f} million pixels, more "
-                          f"than --max-pixels {max_pixels} (a decompression bomb?); raise --max-pixels to read it")
-    with _PIL_LOCK:
-        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-        try:
-            im.load()
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = saved
-    return im
-
-
-def read_image(path, max_pixels=MAX_PIXELS):
-    """A photo as (H, W, 3) uint8, EXIF orientation applied, read as strictly as ``images.read_image``."""
-    if os.path.isdir(path):
-        raise D2lsegError(f"{path}: a folder; give image files (e.g. {os.path.join(path, '*.jpg')})")
-    try:
-        with open_regular(path) as f, warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)  # the cap's own line says it
-            im = _decode(path, f, max_pixels)
-            if im.mode not in IMAGE_MODES:
-                raise D2lsegError(f"{path}: image of mode {im.mode!r} (e.g. 16-bit) is not supported; save it as "
-                                  "an 8-bit RGB image")
-            shown = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
-            return np.asarray(shown if shown.mode == 'RGB' else shown.convert('RGB'))
-    except FileMissing:
-        raise D2lsegError(f"{path}: no such file") from None
-    except D2lsegError:
-        raise
-    except Image.DecompressionBombError:
-        raise D2lsegError(f"{path}: more pixels than PIL's guard allows (a decompression bomb?); raise "
-                          f"--max-pixels (now {max_pixels}) to read it") from None
-    except Exception as e:
-        raise D2lsegError(f"{path}: not a readable image ({type(e).__name__})") from None
-
-
-def voc_palette(n=256):
-    """The standard VOC bit-interleaved palette: (n, 3) uint8 (``palette.voc_palette``)."""
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
 def class_palette(colors):
     """(256, 3) uint8: the classes' colours, VOC's after them, the void colour at 255 (``ClassList.palette``)."""
     pal = voc_palette()
     pal[:len(colors)] = np.asarray(colors, dtype=np.uint8)
     pal[IGNORE_INDEX] = VOID_COLOR
     return pal
-
-
-def save_label_png(label, path, palette):
-    """Class indices (H, W) as a palette PNG, the VOC label format (``images.save_label_png``)."""
-    im = Image.fromarray(np.asarray(label, dtype=np.uint8))  # mode L; putpalette makes it P
-    im.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
-    im.save(path, format='PNG')
-
-
-def overlay(img, pred, colors, alpha=0.5, rows=256):
-    """Class colours blended over an image, background left as it is (``viz.overlay``): -> (H, W, 3) uint8."""
-    table = np.asarray(colors, dtype=np.float32)
-    out = np.empty(img.shape[:2] + (3,), np.uint8)
-    for y in range(0, img.shape[0], rows):
-        band, labels = img[y:y + rows].astype(np.float32), pred[y:y + rows].astype(np.int64)
-        blend = np.where((labels > 0)[..., None], (1 - alpha) * band + alpha * table[np.clip(labels, 0, len(table) - 1)],
-                         band)
-        out[y:y + rows] = np.clip(blend, 0, 255).astype(np.uint8)
-    return out
 
 
 def legend_image(indices, names, colors):
@@ -305,54 +226,6 @@ def legend_image(indices, names, colors):
         draw.rectangle([8, y, 26, y + 14], fill=tuple(colors[i]), outline=(128, 128, 128))
         draw.text((34, y + 1), names[i], fill='black', font=font)
     return im
-
-
-def class_shares(pred, names, rows=256):
-    """{class name: share of the pixels}, largest first, of the classes in ``pred`` (``photos.class_shares``)."""
-    pred = np.asarray(pred)
-    counts = np.zeros(len(names), np.int64)
-    for y in range(0, pred.shape[0], rows):
-        counts += np.bincount(pred[y:y + rows].astype(np.int64).ravel(), minlength=len(names))[:len(names)]
-    order = np.argsort(-counts, kind='stable')
-    return {names[c]: float(counts[c] / counts.sum()) for c in order if counts[c]}
-
-
-def image_files(paths):
-    """Every file given and every image file under every folder given, sorted (``photos.image_files``)."""
-    found = []
-    for path in paths:
-        if not os.path.isdir(path):
-            found.append(path)
-            continue
-        inside = []
-        for folder, subfolders, files in os.walk(path):
-            subfolders.sort()
-            inside += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
-        if not inside:
-            raise D2lsegError(f"{path}: a folder holding no image files ({', '.join(IMAGE_SUFFIXES)}); give image "
-                              "files or folders holding some")
-        found += inside
-    return found
-
-
-OUTPUT_SUFFIXES = ('.png', '_overlay.png')
-
-
-def output_stems(paths, reserved=('legend.png',)):
-    """Distinct output name stems, one per input (``photos.output_stems``: the same names)."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    stems = [s + '_image' if s.lower().endswith('_overlay') or s.lower() == 'legend' else s for s in stems]
-    shared = {s.lower() for s in stems if [t.lower() for t in stems].count(s.lower()) > 1}
-    names = [os.path.basename(p).replace('.', '_') if s.lower() in shared else s for p, s in zip(paths, stems)]
-    taken, out = {r.lower() for r in reserved}, []
-    for name in names:
-        stem, k = name, 1
-        while any((stem + suffix).lower() in taken for suffix in OUTPUT_SUFFIXES):
-            k += 1
-            stem = f'{name}-{k}'
-        taken |= {(stem + suffix).lower() for suffix in OUTPUT_SUFFIXES}
-        out.append(stem)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -416,9 +289,8 @@ def _predict_one(model, path, stem, out_dir, full, log, max_pixels):
             img = img[:h, :w]
             pred = predict(model, img).astype(np.uint8)
         label, over = os.path.join(out_dir, f'{stem}.png'), os.path.join(out_dir, f'{stem}_overlay.png')
-        write_atomically(label, lambda tmp: save_label_png(pred, tmp, class_palette(model.colors)))
-        picture = Image.fromarray(overlay(img, pred, model.colors))
-        write_atomically(over, lambda tmp: picture.save(tmp, format='PNG'))
+        write_atomically(label, lambda tmp: write_png(tmp, label_bands(pred), pred.shape, class_palette(model.colors)))
+        write_atomically(over, lambda tmp: write_png(tmp, overlay_bands(img, pred, model.colors), pred.shape))
     except D2lsegError as e:
         log(f'error: {e}')
         return {'image': path, 'error': str(e)}
@@ -492,7 +364,9 @@ def read_label(path, colors, max_pixels=MAX_PIXELS):
     the void colour) is ignored; any other value that is no class is a one-line D2lsegError naming the file."""
     try:
         with open_regular(path) as f:
-            im = _decode(path, f, max_pixels)
+            im = Image.open(f)
+            check_pixels(path, im, max_pixels)
+            load_strict(im)
     except FileMissing:
         raise D2lsegError(f"{path}: file missing (named in the split's list file); restore it") from None
     except D2lsegError:

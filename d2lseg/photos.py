@@ -1,6 +1,5 @@
 """Predicting image files and folders (``d2lseg predict``): label PNGs in the VOC palette, overlays, a
 legend, and what was found in each image, as lines and JSON."""
-import collections
 import contextlib
 import os
 import sys
@@ -8,20 +7,21 @@ from typing import NamedTuple
 
 import mxnet as mx
 import numpy as np
-from PIL import Image
 
 from . import outputs
 from .constants import CHAPTER_CROP, OUTPUT_STRIDE
 from .errors import D2lsegError
-from .images import MAX_PIXELS, read_image, save_label_png
+from .images import MAX_PIXELS, read_image
 from .inference import predict, predict_full
 from .classes import ClassList, model_inputs
-from .palette import VOC_CLASSES
+from .pixels import label_bands, overlay_bands, write_png
+from .photofiles import (IMAGE_SUFFIXES, OUTPUT_SUFFIXES, class_shares, image_files,  # noqa: F401 (re-exported)
+                         output_stems)
 from .quantization import calibration_batch, quantize, to_bfloat16
 from .outputs import Output, check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
 from .runfolder import writable_file, writable_folder
 from .textfiles import read_json
-from .viz import legend_figure, overlay
+from .viz import legend_figure
 from .voc import iter_split, split_files, voc_root
 
 
@@ -50,28 +50,6 @@ def low_precision(net, paths, ctx, tile=CHAPTER_CROP, int8=False, dtype='float32
             if len(calib) == 8:
                 break
     return quantize(net, calibration_batch(calib, tile), ctx=ctx) if len(calib) else net
-
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
-
-
-def image_files(paths):
-    """What to predict: every file given, and every image file under every folder given (recursively, in
-    sorted order). A folder holding none is a one-line D2lsegError."""
-    found = []
-    for path in paths:
-        if not os.path.isdir(path):
-            found.append(path)
-            continue
-        inside = []
-        for folder, subfolders, files in os.walk(path):
-            subfolders.sort()
-            inside += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
-        if not inside:
-            raise D2lsegError(f"{path}: a folder holding no image files ({', '.join(IMAGE_SUFFIXES)}); give image "
-                              "files or folders holding some")
-        found += inside
-    return found
 
 
 SYNTHETIC_CAVEAT = 'was trained on the synthetic shapes'
@@ -113,22 +91,13 @@ def _predict_image(net, path, ctx, full, tile, log, max_pixels=MAX_PIXELS):
     return img, predict(net, img, ctx).asnumpy()
 
 
-def class_shares(pred, names=tuple(VOC_CLASSES), rows=256):
-    """{class name: share of the pixels}, largest first, of the classes present in ``pred`` (counted ``rows``
-    rows at a time: bincount works on a copy as wide integers)."""
-    pred = np.asarray(pred)
-    counts = np.zeros(len(names), np.int64)
-    for y in range(0, pred.shape[0], rows):
-        counts += np.bincount(pred[y:y + rows].astype(np.int64).ravel(), minlength=len(names))[:len(names)]
-    order = np.argsort(-counts, kind='stable')
-    return {names[c]: float(counts[c] / counts.sum()) for c in order if counts[c]}
-
-
 def _write_prediction(img, pred, out_dir, stem, classes):
-    """The label PNG (class indices, indexed as VOC's labels) and the overlay, each written whole or not at all."""
-    write_atomically(os.path.join(out_dir, f'{stem}.png'), lambda tmp: save_label_png(pred, tmp, classes.palette()))
-    picture = Image.fromarray(overlay(img, pred, colors=classes.colors))
-    write_atomically(os.path.join(out_dir, f'{stem}_overlay.png'), lambda tmp: picture.save(tmp, format='PNG'))
+    """The label PNG (class indices, indexed as VOC's labels) and the overlay, each written whole or not at all,
+    band by band (``pixels.write_png``)."""
+    write_atomically(os.path.join(out_dir, f'{stem}.png'),
+                     lambda tmp: write_png(tmp, label_bands(pred), pred.shape, classes.palette()))
+    write_atomically(os.path.join(out_dir, f'{stem}_overlay.png'),  # band by band: no whole-image copy
+                     lambda tmp: write_png(tmp, overlay_bands(img, pred, classes.colors), pred.shape))
 
 
 def _check_out_dir(out_dir, paths):
@@ -231,29 +200,3 @@ def _predict_one(net, path, stem, out_dir, ctx, full, tile, log, classes, max_pi
         f"{os.path.join(out_dir, stem)}.png, {stem}_overlay.png")
     return {'image': path, 'label': os.path.join(out_dir, f'{stem}.png'),
             'overlay': os.path.join(out_dir, f'{stem}_overlay.png'), 'size': list(pred.shape), 'classes': shares}
-
-
-OUTPUT_SUFFIXES = ('.png', '_overlay.png')  # the files of one image: STEM.png, STEM_overlay.png
-
-
-def output_stems(paths, reserved=('legend.png',)):
-    """Output name stems, one per input path, whose files (``OUTPUT_SUFFIXES``) are all distinct from each
-    other and from ``reserved`` (letter case ignored, as some file systems do): the file's stem, or for
-    inputs sharing one (``a.jpg a.png``) the name with its extension (``a_jpg``, ``a_png``), numbered
-    (``-2``, ``-3``, ...) while a file name is still taken."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    # names the outputs of other images (and the legend) take are not given to an image's own outputs
-    stems = [s + '_image' if s.lower().endswith('_overlay') or s.lower() == 'legend' else s for s in stems]
-    counts = collections.Counter(s.lower() for s in stems)
-    names = [os.path.basename(p).replace('.', '_') if counts[s.lower()] > 1 else s for p, s in zip(paths, stems)]
-    taken, tried, out = {r.lower() for r in reserved}, {}, []
-    for name in names:
-        k = tried.get(name.lower(), 1)  # where the numbering of this name goes on (many inputs may share it)
-        stem = name if k == 1 else f'{name}-{k}'
-        while any((stem + suffix).lower() in taken for suffix in OUTPUT_SUFFIXES):
-            k += 1
-            stem = f'{name}-{k}'
-        tried[name.lower()] = k
-        taken |= {(stem + suffix).lower() for suffix in OUTPUT_SUFFIXES}
-        out.append(stem)
-    return out

@@ -16,6 +16,7 @@ from mxnet import nd
 
 from .errors import D2lsegError
 from .outputs import write_atomically
+from .pixels import overlay_bands
 from .textfiles import who
 from .palette import VOC_CLASSES, VOC_COLORMAP
 
@@ -122,16 +123,13 @@ def show_images(imgs, num_rows, num_cols, scale=2):
 def overlay(img, pred, alpha=0.5, colors=None, rows=256):
     """Blend class colours (default VOC's) over an image: (H, W, 3) uint8 and (H, W) indices -> (H, W, 3) uint8.
 
-    Computed ``rows`` image rows at a time, so beyond the result it holds float copies of a band only
-    (a whole-image float blend needs about 60 bytes per pixel)."""
+    Computed ``rows`` image rows at a time (``pixels.overlay_bands``), so beyond the result it holds float
+    copies of a band only (a whole-image float blend needs about 60 bytes per pixel)."""
     img, pred = _np_img(img), _np_img(pred)
-    table = np.asarray(VOC_COLORMAP if colors is None else colors, dtype=np.float32)
     out = np.empty(img.shape[:2] + (3,), np.uint8)
-    for y in range(0, img.shape[0], rows):
-        band, labels = img[y:y + rows].astype(np.float32), pred[y:y + rows].astype(np.int64)
-        colored = (1 - alpha) * band + alpha * table[np.clip(labels, 0, len(table) - 1)]
-        blend = np.where((labels > 0)[..., None], colored, band)
-        out[y:y + rows] = np.clip(blend, 0, 255).astype(np.uint8)
+    bands = overlay_bands(img, pred, VOC_COLORMAP if colors is None else colors, alpha, rows)
+    for y, band in zip(range(0, img.shape[0], rows), bands):
+        out[y:y + rows] = band
     return out
 
 

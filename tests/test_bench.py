@@ -1,5 +1,7 @@
 """bench/run.py's bookkeeping of the paired timing (no timing here; bench/protocol.py): alternation order and
 figures, what its measuring processes run with, and that every part it can run exists."""
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -89,3 +91,38 @@ def test_every_part_names_a_function_of_its_module():
     out = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'bench')], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert out.strip().splitlines()[-1] == '[]'
+
+
+def _bench_run():
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))  # run.py imports its sibling modules by name
+    spec = importlib.util.spec_from_file_location('bench_run', os.path.join(ROOT, 'bench', 'run.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_onnxruntime_figures_sit_beside_mxnets_and_the_peers(monkeypatch):
+    from argparse import Namespace
+    run = _bench_run()
+    monkeypatch.setattr(run, 'child', lambda part, args: {'onnxruntime_infer_img_s': 6.0, 'part': part})
+    res = run._onnx(Namespace(no_onnx=False), {'infer_img_s': 4.0, 'peer_infer_img_s': 3.0})
+    assert res['part'] == 'onnx' and res['onnxruntime_vs_mxnet'] == 1.5 and res['onnxruntime_vs_peer'] == 2.0
+    res = run._onnx(Namespace(no_onnx=False), {'infer_img_s': 4.0, 'peer_infer_img_s': None})  # no peer
+    assert res['onnxruntime_vs_peer'] is None and res['onnxruntime_vs_mxnet'] == 1.5
+    res = run._onnx(Namespace(no_onnx=True), {'infer_img_s': 4.0})
+    assert res == {'onnxruntime_infer_img_s': None, 'onnxruntime_unavailable': '--no-onnx'}
+
+
+@pytest.mark.slow
+def test_the_onnx_part_reports_float32_and_int8_in_quick_mode(tmp_path):
+    pytest.importorskip('onnxruntime.quantization', reason='needs onnxruntime (the onnx extra)')
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'run.py'), '--part', 'onnx', '--quick',
+                          '--threads', '1', '--data-dir', str(tmp_path)], capture_output=True, text=True,
+                         timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res['onnxruntime_infer_img_s'] > 0 and res['onnxruntime_int8_img_s'] > 0
+    assert res['onnxruntime_int8_val_images'] == 4 and 0 <= res['onnxruntime_int8_miou'] <= 1
+    assert res['onnxruntime_int8_delta_points'] == pytest.approx(
+        100 * (res['onnxruntime_int8_miou'] - res['onnxruntime_fp32_miou']))
+    assert res['onnxruntime_int8_within_half_point'] is (abs(res['onnxruntime_int8_delta_points']) <= 0.5)

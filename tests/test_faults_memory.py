@@ -1,5 +1,7 @@
 """Memory by tile: predict and evaluate (multi-scale included) hold bands of rows besides the image and its
 labels, never a whole score map; a pixel cap refuses decompression-bomb sizes before decoding, in one line."""
+import importlib.util
+import os
 import struct
 import tracemalloc
 import zlib
@@ -13,6 +15,7 @@ from d2lseg.cli import main
 from d2lseg.images import read_image
 from d2lseg.inference import predict_full, predict_multiscale
 from d2lseg.model import build_fcn
+from d2lseg.palette import voc_palette
 from d2lseg.photos import class_shares
 from d2lseg.viz import overlay
 
@@ -80,6 +83,64 @@ def test_prediction_outputs_hold_bytes_per_pixel_not_float_copies(net):
         return numpy_peak(lambda: (overlay(tall, tall_labels), class_shares(tall_labels)))[1]
     added = 256 * 512 * 12
     assert outputs_peak(16) - outputs_peak(4) < 4 * added, (outputs_peak(16) - outputs_peak(4)) / added
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location('bench_memory', os.path.join(ROOT, 'bench', 'memory.py'))
+bench_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_memory)
+
+
+@pytest.fixture(scope='module')
+def tall_trees(tmp_path_factory):
+    """256 wide, 2048 and 24576 rows: 5.8 million pixels apart, so a byte per pixel is 5.8 MB of peak RSS."""
+    root = tmp_path_factory.mktemp('tall')
+    return [bench_memory.voc_tree(str(root / str(h)), h, 256) for h in (2048, 24576)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['predict', 'overlay', 'multiscale'])
+def test_peak_rss_grows_by_a_few_bytes_per_pixel(mode, tall_trees, tmp_path):
+    """Peak resident memory (VmHWM, a fresh process each) of d2lseg predict's steps (``predict``: read and
+    label; ``overlay``: everything it writes) and of evaluate --scales 0.75,1,1.25 --flip, on two images of
+    the same width: what the taller one adds per pixel is its image, labels and Pillow's decoding (about 8
+    bytes measured, docs/hardening.md), never float copies of it. At d0eafc3: overlay 72, multi-scale 61."""
+    found, per_pixel = bench_memory.measure(mode, tall_trees, str(tmp_path), ['--classes', '2'])
+    assert 3 <= per_pixel < 16, (mode, per_pixel, found)  # the image itself is 3: below, the peak was elsewhere
+
+
+@pytest.mark.parametrize('shape', [(517, 333), (1, 7), (300, 1)])
+def test_pngs_written_by_bands_decode_to_what_was_given(shape, tmp_path):
+    """pixels.write_png (what predict writes its label PNGs and overlays with) against Pillow's decoder."""
+    from d2lseg.pixels import label_bands, write_png
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+    img[len(img) // 3:] //= 16  # runs of equal values too
+    labels = rng.integers(0, 21, shape).astype(np.uint8)
+    labels[::7] = 255
+    write_png(str(tmp_path / 'rgb.png'), label_bands(img, 64), shape)
+    write_png(str(tmp_path / 'label.png'), label_bands(labels, 100), shape, voc_palette())
+    rgb, label = Image.open(tmp_path / 'rgb.png'), Image.open(tmp_path / 'label.png')
+    assert rgb.mode == 'RGB' and np.array_equal(np.asarray(rgb), img)
+    assert label.mode == 'P' and np.array_equal(np.asarray(label), labels)
+    assert label.getpalette() == voc_palette().reshape(-1).tolist()
+    with pytest.raises(ValueError, match='rows given'):
+        write_png(str(tmp_path / 'short.png'), label_bands(labels[:-1]), shape, voc_palette())
+
+
+@pytest.mark.parametrize('size,mirrored', [((113, 170), False), ((188, 287), True), ((150, 230), True)])
+def test_resized_rows_are_opencvs_resize_band_by_band(size, mirrored):
+    """The image evaluate --scales resizes a band at a time equals cv2.resize (INTER_LINEAR) to 1 level."""
+    import cv2
+    from d2lseg.pixels import ResizedRows
+    img = np.random.default_rng(6).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    lazy = ResizedRows(img, size, mirrored)
+    got = np.concatenate([lazy[y:y + 37] for y in range(0, size[0], 37)])
+    want = cv2.resize(img, size[::-1], interpolation=cv2.INTER_LINEAR)
+    want = want[:, ::-1] if mirrored else want
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert got.shape == want.shape == size + (3,) and lazy.shape == size + (3,)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.8, (diff.max(), (diff == 0).mean())  # cv2: 11-bit fixed point
 
 
 def png_header(width, height):

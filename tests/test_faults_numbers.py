@@ -165,3 +165,38 @@ def test_a_checkpoint_with_nan_parameters_is_refused_naming_it(data_root, tmp_pa
                         '--no-progress'], capsys)
     assert code == 2 and len(err) == 1 and 'holds NaN or infinite values before training, from the checkpoint' in err[0]
     assert 'lower --lr' not in err[0]
+
+
+@pytest.mark.parametrize('epoch', ['two', None, 1.5, [2]])
+def test_compare_on_a_history_whose_epoch_is_not_a_number_is_one_line(done, tmp_path, capsys, epoch):
+    """At d0eafc3 such a history as --against ended in a traceback (TypeError: '>' not supported...), and as the
+    history compared a misleading line ("epoch 2 missing"): now one line naming the record and the field."""
+    history = json.loads(open(os.path.join(done, 'history.json'), encoding='utf-8').read())
+    for record in history['epochs'][-1:]:
+        record['epoch'] = epoch
+    path = tmp_path / 'history.json'
+    path.write_text(json.dumps(history))
+    original = os.path.join(done, 'history.json')  # the same recipe: compared epoch by epoch
+    for argv in (['compare', str(path), '--against', original], ['compare', original, '--against', str(path)]):
+        code, out, err = run(argv, capsys)
+        says = f'{path}: record {len(history["epochs"])}: "epoch" must be a whole'
+        assert code == 2 and len(err) == 1 and says in err[0], err
+        assert 'Traceback' not in out + ''.join(err)
+
+
+def test_an_unloadable_kernel_library_is_named_by_its_reason(monkeypatch):
+    """The warning for a kernel library MXNet cannot load states MXNet's reason, not its source position."""
+    from d2lseg.native import library
+    monkeypatch.setenv('D2LSEG_NATIVE', '1')
+    monkeypatch.setattr(library, '_state', {})
+    monkeypatch.setattr(library, 'build', lambda path: path)
+
+    def refuse(path, verbose=True):
+        raise mx.base.MXNetError('Traceback (most recent call last):\n  File "../src/initialize.cc", line 168\n'
+                                 'MXNetError: Check failed: lib: Unable to load library: undefined symbol: d2lseg_x')
+    monkeypatch.setattr(library.mx.library, 'load', refuse)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert library.load() is False
+    message = next(str(w.message) for w in caught if w.category is RuntimeWarning)
+    assert 'Unable to load library: undefined symbol: d2lseg_x' in message and '.cc' not in message, message
+    assert '\n' not in message and 'using MXNet operators' in message

@@ -134,10 +134,10 @@ def test_a_failed_rewrite_keeps_the_earlier_outputs(done, tmp_path, capsys, monk
     code, _, _ = run(predict(done, a, '--out', out), capsys)
     before = snapshot(out)
 
-    def half(label, path, palette=None):  # the disk fills while the PNG is written
+    def half(path, bands, size, palette=None):  # the disk fills while the PNG is written
         open(path, 'wb').write(b'\x89PNG half')
         raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(photos, 'save_label_png', half)
+    monkeypatch.setattr(photos, 'write_png', half)
     code, stdout, _ = run(predict(done, a, '--out', out, '--overwrite'), capsys)
     assert code == 1 and 'No space left on device' in stdout
     assert snapshot(out) == before  # the old outputs whole, no temporary left

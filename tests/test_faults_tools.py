@@ -105,20 +105,54 @@ def test_the_book_tool_fails_in_one_line(tmp_path):
         tool.book(str(tmp_path / 'file' / 'out'), notebook_dir=str(tmp_path / 'nb'))
 
 
-@pytest.mark.parametrize('nb', ['99;touch {pwned}', '`touch {pwned}`', '04 && touch {pwned}', '04 | touch {pwned}',
-                                '../etc/passwd'])
-def test_notebook_names_are_validated_and_never_reach_a_shell(nb, tmp_path):
-    pwned = tmp_path / 'PWNED'
-    with pytest.raises(tool.UnknownNotebook, match='is not a notebook name'):
-        tool.notebook_paths([nb.format(pwned=pwned)])
-    if shutil.which('make') is None:
-        pytest.skip('no make on this machine')
-    # the recipe runs a stand-in python that records its arguments (nothing is executed, whatever NB holds)
+PAYLOADS_NB = ['99;touch {pwned}', '`touch {pwned}`', '04 && touch {pwned}', '04 | touch {pwned}', '../etc/passwd',
+               '$(shell touch {pwned})', '${{shell touch {pwned}}}', "04' ; touch {pwned} ; '", '$$(touch {pwned})',
+               '04 $(touch {pwned})']
+
+
+def _fake_python(tmp_path):
+    """A stand-in python for the recipe that records its arguments (nothing is executed, whatever NB holds)."""
     fake = tmp_path / 'bin'
     fake.mkdir()
     (fake / 'python').write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "argv"}\n')
     (fake / 'python').chmod(0o755)
-    p = subprocess.run(['make', '-s', '-o', 'kernels', 'notebooks', f'NB={nb.format(pwned=pwned)}', f'BIN={fake}'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return fake
+
+
+def _make(*args, env=None):
+    if shutil.which('make') is None:
+        pytest.skip('no make on this machine')
+    return subprocess.run(['make', '-s', '-o', 'kernels', 'notebooks', *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize('nb', PAYLOADS_NB)
+def test_notebook_names_are_validated_and_never_reach_a_shell(nb, tmp_path):
+    """make neither expands NB (a command-line variable it exported would be: `$(shell ...)` ran at d0eafc3)
+    nor lets the shell read it: the tool gets NB's text as one argument, and refuses it."""
+    pwned = tmp_path / 'PWNED'
+    nb = nb.format(pwned=pwned)
+    with pytest.raises(tool.UnknownNotebook, match='is not a notebook name'):
+        tool.notebook_paths([nb])
+    p = _make(f'NB={nb}', f'BIN={_fake_python(tmp_path)}')
     assert not pwned.exists(), p.stderr
-    assert (tmp_path / 'argv').read_text().splitlines() == ['tools/notebooks.py', 'run', nb.format(pwned=pwned)]
+    assert (tmp_path / 'argv').read_text().splitlines() == ['tools/notebooks.py', 'run', nb]
+
+
+def test_nb_from_the_environment_is_not_expanded_either(tmp_path):
+    pwned = tmp_path / 'PWNED'
+    p = _make(f'BIN={_fake_python(tmp_path)}', env=dict(os.environ, NB=f'$(shell touch {pwned})'))
+    assert not pwned.exists(), p.stderr
+    assert (tmp_path / 'argv').read_text().splitlines() == ['tools/notebooks.py', 'run', f'$(shell touch {pwned})']
+
+
+@pytest.mark.parametrize('nb', ['$(shell touch {pwned})', '99;touch {pwned}'])
+def test_the_real_tool_refuses_a_bad_nb_in_one_line_with_exit_2(nb, tmp_path):
+    """Through make and the real tool (with this Python): one line, exit 2, nothing run or created."""
+    pwned = tmp_path / 'PWNED'
+    p = _make(f'NB={nb.format(pwned=pwned)}', f'BIN={os.path.dirname(sys.executable)}')
+    assert not pwned.exists()
+    tool_lines = [line for line in p.stderr.splitlines() if not line.startswith('make')]
+    assert len(tool_lines) == 1 and 'is not a notebook name' in tool_lines[0], p.stderr
+    assert p.returncode == 2 and 'executing' not in p.stdout
+    assert tool.main(['run', nb.format(pwned=pwned)]) == 2 and not pwned.exists()

@@ -17,7 +17,7 @@ import mxnet as mx  # noqa: E402
 from mxnet import nd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from d2lseg import inference, native, onnxrun, photos  # noqa: E402
+from d2lseg import compat, images, inference, native, onnxrun, photos  # noqa: E402
 from d2lseg.app import load_net  # noqa: E402
 from d2lseg.classes import ClassList  # noqa: E402
 from d2lseg.errors import D2lsegError  # noqa: E402
@@ -27,7 +27,6 @@ from d2lseg.metrics import ConfusionMatrix  # noqa: E402
 from d2lseg.model import build_fcn  # noqa: E402
 from d2lseg.outputs import MANIFEST  # noqa: E402
 from d2lseg.palette import voc_palette  # noqa: E402
-from d2lseg.viz import overlay  # noqa: E402
 from d2lseg.voc import iter_split  # noqa: E402
 from recipes import copy_of  # noqa: E402
 
@@ -197,11 +196,12 @@ def test_predict_and_evaluate_without_mxnet_write_what_the_mxnet_path_writes(tra
                                                                             tmp_path):
     run, path = exported['fcn16s']
     images = _val_images(voc_dir)
-    found, stderr = _run_without_mxnet('command', path, str(tmp_path / 'onnx'), str(tmp_path / 'onnx.json'), *images,
+    found, stderr = _run_without_mxnet('package', path, str(tmp_path / 'onnx'), str(tmp_path / 'onnx.json'), *images,
                                        '--evaluate', data_root)
     assert found['failed'] == 0 and not found['mxnet_loaded']
     assert set(found['modules']) == {'d2lseg.compat', 'd2lseg.startup', 'd2lseg.onnxrun', 'd2lseg.errors',
-                                     'd2lseg.outputs', 'd2lseg.textfiles', 'd2lseg.constants'}
+                                     'd2lseg.outputs', 'd2lseg.textfiles', 'd2lseg.constants', 'd2lseg.version',
+                                     'd2lseg.photofiles', 'd2lseg.pixels', 'd2lseg.vocpalette'}
     assert stderr.count('warning') == 1 and 'without history.json' in stderr  # its card's caveat, once
     net = _mxnet_net(os.path.join(run, 'model.params'))
     assert photos.predict_files(net, images, str(tmp_path / 'mx'), json_path=str(tmp_path / 'mx.json'),
@@ -222,6 +222,56 @@ def test_predict_and_evaluate_without_mxnet_write_what_the_mxnet_path_writes(tra
     assert abs(found['evaluation']['miou'] - cm.compute()['miou']) <= 0.001
 
 
+def _no_mxnet_env(tmp_path):
+    """An environment where ``import mxnet`` fails as it does where MXNet is not installed (a package of that
+    name, first on the path, raising ModuleNotFoundError for it), for a real ``python -m d2lseg``."""
+    fake = tmp_path / 'no-mxnet' / 'mxnet'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text("raise ModuleNotFoundError(\"No module named 'mxnet'\", name='mxnet')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), root]))
+
+
+def test_import_d2lseg_without_mxnet_loads_what_needs_none_and_names_the_install_for_the_rest(tmp_path):
+    code = ('import sys, d2lseg\nfrom d2lseg import onnxrun\nimport d2lseg as d2l\n'
+            'print(d2lseg.__version__, onnxrun.Model.__name__, d2l.D2lsegError.__name__, "mxnet" in sys.modules)\n'
+            'for name in ("train", "plt", "build_fcn", "VOC_CLASSES"):\n'
+            '    try:\n        getattr(d2l, name)\n    except ImportError as e:\n        print(e)\n'
+            'from d2lseg import predict_full')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                         env=_no_mxnet_env(tmp_path))
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[1:] == ['Model', 'D2lsegError', 'False'], out.stderr
+    assert len(lines) == 5 and all(line.startswith(f'd2lseg.{name} needs MXNet: MXNet 1.9.1 is not installed')
+                                   and compat.MXNET_INSTALL in line for name, line in
+                                   zip(("train", "plt", "build_fcn", "VOC_CLASSES"), lines[1:]))
+    last = out.stderr.strip().splitlines()[-1]  # from d2lseg import NAME: the same one line
+    assert out.returncode == 1 and last.startswith('ImportError: d2lseg.predict_full needs MXNet'), out.stderr
+
+
+def test_python_m_d2lseg_predict_and_evaluate_onnx_run_where_mxnet_is_not_installed(trained, data_root, voc_dir,
+                                                                                   tmp_path):
+    _, path = trained
+    env, images = _no_mxnet_env(tmp_path), _val_images(voc_dir, 2)
+    out = subprocess.run([sys.executable, '-m', 'd2lseg', 'predict', *images, '--onnx', path, '--out',
+                          str(tmp_path / 'pred'), '--json', str(tmp_path / 'pred.json')], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in images]
+    assert sorted(os.listdir(tmp_path / 'pred')) == sorted(
+        [MANIFEST, 'legend.png'] + [s + e for s in stems for e in ('.png', '_overlay.png')])
+    report = json.load(open(tmp_path / 'pred.json', encoding='utf-8'))['images']
+    assert [r['size'] for r in report] == [list(Image.open(p).size[::-1]) for p in images]
+    out = subprocess.run([sys.executable, '-m', 'd2lseg', 'evaluate', '--onnx', path, '--data-dir', data_root,
+                          '--json', str(tmp_path / 'eval.json')], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    record = json.load(open(tmp_path / 'eval.json', encoding='utf-8'))
+    assert record['images'] == 8 and 0 <= record['miou'] <= 1 and len(record['iou']) == 21
+    out = subprocess.run([sys.executable, '-m', 'd2lseg', 'train'], capture_output=True, text=True, timeout=300,
+                         env=env)  # what needs MXNet: one line, exit 2
+    assert out.returncode == 2 and out.stderr.count('\n') == 1 and 'MXNet 1.9.1 is not installed' in out.stderr
+
+
 def test_onnxrun_loads_by_file_without_the_package_and_shows_the_caveat_once(trained, voc_dir, tmp_path):
     _, path = trained
     found, stderr = _run_without_mxnet('file', path, str(tmp_path / 'out'), str(tmp_path / 'out.json'),
@@ -234,17 +284,16 @@ def test_onnxrun_loads_by_file_without_the_package_and_shows_the_caveat_once(tra
 
 
 def test_the_copies_in_onnxrun_equal_their_originals(voc_dir, tmp_path):
-    """onnxrun repeats small parts of modules that import MXNet; each gives what its original gives."""
-    assert np.array_equal(onnxrun.voc_palette(), voc_palette())
+    """onnxrun repeats small parts of modules that import MXNet; each gives what its original gives. What both
+    sides need that imports no MXNet lives once, in leaf modules both import (the same objects)."""
+    assert onnxrun.voc_palette is voc_palette and onnxrun.read_image is images.read_image
+    assert onnxrun.image_files is photos.image_files and onnxrun.output_stems is photos.output_stems
+    assert onnxrun.write_png is photos.write_png and onnxrun.overlay_bands is photos.overlay_bands
+    assert onnxrun.MAX_PIXELS == images.MAX_PIXELS
     assert np.array_equal(onnxrun.class_palette(OWN.colors), OWN.palette())
     rng = np.random.default_rng(0)
     img, pred = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8), rng.integers(0, 3, (70, 90))
-    assert np.array_equal(onnxrun.overlay(img, pred, OWN.colors, rows=16), overlay(img, pred, colors=OWN.colors))
-    assert onnxrun.class_shares(pred, OWN.names) == photos.class_shares(pred, OWN.names)
-    paths = ['a/x.jpg', 'b/x.png', 'legend.jpg', 'c/y_overlay.png', 'y.png', 'X.JPG']
-    assert onnxrun.output_stems(paths) == photos.output_stems(paths)
-    folder = os.path.join(voc_dir, 'JPEGImages')
-    assert onnxrun.image_files([folder]) == photos.image_files([folder])
+    assert onnxrun.class_shares is photos.class_shares
     for name in sorted(os.listdir(os.path.join(voc_dir, 'SegmentationClass'))):
         label = os.path.join(voc_dir, 'SegmentationClass', name)
         expected = read_label_indices(label, ignore_boundary=True, unknown='error')

@@ -188,8 +188,8 @@ def execute(path, where):
 
 
 def run(names):
+    paths = notebook_paths(names)  # the names checked before any work
     where = machine()
-    paths = notebook_paths(names)
     print(f'executing {len(paths)} notebook(s) in full mode on a {where}')
     total = 0.0
     for i, path in enumerate(paths):

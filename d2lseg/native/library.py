@@ -49,7 +49,9 @@ def _compile_command(out):
 def library_path():
     """Where this machine's build of the kernels lives (the name changes with anything that matters)."""
     h = hashlib.sha1()
-    for part in (open(SOURCE, 'rb').read(), mx.__version__.encode(), startup.cpuinfo().get('flags', '').encode(),
+    with open(SOURCE, 'rb') as f:
+        source = f.read()
+    for part in (source, mx.__version__.encode(), startup.cpuinfo().get('flags', '').encode(),
                  ' '.join(_compile_command('')[:8]).encode()):
         h.update(part)
     return os.path.join(cache_dir(), f'kernels-{h.hexdigest()[:16]}.so')

@@ -1,11 +1,11 @@
 """Run ``d2lseg.onnxrun`` in a process where MXNet cannot be imported; print one JSON line.
 
-    python onnx_without_mxnet.py command|file MODEL.onnx OUT_DIR JSON IMAGE... [--evaluate DATA_DIR]
+    python onnx_without_mxnet.py package|file MODEL.onnx OUT_DIR JSON IMAGE... [--evaluate DATA_DIR]
 
-command: import it as the ``d2lseg`` command does (``import d2lseg`` then records the missing MXNet);
-file: load it without running the package's ``__init__`` (a bare package object whose path is the
-d2lseg folder: the way a script imports it where the package cannot be imported). Prints what
-predict_files returned, the evaluation (with --evaluate) and the d2lseg modules (not packages) loaded.
+package: ``from d2lseg import onnxrun``, as a script or the ``d2lseg`` command does (``import d2lseg`` records
+the missing MXNet and goes on); file: load it without running the package's ``__init__`` (a bare package
+object whose path is the d2lseg folder), which needs nothing of the package but onnxrun's leaf modules. Prints what
+predict_files returned, the evaluation (with --evaluate) and the d2lseg modules loaded.
 """
 import json
 import os
@@ -18,9 +18,8 @@ sys.path.insert(0, ROOT)
 
 
 def load(how):
-    if how == 'command':
-        sys.argv[0] = 'd2lseg'  # what compat._command_running looks at
-        import d2lseg.onnxrun as onnxrun
+    if how == 'package':
+        from d2lseg import onnxrun
         return onnxrun
     package = types.ModuleType('d2lseg')
     package.__path__ = [os.path.join(ROOT, 'd2lseg')]
