@@ -19,6 +19,7 @@ from .images import MAX_PIXELS
 from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
+from .mixed import check_dtype
 from .model import OUTPUT_STRIDE, build_fcn, load_params
 from .classes import ClassList, model_classes, model_inputs
 from .progress import bar
@@ -68,6 +69,10 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, data_
         print(note, file=sys.stderr)
         notes = [*notes, note]
     recipe.validate()
+    note = check_dtype(recipe.dtype, ctx)  # refused before anything is written; slow (no AMX): said
+    if note:
+        print(note, file=sys.stderr)
+        notes = [*notes, note]
     if resume and recipe.epochs <= meta['epoch']:
         print(f"nothing to do: {resume} has finished {meta['epoch']} of {recipe.epochs} epochs; --epochs N "
               f"(more than {meta['epoch']}) extends it", file=sys.stderr)

@@ -9,7 +9,7 @@ import os
 import sys
 import typing
 
-from . import app, doctor, export, onnxrun, photos
+from . import app, checkpoint, doctor, export, onnxrun, photos
 from .classes import ClassList
 from .config import Recipe, help_text, recipe_field, recipe_fields, resolve_ctx
 from .errors import D2lsegError
@@ -105,7 +105,9 @@ def cmd_train(args):
     data_dir, notes = None, []
     if args.resume:
         given = [f for f in (_canonical(a, args.options) for a in args.argv if a.startswith('-')) if f]
-        ignored = sorted({f for f in given if f not in RESUME_FLAGS})
+        if '--dtype' in given:
+            _same_dtype(args.resume, args.dtype)
+        ignored = sorted({f for f in given if f not in RESUME_FLAGS and f != '--dtype'})
         if ignored:
             notes.append(f"d2lseg train: --resume continues the stored run as it was: ignoring {', '.join(ignored)}")
         data_dir = args.data_dir if '--data-dir' in given else None
@@ -113,6 +115,16 @@ def cmd_train(args):
                      progress=not args.no_progress, overwrite=args.overwrite, data_dir=data_dir, epochs=args.epochs,
                      log_interval=args.log_interval, notes=notes)
     return 0
+
+
+def _same_dtype(resume, dtype):
+    """--dtype with --resume: the stored run's, or a one-line refusal (a resumed run equals an uninterrupted one)."""
+    meta = checkpoint.load_meta(resume)
+    stored = meta['recipe'].get('dtype', recipe_field('dtype').metadata['added'])
+    if dtype != stored:
+        raise D2lsegError(f"--dtype {dtype}: the run in {resume} trains in {stored} and --resume continues it exactly; "
+                          f"drop --dtype, or start a new run from its weights: --init-from {os.path.join(resume, meta['params'])} "
+                          f"--dtype {dtype} (checkpoints load in either dtype)")
 
 
 def cmd_synth(args):

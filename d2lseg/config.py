@@ -15,6 +15,7 @@ import mxnet as mx
 
 from .errors import D2lsegError
 from .model import OUTPUT_STRIDE, VARIANTS
+from .quantization import DTYPES
 from .voc import DATA_DIR, SYNTHETIC_DIR
 
 MAX_WORKERS = 64
@@ -81,6 +82,9 @@ class Recipe:
                                    result=True, positive=True)
     kvstore: str = _f('device', "device (one machine, the default), or dist_sync / dist_device_sync under "
                       "'d2lseg launch'", choices=KVSTORES)
+    dtype: str = _f('float32', 'float32 (default) or bfloat16: the arithmetic of the layers before the final upsampling '
+                    '(oneDNN, CPU; fast with AMX); weights, optimizer state and checkpoints stay float32',
+                    choices=DTYPES, added='float32')
     fast_upsampling: bool = _f(True, 'upsampling.FastUpsampling: same results, faster (not in the chapter)',
                                flag=False)
 

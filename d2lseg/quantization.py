@@ -126,8 +126,8 @@ def check_bfloat16(ctx=None):
     """Raise a one-line D2lsegError unless bfloat16 convolutions run on ``ctx`` (a CPU whose oneDNN has them)."""
     ctx = ctx or mx.cpu()
     if ctx.device_type != 'cpu':
-        raise D2lsegError(f'--dtype bfloat16: bfloat16 inference uses oneDNN and runs on the CPU only, not {ctx}; '
-                          'use float32 on GPUs')
+        raise D2lsegError(f'--dtype bfloat16: bfloat16 (training and inference) uses oneDNN and runs on the CPU only, '
+                          f'not {ctx}; use float32 on GPUs')
     probe = nn.Conv2D(4, 3, in_channels=4)
     probe.initialize(ctx=ctx)
     probe.hybridize()
@@ -148,6 +148,14 @@ def bfloat16_unavailable(ctx=None):
     except D2lsegError as e:
         return str(e)
     return None
+
+
+def bfloat16_scores(net, data):
+    """Symbol: ``net.coarse_scores(data)`` (every layer before the final upsampling) converted to bfloat16 by
+    ``mxnet.contrib.amp``: casts in the graph, the parameters' own dtype (float32) unchanged, float32 out."""
+    with _quiet(True):
+        return amp.convert_symbol(net.coarse_scores(data), target_dtype='bfloat16', data_names=[data.name],
+                                  cast_optional_params=False)
 
 
 def to_bfloat16(net, ctx=None):
