@@ -9,11 +9,11 @@ float32, and a checkpoint of either dtype loads into the other. The final upsamp
 MXNet's) and the loss stay float32. The approach and its measurements: issue 32, docs/low-precision.md.
 """
 import mxnet as mx
-from mxnet import gluon
+from mxnet import gluon, nd
 
 from . import startup
 from .environment import cpu_info
-from .model import SequentialFCN
+from .model import OUTPUT_STRIDE, SequentialFCN
 from .quantization import DTYPES, bfloat16_scores, check_bfloat16
 
 # Measured on the 2-core Xeon with D2LSEG_AMX=0 (oneDNN's AVX-512 bfloat16 emulation), fcn32s 128x192 batch 8.
@@ -44,6 +44,9 @@ def training_net(net, dtype, ctx, **hybridize):
     if dtype == DTYPES[0]:
         return net
     check_dtype(dtype, ctx)
+    # Layers waiting for their first batch are initialised now, in the float32 network's order (a
+    # SymbolBlock would draw them in another): the same seed starts from the same weights in either dtype.
+    net(nd.zeros((1, 3, OUTPUT_STRIDE, OUTPUT_STRIDE), ctx=ctx[0]))
     data = mx.sym.var('data', dtype='float32')
     body = gluon.SymbolBlock(bfloat16_scores(net, data), data, params=net.collect_params())
     mixed = SequentialFCN(prefix=net.prefix + 'bf16train_')
