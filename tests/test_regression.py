@@ -19,6 +19,7 @@ import sys
 import pytest
 
 import d2lseg
+from d2lseg.quantization import bfloat16_unavailable
 from d2lseg.reference import PRESETS, compare_baseline
 from d2lseg.synthetic import make_synthetic_voc
 
@@ -28,6 +29,9 @@ BAND = os.path.join(os.path.dirname(d2lseg.__file__), 'baselines', 'regression-b
 VARIANTS = {'machine-default': {}, 'avx2': {'DNNL_MAX_CPU_ISA': 'AVX2'}, 'native-off': {'D2LSEG_NATIVE': '0'}}
 # A seed the band was not made from: on this machine too the run is a new sample, not a stored one.
 FRESH_SEED = 7
+BF16 = ('--dtype', 'bfloat16')
+WHY_NO_BF16 = bfloat16_unavailable()
+needs_bf16 = pytest.mark.skipif(bool(WHY_NO_BF16), reason=f'no bfloat16 training here: {WHY_NO_BF16}')
 
 
 @pytest.fixture(scope='module')
@@ -43,12 +47,12 @@ def regression_data(tmp_path_factory):
     return root
 
 
-def train(data_dir, out, fault='none', seed=0, **env):
-    """The preset's `d2lseg train` in a fresh process, with a planted fault -> its history."""
+def train(data_dir, out, fault='none', seed=0, flags=(), **env):
+    """The preset's `d2lseg train` (and ``flags``) in a fresh process, with a planted fault -> its history."""
     child = {k: v for k, v in os.environ.items() if k not in ('DNNL_MAX_CPU_ISA', 'D2LSEG_NATIVE')}
     child.update(env)
     argv = [sys.executable, PLANTED, fault, 'train', '--synthetic', '--data-dir', data_dir,
-            *PRESETS['regression']['train'], '--seed', str(seed), '--out', str(out), '--no-progress']
+            *PRESETS['regression']['train'], *flags, '--seed', str(seed), '--out', str(out), '--no-progress']
     proc = subprocess.run(argv, env=child, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(os.path.join(out, 'history.json')) as f:
@@ -70,13 +74,25 @@ def test_the_recipe_stays_inside_its_band_on_simulated_machines(variant, band, r
 
 
 @pytest.mark.slow
+@needs_bf16
+def test_bfloat16_training_stays_inside_the_float32_band(band, regression_data, tmp_path):
+    """bfloat16 training (--dtype bfloat16) is judged against the float32 band itself, on a seed the band was
+    not made from (d2lseg/baselines/regression-bf16.json: seeds 5-7, all inside)."""
+    history = train(regression_data, tmp_path / 'run', seed=FRESH_SEED, flags=BF16)
+    assert history['recipe']['dtype'] == 'bfloat16'
+    cmp = compare_baseline(history, band, path='bfloat16', baseline_path=BAND)
+    assert cmp.ok, cmp.table()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flags', [pytest.param((), id='float32'), pytest.param(BF16, marks=needs_bf16, id='bfloat16')])
 @pytest.mark.parametrize('fault, flagged', [
     ('xavier', {'loss'}),      # the head starts at noise: the loss stays near the all-background answer's
     ('labels', {'test_acc'}),  # taught the wrong classes: almost every validation pixel is wrong
     ('lr', {'loss'}),          # learns, far too slowly
 ])
-def test_planted_faults_are_flagged(fault, flagged, band, regression_data, tmp_path):
-    history = train(regression_data, tmp_path / 'run', fault=fault)
+def test_planted_faults_are_flagged(fault, flagged, flags, band, regression_data, tmp_path):
+    history = train(regression_data, tmp_path / 'run', fault=fault, flags=flags)
     cmp = compare_baseline(history, band, path=fault, baseline_path=BAND)
     regressions = {row[1] for row in cmp.rows if row[4] == 'REGRESSION'}
     assert not cmp.ok and flagged <= regressions, cmp.table()
