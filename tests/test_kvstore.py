@@ -15,6 +15,7 @@ from mxnet import gluon
 from d2lseg.config import Recipe
 from d2lseg.engine import fit, prepare
 from d2lseg.errors import D2lsegError
+from d2lseg.quantization import bfloat16_unavailable
 from d2lseg.kvstore import DIGITS, allreduce_counts, create_kvstore, merge_digits, split_digits
 from processes import _assert_no_leftovers, _cli, helper
 
@@ -44,9 +45,14 @@ def _params_by_order(net, ctx):
     return [(p.grad_req, p.data(ctx).asnumpy()) for p in net.collect_params().values()]
 
 
-def test_two_workers_equal_single_process_on_union_batch(data_root, tmp_path, tag):
+WHY_NO_BF16 = bfloat16_unavailable()
+
+
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=pytest.mark.skipif(
+    bool(WHY_NO_BF16), reason=f'no bfloat16 training here: {WHY_NO_BF16}'))])
+def test_two_workers_equal_single_process_on_union_batch(data_root, tmp_path, tag, dtype):
     recipe = Recipe(data_dir=data_root, synthetic=True, crop=(64, 96), batch_size=2, epochs=1,
-                    pretrained=False, ctx='cpu', workers=0, max_images=16, seed=3, kvstore='dist_sync')
+                    pretrained=False, ctx='cpu', workers=0, max_images=16, seed=3, kvstore='dist_sync', dtype=dtype)
     out = tmp_path / 'dist'
     out.mkdir()
     tic = time.monotonic()
@@ -65,12 +71,15 @@ def test_two_workers_equal_single_process_on_union_batch(data_root, tmp_path, ta
     assert ranks[0]['counts'] == want and ranks[1]['counts'] == want
     assert (out / 'checkpoint.json').is_file()            # the chief checkpoints (trainer states too)
     assert ranks[0]['history']['num_workers'] == 2
+    assert ranks[0]['history']['recipe']['dtype'] == dtype
+    assert [r['pushed_dtypes'] for r in ranks] == [['float32']] * 2  # gradients reach the kvstore as float32
 
     # the reference: one process, union batch 4 split over cpu(0), cpu(1) in the workers' order
     ref_recipe = replace(recipe, batch_size=4, ctx='cpu:2', kvstore='device')
     ctx = [mx.cpu(0), mx.cpu(1)]
     run = prepare(ref_recipe, ctx=ctx)
     run.net.hybridize()    # as the workers (prepare drops static_alloc when distributed)
+    run.train_net.hybridize()  # (bfloat16: the converted network, sharing run.net's parameters)
     run.train_iter = gluon.data.DataLoader(run.train_data, 4, last_batch='discard',
                                            sampler=UnionSampler(run.train_data.sampler, 2, 2))
     run.val_iter = gluon.data.DataLoader(run.val_data, 4, last_batch='keep',
