@@ -140,8 +140,8 @@ def test_a_cpu_without_bfloat16_is_refused_before_anything_is_written(data_root,
     p = _train_child(data_root, out, '--dtype', 'bfloat16', DNNL_MAX_CPU_ISA='AVX2')
     assert p.returncode == 2, p.stderr
     last = p.stderr.strip().splitlines()[-1]
-    assert last == ('d2lseg: error: --dtype bfloat16: oneDNN has no bfloat16 convolutions on this CPU (Intel AVX2); '
-                    'they need AVX-512 (fast with AMX): use float32 or --int8') or 'Intel AVX2' in last, p.stderr
+    assert last.endswith('error: --dtype bfloat16: oneDNN has no bfloat16 convolutions on this CPU (Intel AVX2); '
+                         'they need AVX-512 (fast with AMX): use float32 or --int8'), p.stderr
     assert 'Traceback' not in p.stderr and not os.path.exists(out)
 
 
@@ -165,7 +165,7 @@ def test_cli_records_the_dtype_refuses_changing_it_on_resume_and_checkpoints_loa
     assert meta['recipe']['dtype'] == 'bfloat16' and meta['history']['recipe']['dtype'] == 'bfloat16'
     code, _, err = run_cli(['train', '--resume', out, '--epochs', '2', '--dtype', 'float32', '--no-progress'], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(
-        f'd2lseg: error: --dtype float32: the run in {out} trains in bfloat16'), err
+        f'd2lseg train: error: --dtype float32: the run in {out} trains in bfloat16'), err
     assert checkpoint.load_meta(out)['epoch'] == 1  # nothing changed
     code, _, err = run_cli(['train', '--resume', out, '--epochs', '2', '--dtype', 'bfloat16', '--no-progress'], capsys)
     assert code == 0 and not [line for line in err if 'ignoring' in line], err
