@@ -120,3 +120,17 @@ def test_the_stored_demo_spread_clears_the_bar_on_every_variant():
     assert len(finals) == len(variants) and min(finals) >= 0.35
     assert all(len(r['epochs']) == 9 and r['environment']['mxnet_threads'] == r['variant']['threads']
                for r in demo['runs'])
+
+
+def test_the_stored_bfloat16_demo_spread_clears_the_bar():
+    """The demo recipe trained in bfloat16 (bench/spread.py --preset demo --set dtype=bfloat16), seeds 0-2 on the
+    AMX Xeon: final val mIoU >= 0.35, as float32's (docs/low-precision.md)."""
+    with open(os.path.join(os.path.dirname(BAND), 'demo-spread-bf16.json')) as f:
+        demo = json.load(f)
+    assert demo['train'] == PRESETS['demo']['train'] + list(BF16) and demo['synth'] == PRESETS['demo']['synth']
+    with open(os.path.join(os.path.dirname(BAND), 'synthetic-digests.json')) as f:
+        assert demo['generator'] == json.load(f)['generator']
+    assert sorted(r['seed'] for r in demo['runs']) == [0, 1, 2]
+    assert all(r['recipe']['dtype'] == 'bfloat16' and len(r['epochs']) == 9 and 'amx_bf16' in r['environment']['cpu_flags']
+               and r['environment']['amx']['enabled'] for r in demo['runs'])
+    assert min(r['epochs'][-1]['val_miou'] for r in demo['runs']) >= 0.35
