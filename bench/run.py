@@ -35,9 +35,11 @@ PARTS = {'mxnet-env': ('timing', 'part_mxnet_env'), 'mxnet-ab': ('timing', 'part
          'mxnet': ('timing', 'part_mxnet'), 'mxnet-rss': ('timing', 'part_mxnet_rss'),
          'torch-rss': ('peer_torch', 'part_torch_rss'),
          'serve-mxnet': ('timing', 'serve_mxnet'), 'serve-torch': ('peer_torch', 'serve_torch')}
-PARTS.update({'serve-mxnet-bf16': ('bf16_train', 'serve_mxnet_bf16'), 'mxnet-train-rss': ('bf16_train', 'part_mxnet_train_rss'),
+PARTS.update({'serve-mxnet-bf16': ('bf16_train', 'serve_mxnet_bf16'),  # --bf16-train (bench/bf16_train.py)
+              'mxnet-train-rss': ('bf16_train', 'part_mxnet_train_rss'),
               'mxnet-train-step': ('bf16_train', 'part_mxnet_train_step'),
-              'serve-torch-bf16': ('peer_torch', 'serve_torch_bf16'), 'torch-bf16-step': ('peer_torch', 'part_torch_bf16_step')})
+              'serve-torch-bf16': ('peer_torch', 'serve_torch_bf16'),
+              'torch-bf16-step': ('peer_torch', 'part_torch_bf16_step')})
 PEER_VENV_PYTHON = os.path.join(HERE, '.venv-peer', 'bin', 'python')
 
 

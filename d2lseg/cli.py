@@ -123,7 +123,8 @@ def _same_dtype(resume, dtype):
     stored = meta['recipe'].get('dtype', recipe_field('dtype').metadata['added'])
     if dtype != stored:
         raise D2lsegError(f"--dtype {dtype}: the run in {resume} trains in {stored} and --resume continues it exactly; "
-                          f"drop --dtype, or start a new run from its weights: --init-from {os.path.join(resume, meta['params'])} "
+                          "drop --dtype, or start a new run from its weights: --init-from "
+                          f"{os.path.join(resume, meta['params'])} "
                           f"--dtype {dtype} (checkpoints load in either dtype)")
 
 
