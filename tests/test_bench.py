@@ -91,3 +91,19 @@ def test_every_part_names_a_function_of_its_module():
     out = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'bench')], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert out.strip().splitlines()[-1] == '[]'
+
+
+def test_bf16_training_figures_are_best_calls_and_per_repetition_ratios(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))  # as when run.py runs: its sibling modules
+    from bf16_train import _figures
+    times = {('serve-mxnet-bf16', 'float32'): [2.0, 1.0, 4.0], ('serve-mxnet-bf16', 'bfloat16'): [1.0, 0.8, 1.0],
+             ('serve-mxnet-bf16', 'gemm_bf16'): [0.5, 0.25, 1.0],
+             ('serve-torch-bf16', 'float32'): [3.0, 3.0, 3.0], ('serve-torch-bf16', 'bfloat16'): [6.0, 4.0, 8.0]}
+    res = _figures(times, conv_flop=1e9, with_peer=True)
+    assert res['bf16_train_img_s'] == 8 / 0.8 and res['bf16_paired_fp32_train_img_s'] == 8 / 1.0
+    assert res['bf16_train_vs_fp32'] == 2.0            # median of 2/1, 1/0.8, 4/1
+    assert res['bf16_train_vs_peer_fp32'] == 3.0       # median of 3, 3.75, 3
+    assert res['bf16_train_vs_peer_bf16'] == 6.0       # median of 6, 5, 8
+    assert res['peer_bf16_vs_fp32'] == 0.5 and res['bf16_gemm_gflops'] == 4.0
+    assert set(_figures(times, 1e9, with_peer=False)) == {'bf16_train_img_s', 'bf16_paired_fp32_train_img_s',
+                                                          'bf16_train_vs_fp32', 'bf16_gemm_gflops'}
