@@ -88,3 +88,31 @@ def part_torch_rss(args):
     for _ in range(3):
         step()
     return {'peer_peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _autocast_step(torch, net, step_fp32):
+    """The peer's bfloat16 training step: forward and loss under ``torch.autocast('cpu', bfloat16)`` (its
+    mixed precision: oneDNN bfloat16 convolutions, AMX where the CPU has it), float32 weights and SGD."""
+    def step():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return step_fp32()
+    return step
+
+
+def serve_torch_bf16(args):
+    """The peer's side of the paired bfloat16 training timing: eager float32 and bfloat16-autocast steps."""
+    torch, net, _, _, step = _torch_setup(args.threads)
+    _, net16, _, _, step16 = _torch_setup(args.threads)
+    net.train()
+    net16.train()
+    return serve({'float32': step, 'bfloat16': _autocast_step(torch, net16, step16)}, {'torch': torch.__version__})
+
+
+def part_torch_bf16_step(args):
+    """``args.steps`` bfloat16-autocast training steps (run under ONEDNN_VERBOSE by bf16_train.onednn_counts)."""
+    torch, net, _, _, step = _torch_setup(args.threads)
+    net.train()
+    bf16 = _autocast_step(torch, net, step)
+    for _ in range(args.steps):
+        bf16()
+    return {}

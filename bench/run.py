@@ -36,6 +36,11 @@ PARTS = {'mxnet-env': ('timing', 'part_mxnet_env'), 'mxnet-ab': ('timing', 'part
          'torch-rss': ('peer_torch', 'part_torch_rss'),
          'serve-mxnet': ('timing', 'serve_mxnet'), 'serve-torch': ('peer_torch', 'serve_torch'),
          'onnx': ('onnx_speed', 'part_onnx')}
+PARTS.update({'serve-mxnet-bf16': ('bf16_train', 'serve_mxnet_bf16'),  # --bf16-train (bench/bf16_train.py)
+              'mxnet-train-rss': ('bf16_train', 'part_mxnet_train_rss'),
+              'mxnet-train-step': ('bf16_train', 'part_mxnet_train_step'),
+              'serve-torch-bf16': ('peer_torch', 'serve_torch_bf16'),
+              'torch-bf16-step': ('peer_torch', 'part_torch_bf16_step')})
 PEER_VENV_PYTHON = os.path.join(HERE, '.venv-peer', 'bin', 'python')
 
 
@@ -81,7 +86,11 @@ def _parse_args(argv):
     p.add_argument('--quick', action='store_true', help='fewer repetitions (about half the time)')
     p.add_argument('--ab', action='store_true',
                    help='also time the chapter vs the fast upsampling vs the kernels, and the fused argmax')
+    p.add_argument('--bf16-train', action='store_true',
+                   help='also bfloat16 training: against float32 and the peer\'s float32 and bf16 autocast (bf16_* keys)')
+    p.add_argument('--bf16-only', action='store_true', help='only the --bf16-train keys (and the environment)')
     p.add_argument('--part', choices=sorted(PARTS), help=argparse.SUPPRESS)
+    p.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)  # of the bf16_train parts
     p.add_argument('--steps', type=int, default=None, help='timed training steps (default 6, --quick 3)')
     p.add_argument('--pairs', type=int, default=None,
                    help='repetitions of the paired timing against the peer (default 10, --quick 4)')
@@ -122,6 +131,8 @@ def main(argv=None):
     tic = time.perf_counter()
     res = {}
     res.update(child('mxnet-env', args))  # 'amx': whether the measuring processes could use it, and why
+    if args.bf16_only:
+        return _bf16_only(args, res, tic)
     res.update(child('mxnet', args))
     res.update(child('mxnet-rss', args))
     if args.ab:
@@ -138,6 +149,28 @@ def main(argv=None):
               'bench/README.md); peer figures are null', flush=True)
         res.update({k: None for k in peer_keys})
     res.update(_onnx(args, res))
+    if args.bf16_train:
+        res.update(_bf16_keys(args, res['forward_gflop_per_img']))
+    return _finish(args, res, tic)
+
+
+def _bf16_keys(args, forward_gflop_per_img):
+    """The --bf16-train keys (bench/bf16_train.py), the peer's where PyTorch is importable."""
+    from bf16_train import bf16_training
+    args.peer_python = _peer_python(args.peer_python)
+    args.peer_python = args.peer_python if _have_torch(args.peer_python) else None
+    return bf16_training(args, forward_gflop_per_img)
+
+
+def _bf16_only(args, res, tic):
+    from flops import forward_flops
+    from d2lseg.model import build_fcn
+    res['forward_gflop_per_img'] = forward_flops(build_fcn(21, pretrained=False), (3,) + CROP) / 1e9
+    res.update(_bf16_keys(args, res['forward_gflop_per_img']))
+    return _finish(args, res, tic)
+
+
+def _finish(args, res, tic):
     res['batch'], res['crop'], res['variant'], res['quick'] = BATCH, list(CROP), 'fcn32s', args.quick
     res['bench_seconds'] = time.perf_counter() - tic
     from d2lseg.environment import environment  # loaded by _threads already (after --threads took effect)

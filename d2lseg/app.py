@@ -25,6 +25,7 @@ from .inference import eval_images
 from .kvstore import create_kvstore
 from .metrics import ConfusionMatrix
 from .onnxrun import TILE
+from .mixed import check_dtype
 from .quantization import to_bfloat16
 from .model import build_fcn, load_params
 from .classes import ClassList, model_classes, model_inputs
@@ -81,6 +82,10 @@ def run_training(recipe, out, resume=None, progress=True, overwrite=False, reque
         print(note, file=sys.stderr)
         notes = [*notes, note]
     preflight.check(recipe, data=not resume)  # every problem of a new run's configuration at once
+    note = check_dtype(recipe.dtype, ctx)  # refused before anything is written; slow (no AMX): said
+    if note:
+        print(note, file=sys.stderr)
+        notes = [*notes, note]
     if resume and recipe.epochs <= resumed.start_epoch:
         print(f"nothing to do: {resume} has finished {resumed.start_epoch} of {recipe.epochs} epochs; --epochs N "
               f"(more than {resumed.start_epoch}) extends it", file=sys.stderr)

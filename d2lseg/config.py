@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from .constants import CHAPTER_CROP, DATA_DIR, SYNTHETIC_DIR, VARIANTS, check_sides, crop_text
+from .constants import CHAPTER_CROP, DATA_DIR, DTYPES, SYNTHETIC_DIR, VARIANTS, check_sides, crop_text
 from .dataspec import LABEL_DIR, UNKNOWN
 from .device import parse_ctx, resolve_ctx  # noqa: F401 (the device rule, where callers have found it)
 from .errors import D2lsegError
@@ -79,6 +79,9 @@ class Recipe:
                                    result=True, positive=True)
     kvstore: str = _f('device', "device (one machine, the default), or dist_sync / dist_device_sync under "
                       "'d2lseg launch'", choices=KVSTORES)
+    dtype: str = _f('float32', 'float32 (default) or bfloat16: the arithmetic of the layers before the final upsampling '
+                    '(oneDNN, CPU; fast with AMX); weights, optimizer state and checkpoints stay float32',
+                    choices=DTYPES, added='float32')
     fast_upsampling: bool = _f(True, 'upsampling.FastUpsampling: same results, faster (not in the chapter)',
                                flag=False)
 
@@ -113,6 +116,10 @@ class Recipe:
             raise D2lsegError(f"--seed {self.seed}: must be between 0 and 2**32 - 1")
         if self.num_classes < 1:
             raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
+        if self.dtype != DTYPES[0] and self.kvstore.startswith('dist'):
+            raise D2lsegError(f"--dtype {self.dtype} with --kvstore {self.kvstore}: not supported (MXNet 1.9's parameter "
+                              "server aborts with 'init N first' in bfloat16 runs); train bfloat16 on one machine "
+                              "(--ctx cpu or cpu:N) or distributed in float32")
         if self.workers > MAX_WORKERS:
             raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
         return self

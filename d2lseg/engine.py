@@ -29,6 +29,7 @@ from .errors import D2lsegError
 from .inference import predict_batch
 from .loss import SegmentationLoss
 from .metrics import ConfusionMatrix
+from .mixed import training_net
 from .model import build_fcn, init_from
 from .progress import bar
 from .synthetic import resolve_data_dir
@@ -72,6 +73,7 @@ class Run:
     classes: ClassList = None      # names and colours of the classes (VOC's by default)
     class_weights: list = None     # the loss's weight per class, when the recipe asks for them
     start_scale: float = None      # largest starting parameter, when they came from a file (divergence advice)
+    train_net: gluon.Block = None  # what steps and validation run: ``net``, or its bfloat16 form (``mixed``)
 
 
 class BatchState(NamedTuple):
@@ -157,15 +159,13 @@ def prepare(recipe, ctx=None, kv=None, data=True, stored=None):
     if recipe.init_from and stored is None:  # a resumed run restores its own parameters
         print(init_from(net, recipe.init_from, ctx), flush=True)
     rank, parts = (kv.rank, kv.num_workers) if kvstore.is_distributed(kv) else (0, 1)
-    if parts > 1:
-        # MXNet 1.9: under a distributed kvstore a static_alloc graph's BatchNorm updates never reach
-        # the Parameter arrays (running statistics stay at the first-step broadcast; saved models and
-        # validation would use them), so distributed workers use the plain cached graph.
-        net.hybridize()
-    else:
-        net.hybridize(static_alloc=True, static_shape=True)
+    # MXNet 1.9: under a distributed kvstore a static_alloc graph's BatchNorm updates never reach the
+    # Parameter arrays (running statistics stay at the first-step broadcast; saved models and validation
+    # would use them), so distributed workers use the plain cached graph.
+    static = {} if parts > 1 else dict(static_alloc=True, static_shape=True)
+    net.hybridize(**static)
     run = Run(net, make_trainer(net, recipe, kv), SegmentationLoss(), ctx, None, None, kv=kv, rank=rank,
-              num_workers=parts, classes=classes)
+              num_workers=parts, classes=classes, train_net=training_net(net, recipe.dtype, ctx, **static))
     if data:
         _load_data(run, recipe, voc_dir, stored)
     return run
@@ -184,7 +184,7 @@ def evaluate(data_iter, net, ctx, num_classes=21, progress=False, desc='val'):
 
 def _validate(run, num_classes):
     """The validation confusion matrix, summed over distributed workers (rank-sharded validation)."""
-    cm = evaluate(run.val_iter, run.net, run.ctx, num_classes)
+    cm = evaluate(run.val_iter, run.train_net or run.net, run.ctx, num_classes)
     if run.num_workers > 1:
         cm.mat = kvstore.allreduce_counts(run.kv, cm.mat)
     return cm
@@ -192,7 +192,7 @@ def _validate(run, num_classes):
 
 # What a resumed run takes from the command line: how long, where it runs and where its data is now.
 # Every other field (everything that changes the result) is the stored run's.
-RESUME_FIELDS = ('epochs', 'ctx', 'workers', 'kvstore', 'data_dir')
+RESUME_FIELDS = ('epochs', 'ctx', 'workers', 'kvstore', 'data_dir', 'dtype')  # dtype: only the stored one
 
 
 class Resumed(NamedTuple):
@@ -210,8 +210,8 @@ def resume(run_dir, requested=None):
     """Read ``run_dir``'s checkpoint once -> ``Resumed``: a new Recipe, the stored one with the values of
     ``requested`` ({field: value}, only ``RESUME_FIELDS``: what the user gave) applied. ``epochs`` only
     extends the run; ``ctx``, ``workers``, ``kvstore`` not given are the Recipe's defaults (this machine's);
-    ``data_dir``: where the run's data is now (when it moved). Resume reads data, never makes any; the
-    caller's objects are not changed."""
+    ``data_dir``: where the run's data is now (when it moved); ``dtype``: refused unless the stored one.
+    Resume reads data, never makes any; the caller's objects are not changed."""
     requested = dict(requested or {})
     extra = sorted(set(requested) - set(RESUME_FIELDS))
     if extra:
@@ -225,6 +225,11 @@ def resume(run_dir, requested=None):
                                  epochs=max(stored.epochs, requested.get('epochs') or 0), **where)
     if requested.get('data_dir') is not None:
         stored = dataclasses.replace(stored, data_dir=requested['data_dir'])
+    if requested.get('dtype', stored.dtype) != stored.dtype:
+        raise D2lsegError(f"--dtype {requested['dtype']}: the run in {run_dir} trains in {stored.dtype} and --resume "
+                          "continues it exactly; drop --dtype, or start a new run from its weights: --init-from "
+                          f"{os.path.join(run_dir, meta['params'])} --dtype {requested['dtype']} (checkpoints load "
+                          "in either dtype)")
     if not has_voc(stored.data_folder, (stored.train_split, stored.val_split)):
         where = 'the data folder given' if requested.get('data_dir') else f"the run's data folder (stored in {pointer})"
         raise D2lsegError(f"--data-dir {stored.data_folder}: {where} holds no VOCdevkit/VOC2012 and --resume creates "
@@ -243,7 +248,7 @@ def train_step(run, batch):
     step has finished when it returns (benchmarks time exactly this).
     """
     Xs, ys, batch_size = split_batch(batch, run.ctx)
-    ls, y_hats = forward_backward(run.net, run.loss, Xs, ys)
+    ls, y_hats = forward_backward(run.train_net or run.net, run.loss, Xs, ys)
     if run.num_workers > 1 and not run.synced:
         kvstore.broadcast_parameters(run.trainer)
         run.synced = True

@@ -28,12 +28,11 @@ from mxnet.contrib.quantization import quantize_net
 from mxnet.gluon import nn
 
 from .environment import onednn_isa
-from .constants import CHAPTER_CROP
+from .constants import CHAPTER_CROP, DTYPES  # noqa: F401 (DTYPES: where callers have found it)
 from .errors import D2lsegError
 from .model import SequentialFCN
 from .images import normalize_image
 
-DTYPES = ('float32', 'bfloat16')  # what --dtype accepts
 
 
 def calibration_batch(images, shape=CHAPTER_CROP, limit=8):
@@ -127,10 +126,10 @@ def check_bfloat16(ctx=None):
     """Raise a one-line D2lsegError unless bfloat16 convolutions run on ``ctx`` (a CPU whose oneDNN has them)."""
     ctx = ctx or mx.cpu()
     if ctx.device_type != 'cpu':
-        raise D2lsegError(f'--dtype bfloat16: bfloat16 inference uses oneDNN and runs on the CPU only, not {ctx}; '
-                          'use float32 on GPUs')
+        raise D2lsegError(f'--dtype bfloat16: bfloat16 (training and inference) uses oneDNN and runs on the CPU only, '
+                          f'not {ctx}; use float32 on GPUs')
     probe = nn.Conv2D(4, 3, in_channels=4)
-    probe.initialize(ctx=ctx)
+    probe.initialize(mx.init.One(), ctx=ctx)  # draws no random numbers: a seeded run is unchanged by the check
     probe.hybridize()
     x = nd.ones((1, 4, 8, 8), ctx=ctx)
     probe(x)
@@ -149,6 +148,14 @@ def bfloat16_unavailable(ctx=None):
     except D2lsegError as e:
         return str(e)
     return None
+
+
+def bfloat16_scores(net, data):
+    """Symbol: ``net.coarse_scores(data)`` (every layer before the final upsampling) converted to bfloat16 by
+    ``mxnet.contrib.amp``: casts in the graph, the parameters' own dtype (float32) unchanged, float32 out."""
+    with _quiet(True):
+        return amp.convert_symbol(net.coarse_scores(data), target_dtype='bfloat16', data_names=[data.name],
+                                  cast_optional_params=False)
 
 
 def to_bfloat16(net, ctx=None):

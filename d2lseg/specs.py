@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 from .config import help_text, recipe_field
 from .images import MAX_PIXELS
 from .onnxrun import TILE
-from .quantization import DTYPES
+from .constants import DTYPES
 from .constants import DATA_DIR, crop_text
 from .dataspec import LABEL_DIR, UNKNOWN
 

@@ -126,3 +126,19 @@ def test_the_onnx_part_reports_float32_and_int8_in_quick_mode(tmp_path):
     assert res['onnxruntime_int8_delta_points'] == pytest.approx(
         100 * (res['onnxruntime_int8_miou'] - res['onnxruntime_fp32_miou']))
     assert res['onnxruntime_int8_within_half_point'] is (abs(res['onnxruntime_int8_delta_points']) <= 0.5)
+
+
+def test_bf16_training_figures_are_best_calls_and_per_repetition_ratios(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))  # as when run.py runs: its sibling modules
+    from bf16_train import _figures
+    times = {('serve-mxnet-bf16', 'float32'): [2.0, 1.0, 4.0], ('serve-mxnet-bf16', 'bfloat16'): [1.0, 0.8, 1.0],
+             ('serve-mxnet-bf16', 'gemm_bf16'): [0.5, 0.25, 1.0],
+             ('serve-torch-bf16', 'float32'): [3.0, 3.0, 3.0], ('serve-torch-bf16', 'bfloat16'): [6.0, 4.0, 8.0]}
+    res = _figures(times, conv_flop=1e9, with_peer=True)
+    assert res['bf16_train_img_s'] == 8 / 0.8 and res['bf16_paired_fp32_train_img_s'] == 8 / 1.0
+    assert res['bf16_train_vs_fp32'] == 2.0            # median of 2/1, 1/0.8, 4/1
+    assert res['bf16_train_vs_peer_fp32'] == 3.0       # median of 3, 3.75, 3
+    assert res['bf16_train_vs_peer_bf16'] == 6.0       # median of 6, 5, 8
+    assert res['peer_bf16_vs_fp32'] == 0.5 and res['bf16_gemm_gflops'] == 4.0
+    assert set(_figures(times, 1e9, with_peer=False)) == {'bf16_train_img_s', 'bf16_paired_fp32_train_img_s',
+                                                          'bf16_train_vs_fp32', 'bf16_gemm_gflops'}

@@ -37,7 +37,7 @@ LAYOUT = (
     ('fcn', "the chapter's network and what it computes: ops, model, loss, metrics, inference, train, figures",
      ('ops', 'model', 'loss', 'metrics', 'inference', 'chapter', 'viz')),
     ('deploy', 'a trained network made faster or portable: INT8 / bfloat16, ONNX export, the MXNet-free runtime',
-     ('quantization', 'export', 'onnxrun')),
+     ('quantization', 'mixed', 'export', 'onnxrun')),
     ('training', 'a training run: the Recipe, the loop, checkpoints, callbacks, several workers, the references',
      ('config', 'checkpoint', 'callbacks', 'engine', 'kvstore', 'reference', 'teaching')),
     ('command', 'the d2lseg command: flags, what each subcommand does, predict on files, doctor, launch',

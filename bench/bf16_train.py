@@ -1,0 +1,153 @@
+"""bfloat16 training against float32 (``d2lseg train --dtype bfloat16``, issue 32): the package's side.
+
+``run.py --bf16-train`` adds these keys (bench/README.md): the package's float32 and bfloat16 training
+steps and the peer's float32 and bfloat16-autocast steps, each warm in its own process and timed call for
+call in alternation (``protocol.alternate``), the bfloat16 GEMM bound timed in the same alternation, the
+peak memory of a process that trains in each dtype, and what oneDNN ran (``DNNL_VERBOSE``: AMX
+primitives, reorders) in one step of each side. d2lseg is imported first (threads, AMX).
+"""
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from d2lseg import engine
+from d2lseg.config import Recipe
+from d2lseg.quantization import bfloat16_unavailable
+import mxnet as mx
+from mxnet import nd
+from mxnet.contrib import amp
+
+from protocol import BATCH, CROP, NUM_CLASSES, RUN_PY, ROOT, Server, alternate, serve
+
+CONV = ((8, 512, 60, 80), 512)  # the GEMM bound: a 1x1 convolution, (N, C, H, W) x filters, as timing.gemm_gflops
+
+
+def _run(dtype):
+    run = engine.prepare(Recipe(crop=CROP, batch_size=BATCH, pretrained=False, ctx='cpu', dtype=dtype), data=False)
+    X = nd.random.normal(shape=(BATCH, 3) + CROP)
+    y = nd.random.randint(0, NUM_CLASSES, shape=(BATCH,) + CROP).astype('float32')
+    return run, (X, y)
+
+
+def bf16_conv():
+    """A call running the 1x1 convolution of ``CONV`` in bfloat16 (amp-converted, as training's) and its FLOPs."""
+    (n, c, h, w), f = CONV
+    data = mx.sym.var('data')
+    sym = mx.sym.Convolution(data, kernel=(1, 1), num_filter=f, no_bias=True, name='conv')
+    block = mx.gluon.SymbolBlock(amp.convert_symbol(sym, 'bfloat16', data_names=['data']), data)
+    block.initialize()
+    block.hybridize(static_alloc=True, static_shape=True)
+    x = nd.random.uniform(shape=(n, c, h, w))
+    return (lambda: block(x).wait_to_read()), 2 * n * c * f * h * w
+
+
+def serve_mxnet_bf16(args):
+    """Timing server: float32 and bfloat16 ``engine.train_step`` on an in-memory batch, the bfloat16 GEMM bound."""
+    fns = {}
+    for dtype in ('float32', 'bfloat16'):
+        run, batch = _run(dtype)
+        fns[dtype] = (lambda r, b: lambda: engine.train_step(r, b))(run, batch)
+    fns['gemm_bf16'] = bf16_conv()[0]
+    return serve(fns, {'conv_flop': bf16_conv()[1]})
+
+
+def part_mxnet_train_rss(args):
+    """Peak RSS of a process that only trains in ``args.dtype`` (prepare + three steps)."""
+    run, batch = _run(args.dtype)
+    for _ in range(3):
+        engine.train_step(run, batch)
+    return {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def part_mxnet_train_step(args):
+    """``args.steps`` train steps in ``args.dtype``, for ``onednn_counts`` (which runs it under DNNL_VERBOSE)."""
+    run, batch = _run(args.dtype)
+    for _ in range(args.steps):
+        engine.train_step(run, batch)
+    return {}
+
+
+def _child(python, part, args, extra=(), env=None):
+    """stdout lines of ``run.py --part part`` in a fresh interpreter."""
+    cmd = [python, RUN_PY, '--part', part, '--threads', str(args.threads), *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'bench part {part} failed (exit {proc.returncode}): ' + ' | '.join(
+            (proc.stderr or proc.stdout).strip().splitlines()[-3:]))
+    return proc.stdout.splitlines()
+
+
+def onednn_counts(python, part, args, extra=()):
+    """{'amx_primitives', 'reorders', 'primitives'}: oneDNN primitives executed per training step of
+    ``part`` (verbose mode: MXNet's DNNL_VERBOSE, PyTorch's ONEDNN_VERBOSE), as the difference between
+    a run of 3 steps and one of 1, halved (the first step's one-time reorders cancel)."""
+    env = dict(os.environ, DNNL_VERBOSE='1', ONEDNN_VERBOSE='1', MKLDNN_VERBOSE='1')
+    counts = []
+    for steps in (1, 3):
+        execs = [line for line in _child(python, part, args, [*extra, '--steps', str(steps)], env) if ',exec,' in line]
+        counts.append({'amx_primitives': sum('amx' in line for line in execs),
+                       'reorders': sum(',reorder,' in line for line in execs), 'primitives': len(execs)})
+    return {k: (counts[1][k] - counts[0][k]) / 2 for k in counts[0]}
+
+
+def paired_bf16(args):
+    """The package's float32 and bfloat16 training steps against the peer's (float32 eager and bfloat16
+    autocast), in alternation -> images/s and ratios (medians of the within-repetition ratios)."""
+    tic = time.perf_counter()
+    ours = Server(sys.executable, 'serve-mxnet-bf16', args)
+    peer = Server(args.peer_python, 'serve-torch-bf16', args) if args.peer_python else None
+    try:
+        info = ours.ready()
+        peer_info = peer.ready() if peer else {}
+        plan = [(ours, 'float32'), (ours, 'bfloat16'), (ours, 'gemm_bf16')]
+        plan += [(peer, 'float32'), (peer, 'bfloat16')] if peer else []
+        times = alternate(plan, args.pairs)
+    finally:
+        ours.close()
+        if peer:
+            peer.close()
+    res = _figures(times, info['conv_flop'], peer is not None)
+    res['bf16_peer_torch'] = peer_info.get('torch')
+    print(f'  paired bf16 training: {time.perf_counter() - tic:.0f} s', file=sys.stderr, flush=True)
+    return res
+
+
+def _figures(times, conv_flop, with_peer):
+    ours = {k: times['serve-mxnet-bf16', k] for k in ('float32', 'bfloat16', 'gemm_bf16')}
+
+    def ratio(slow, fast):
+        return statistics.median(s / f for s, f in zip(slow, fast))
+    res = {'bf16_train_img_s': BATCH / min(ours['bfloat16']), 'bf16_paired_fp32_train_img_s': BATCH / min(ours['float32']),
+           'bf16_train_vs_fp32': ratio(ours['float32'], ours['bfloat16']),
+           'bf16_gemm_gflops': conv_flop / min(ours['gemm_bf16']) / 1e9}
+    if with_peer:
+        peer = {k: times['serve-torch-bf16', k] for k in ('float32', 'bfloat16')}
+        res.update({'peer_train_fp32_img_s': BATCH / min(peer['float32']),
+                    'peer_train_bf16_img_s': BATCH / min(peer['bfloat16']),
+                    'bf16_train_vs_peer_fp32': ratio(peer['float32'], ours['bfloat16']),
+                    'bf16_train_vs_peer_bf16': ratio(peer['bfloat16'], ours['bfloat16']),
+                    'peer_bf16_vs_fp32': ratio(peer['float32'], peer['bfloat16'])})
+    return res
+
+
+def bf16_training(args, forward_gflop_per_img):
+    """Every --bf16-train key: paired speeds, the GEMM fraction, peak memory per dtype, oneDNN counts."""
+    why = bfloat16_unavailable()
+    if why:
+        return {'bf16_train_unavailable': why}
+    res = paired_bf16(args)
+    res['bf16_train_gemm_fraction'] = 3 * forward_gflop_per_img * res['bf16_train_img_s'] / res['bf16_gemm_gflops']
+    for dtype in ('float32', 'bfloat16'):
+        rss = json.loads(_child(sys.executable, 'mxnet-train-rss', args, ['--dtype', dtype])[-1])
+        res[f'train_peak_rss_mb_{dtype}'] = rss['peak_rss_mb']
+        counts = onednn_counts(sys.executable, 'mxnet-train-step', args, ['--dtype', dtype])
+        res.update({f'onednn_{k}_{dtype}': v for k, v in counts.items()})
+    res['bf16_rss_vs_fp32'] = res['train_peak_rss_mb_bfloat16'] / res['train_peak_rss_mb_float32']
+    if args.peer_python:
+        counts = onednn_counts(args.peer_python, 'torch-bf16-step', args)
+        res.update({f'peer_onednn_{k}_bfloat16': v for k, v in counts.items()})
+    return res
