@@ -6,7 +6,7 @@ GPU ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
 MXNET_EXTRA := $(if $(GPU),$(GPU),cpu)
-# The demo's recipe: the preset demo (d2lseg.reference.RECIPES; PRESETS['demo'] spells it as flags for its band,
+# The demo's recipe: the preset demo (d2lseg.training.reference.RECIPES; PRESETS['demo'] spells it as flags for its band,
 # tests/test_regression.py keeps the two equal). DEMO_FLAGS: train flags over it, e.g. DEMO_FLAGS="--epochs 1".
 DEMO_RECIPE := --preset demo
 DEMO_FLAGS ?=

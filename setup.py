@@ -3,10 +3,10 @@ import re
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r"__version__ = '([^']+)'", open('d2lseg/version.py').read()).group(1)
+VERSION = re.search(r"__version__ = '([^']+)'", open('d2lseg/core/version.py').read()).group(1)
 
 # What the package imports, per Python: MXNet 1.9.1 (archived, no new release) declares numpy<2 and uses
-# numpy names removed since 1.24, which d2lseg.compat restores (docs/pythons.md: what CI ran on each).
+# numpy names removed since 1.24, which d2lseg.core.compat restores (docs/pythons.md: what CI ran on each).
 #   3.9-3.11: numpy 1.23.5, the last numpy with every name MXNet uses;
 #   3.12:     numpy 1.26.4 (no 1.23 wheel), setuptools for the distutils MXNet imports;
 #   3.13:     numpy 2.2 (no 1.26 wheel); pip cannot satisfy MXNet's numpy<2, so the cpu/cu112 extras leave

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import time
 
-from d2lseg import engine
-from d2lseg.config import Recipe
-from d2lseg.quantization import bfloat16_unavailable
+from d2lseg.training import engine
+from d2lseg.training.config import Recipe
+from d2lseg.deploy.quantization import bfloat16_unavailable
 import mxnet as mx
 from mxnet import nd
 from mxnet.contrib import amp

@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import d2lseg  # noqa: E402,F401  (first: it sets the thread count, which MXNet reads when it loads)
 from mxnet import gluon  # noqa: E402
 
-from d2lseg.synthetic import make_synthetic_voc  # noqa: E402
-from d2lseg.voc import VOCSegDataset  # noqa: E402
+from d2lseg.data.synthetic import make_synthetic_voc  # noqa: E402
+from d2lseg.data.voc import VOCSegDataset  # noqa: E402
 
 SIZES = ((320, 480), (375, 500), (352, 512))  # at least the crop, near VOC's typical 500x375
 CROP = (320, 480)
@@ -91,7 +91,7 @@ def main(argv=None):
         result['loader_w0_samples_per_s'] = round(loader_rate(ds, 0, False, min_seconds), 1)
         result['loader_w2_threads_samples_per_s'] = round(loader_rate(ds, 2, True, min_seconds), 1)
         result['loader_w2_processes_samples_per_s'] = round(loader_rate(ds, 2, False, min_seconds), 1)
-    from d2lseg.environment import environment
+    from d2lseg.native.environment import environment
     result.update(cpus=os.cpu_count(), environment=environment())
     print(json.dumps(result))
     return 0

@@ -6,7 +6,7 @@ Run from the repo root in the venv (machine otherwise idle):
 
 Each configuration trains fcn32s (random backbone, float32) through the package's own step
 (``engine.prepare`` + ``engine.train_step``, as ``fit``), on batches loaded once before timing
-(the data pipeline is not timed), under ``d2lseg.launcher.launch`` on 127.0.0.1. images/s counts
+(the data pipeline is not timed), under ``d2lseg.command.launcher.launch`` on 127.0.0.1. images/s counts
 the images of all workers: workers * batch * steps / (rank 0's time for the timed steps). On one
 machine the workers share its cores, so no speed-up is expected; the figure shows the cost of the
 parameter server (pushing and pulling every gradient through a local server process).
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def _recipe(data_dir, crop, batch):
-    from d2lseg.config import Recipe
+    from d2lseg.training.config import Recipe
     return Recipe(data_dir=data_dir, synthetic=True, crop=crop, batch_size=batch, epochs=1,
                   pretrained=False, ctx='cpu', workers=0, seed=0, kvstore='device')
 
@@ -34,11 +34,11 @@ def _recipe(data_dir, crop, batch):
 def worker(args):
     """One worker (or the single process without kvstore): time ``steps`` steps, rank 0 writes the result."""
     import mxnet as mx
-    from d2lseg.engine import prepare, train_step
+    from d2lseg.training.engine import prepare, train_step
     recipe = _recipe(args.data_dir, args.crop, args.batch)
     kv = None
     if os.environ.get('DMLC_ROLE') == 'worker':
-        from d2lseg.kvstore import create_kvstore
+        from d2lseg.training.kvstore import create_kvstore
         kv = create_kvstore('dist_sync')
         recipe.kvstore = 'dist_sync'
     run = prepare(recipe, ctx=[mx.cpu()], kv=kv)
@@ -63,7 +63,7 @@ def worker(args):
 
 def measure(args, workers, threads, distributed=True):
     """images/s of one configuration, or an error string."""
-    from d2lseg.launcher import launch
+    from d2lseg.command.launcher import launch
     fd, result = tempfile.mkstemp(suffix='.json')
     os.close(fd)
     os.remove(result)
@@ -112,8 +112,8 @@ def main():
     args.crop = tuple(int(v) for v in args.crop.split('x'))
     if args.worker:
         return worker(args)
-    from d2lseg.synthetic import make_synthetic_voc
-    from d2lseg.voc import has_voc
+    from d2lseg.data.synthetic import make_synthetic_voc
+    from d2lseg.data.voc import has_voc
     if not has_voc(args.data_dir):
         make_synthetic_voc(args.data_dir, n_train=24, n_val=4, sizes=((args.crop[0] + 32, args.crop[1] + 32),),
                            seed=0, progress=False)
@@ -132,7 +132,7 @@ def main():
             out['trained_params'] = r['trained_params']
     if 'trained_params' in out:
         out['bytes_per_push'] = out['trained_params'] * 4
-    from d2lseg.environment import environment
+    from d2lseg.native.environment import environment
     out['environment'] = environment()  # of this (driving) process; workers used threads_per_worker each
     print(json.dumps(out))
 

@@ -34,13 +34,14 @@ import numpy as np  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from d2lseg import inference, photos  # noqa: E402
-from d2lseg.classes import ClassList  # noqa: E402
-from d2lseg.environment import environment  # noqa: E402
-from d2lseg.metrics import ConfusionMatrix  # noqa: E402
-from d2lseg.model import build_fcn  # noqa: E402
-from d2lseg.palette import voc_palette  # noqa: E402
-from d2lseg.voc import iter_split  # noqa: E402
+from d2lseg.fcn import inference
+from d2lseg.command import photos  # noqa: E402
+from d2lseg.data.classes import ClassList  # noqa: E402
+from d2lseg.native.environment import environment  # noqa: E402
+from d2lseg.fcn.metrics import ConfusionMatrix  # noqa: E402
+from d2lseg.fcn.model import build_fcn  # noqa: E402
+from d2lseg.data.palette import voc_palette  # noqa: E402
+from d2lseg.data.voc import iter_split  # noqa: E402
 MODES = ('predict', 'overlay', 'multiscale')
 
 

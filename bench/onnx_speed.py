@@ -26,15 +26,17 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from mxnet import nd  # noqa: E402
 
-from d2lseg import inference, native, onnxrun  # noqa: E402
-from d2lseg.app import load_net  # noqa: E402
-from d2lseg.environment import environment  # noqa: E402
-from d2lseg.export import export_onnx  # noqa: E402
-from d2lseg.metrics import ConfusionMatrix  # noqa: E402
-from d2lseg.model import build_fcn  # noqa: E402
-from d2lseg.synthetic import make_synthetic_voc  # noqa: E402
-from d2lseg.textfiles import read_json  # noqa: E402
-from d2lseg.voc import iter_split, voc_root  # noqa: E402
+from d2lseg.fcn import inference
+from d2lseg import native
+from d2lseg.deploy import onnxrun  # noqa: E402
+from d2lseg.command.app import load_net  # noqa: E402
+from d2lseg.native.environment import environment  # noqa: E402
+from d2lseg.deploy.export import export_onnx  # noqa: E402
+from d2lseg.fcn.metrics import ConfusionMatrix  # noqa: E402
+from d2lseg.fcn.model import build_fcn  # noqa: E402
+from d2lseg.data.synthetic import make_synthetic_voc  # noqa: E402
+from d2lseg.core.textfiles import read_json  # noqa: E402
+from d2lseg.data.voc import iter_split, voc_root  # noqa: E402
 
 SHAPE = (1, 3, 320, 480)
 

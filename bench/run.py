@@ -122,7 +122,7 @@ def main(argv=None):
     if args.threads:
         os.environ['OMP_NUM_THREADS'] = str(args.threads)
     if not (args.part or '').startswith(('torch', 'serve-torch')):  # those run in the peer's Python
-        threads = _threads()  # d2lseg before MXNet: threads and AMX (d2lseg.startup), in every process
+        threads = _threads()  # d2lseg before MXNet: threads and AMX (d2lseg.core.startup), in every process
         args.threads = args.threads or threads
     if args.part:
         _run_part(args)
@@ -164,7 +164,7 @@ def _bf16_keys(args, forward_gflop_per_img):
 
 def _bf16_only(args, res, tic):
     from flops import forward_flops
-    from d2lseg.model import build_fcn
+    from d2lseg.fcn.model import build_fcn
     res['forward_gflop_per_img'] = forward_flops(build_fcn(21, pretrained=False), (3,) + CROP) / 1e9
     res.update(_bf16_keys(args, res['forward_gflop_per_img']))
     return _finish(args, res, tic)
@@ -173,7 +173,7 @@ def _bf16_only(args, res, tic):
 def _finish(args, res, tic):
     res['batch'], res['crop'], res['variant'], res['quick'] = BATCH, list(CROP), 'fcn32s', args.quick
     res['bench_seconds'] = time.perf_counter() - tic
-    from d2lseg.environment import environment  # loaded by _threads already (after --threads took effect)
+    from d2lseg.native.environment import environment  # loaded by _threads already (after --threads took effect)
     res['environment'] = environment()  # what produced these figures (CPU, oneDNN ISA, threads, kernels)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
     return 0

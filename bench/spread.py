@@ -4,12 +4,12 @@ Runs ``d2lseg train`` once per (seed, variant) in a fresh process, a variant bei
 instruction-set cap (``DNNL_MAX_CPU_ISA``: the machine default, AVX512_CORE, AVX2), the native
 kernels on or off (``D2LSEG_NATIVE=0``) and the thread count (``OMP_NUM_THREADS``). Prints JSON:
 every run's per-epoch figures and environment, and per epoch the mean, standard deviation, min and
-max of loss, train/val pixel accuracy and val mIoU (d2lseg.reference.band_of). Progress goes to
+max of loss, train/val pixel accuracy and val mIoU (d2lseg.training.reference.band_of). Progress goes to
 stderr. A stored baseline is this JSON (d2lseg/baselines/), refreshed with:
 
     .venv/bin/python bench/spread.py --preset regression --out d2lseg/baselines/regression-band.json
 
-Presets live in d2lseg.reference.PRESETS (the Makefile's demo is the preset 'demo').
+Presets live in d2lseg.training.reference.PRESETS (the Makefile's demo is the preset 'demo').
 """
 import argparse
 import itertools
@@ -26,10 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import d2lseg  # noqa: E402,F401  (before MXNet: the thread count)
-from d2lseg.environment import environment  # noqa: E402
-from d2lseg.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
-from d2lseg.synthetic import GENERATOR, make_synthetic_voc  # noqa: E402
-from d2lseg.voc import has_voc
+from d2lseg.native.environment import environment  # noqa: E402
+from d2lseg.training.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
+from d2lseg.data.synthetic import GENERATOR, make_synthetic_voc  # noqa: E402
+from d2lseg.data.voc import has_voc
 
 ISAS = ('default', 'AVX512_CORE', 'AVX2')
 
@@ -74,7 +74,7 @@ def with_flags(train, overrides):
 
 
 def train_argv(preset, data_dir, seed, out):
-    return [sys.executable, '-m', 'd2lseg.cli', 'train', '--synthetic', '--data-dir', data_dir,
+    return [sys.executable, '-m', 'd2lseg.command.cli', 'train', '--synthetic', '--data-dir', data_dir,
             *preset['train'], '--seed', str(seed), '--out', out, '--no-progress']
 
 

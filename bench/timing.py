@@ -9,14 +9,17 @@ import os
 import resource
 import time
 
-from d2lseg import engine, environment, native, startup
-from d2lseg.config import Recipe
-from d2lseg.errors import D2lsegError
-from d2lseg.inference import label_graph, predict_full
-from d2lseg.model import build_fcn
-from d2lseg.quantization import calibration_batch, quantize, to_bfloat16
-from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.voc import VOC_SUBDIR, iter_split
+from d2lseg.training import engine
+from d2lseg.native import environment
+from d2lseg import native
+from d2lseg.core import startup
+from d2lseg.training.config import Recipe
+from d2lseg.core.errors import D2lsegError
+from d2lseg.fcn.inference import label_graph, predict_full
+from d2lseg.fcn.model import build_fcn
+from d2lseg.deploy.quantization import calibration_batch, quantize, to_bfloat16
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.data.voc import VOC_SUBDIR, iter_split
 import mxnet as mx
 from mxnet import nd
 

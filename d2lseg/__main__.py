@@ -7,18 +7,18 @@ import sys
 
 
 def main(argv=None):
-    from . import compat
+    from .core import compat
     argv = sys.argv[1:] if argv is None else list(argv)
     if compat.MXNET_ERROR:
         if argv[:1] == ['doctor']:
-            from . import doctor
+            from .command import doctor
             return doctor.main(compat.MXNET_ERROR)
         if argv[:1] in (['predict'], ['evaluate']) and any(a.split('=')[0] == '--onnx' for a in argv):
-            from . import onnxcli  # an exported model runs on ONNX Runtime: no MXNet needed
+            from .command import onnxcli  # an exported model runs on ONNX Runtime: no MXNet needed
             return onnxcli.main(argv)
         print(f'd2lseg: error: {compat.MXNET_ERROR}; `d2lseg doctor` checks the rest', file=sys.stderr)
         return 2
-    from . import cli
+    from .command import cli
     return cli.main(argv)
 
 

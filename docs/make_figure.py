@@ -7,10 +7,10 @@ import sys
 import d2lseg  # noqa: F401  (first: threads and AMX)
 import mxnet as mx
 
-from d2lseg.app import load_net
-from d2lseg.inference import predict_full
-from d2lseg.viz import prediction_grid, save_figure
-from d2lseg.voc import VOC_SUBDIR, iter_split
+from d2lseg.command.app import load_net
+from d2lseg.fcn.inference import predict_full
+from d2lseg.fcn.viz import prediction_grid, save_figure
+from d2lseg.data.voc import VOC_SUBDIR, iter_split
 
 # Said on the figure itself: the names are VOC's, the objects are not.
 STAND_IN = ("synthetic set: VOC's class names stand in for textured shapes; plain untextured shapes are "

@@ -7,9 +7,9 @@ from d2lseg import native
 import mxnet as mx
 import pytest
 
-from d2lseg.palette import build_colormap2label
-from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.voc import VOC_SUBDIR
+from d2lseg.data.palette import build_colormap2label
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.data.voc import VOC_SUBDIR
 from processes import _kill_tagged
 from recipes import TINY_EPOCHS, run_main, tiny_train_argv
 

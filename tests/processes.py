@@ -50,5 +50,5 @@ def _kill_tagged(tag):
 
 
 def _cli(*args, timeout=120, cwd=None):
-    return subprocess.run([sys.executable, '-m', 'd2lseg.cli', *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, '-m', 'd2lseg.command.cli', *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)

@@ -7,9 +7,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-from d2lseg.cli import main
-from d2lseg.config import Recipe
-from d2lseg.model import build_fcn
+from d2lseg.command.cli import main
+from d2lseg.training.config import Recipe
+from d2lseg.fcn.model import build_fcn
 
 
 def tiny_recipe(data_root, **kw):
@@ -72,7 +72,7 @@ def copy_of(run, folder):
 
 
 def run_cli(argv, capsys):
-    """(exit code, stdout, stderr lines) of ``d2lseg.cli.main(argv)``."""
+    """(exit code, stdout, stderr lines) of ``d2lseg.command.cli.main(argv)``."""
     code = main(argv)
     cap = capsys.readouterr()
     return code, cap.out, cap.err.strip().splitlines()

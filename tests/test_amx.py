@@ -1,4 +1,4 @@
-"""Intel AMX (``d2lseg.startup``): decided at import, float32 and INT8 results unchanged bit for bit,
+"""Intel AMX (``d2lseg.core.startup``): decided at import, float32 and INT8 results unchanged bit for bit,
 no cap leaked to child processes. The checks that need AMX are skipped, naming the missing flag,
 on CPUs without it; the decision itself is tested everywhere."""
 import json
@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from d2lseg import environment, startup
+from d2lseg.native import environment
+from d2lseg.core import startup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, 'tests', 'helpers', 'amx_outputs.py')

@@ -1,8 +1,8 @@
-"""Training augmentation (``d2lseg.augment``): image and label stay aligned, seeded, the scale range holds."""
+"""Training augmentation (``d2lseg.data.augment``): image and label stay aligned, seeded, the scale range holds."""
 import numpy as np
 import pytest
 
-from d2lseg.augment import augmented_crop, pad_to, scale_and_flip
+from d2lseg.data.augment import augmented_crop, pad_to, scale_and_flip
 
 
 def _scene(h=120, w=160, seed=0):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from d2lseg import startup
+from d2lseg.core import startup
 
 from bench import protocol as bench
 

@@ -1,4 +1,4 @@
-"""The chapter's training functions (D2L 10.10.5, ``d2lseg.chapter``): try_all_gpus, train's printout,
+"""The chapter's training functions (D2L 10.10.5, ``d2lseg.fcn.chapter``): try_all_gpus, train's printout,
 evaluate_accuracy, and one step split over two contexts equal to one context on the halves.
 
 The chapter's own cells run in tests/test_chapter_cells.py."""
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon, nd
 
-from d2lseg.chapter import evaluate_accuracy, split_batch as _get_batch, train, try_all_gpus
-from d2lseg.engine import evaluate
-from d2lseg.loss import SegmentationLoss
-from d2lseg.model import build_fcn
-from d2lseg.voc import VOCSegDataset
+from d2lseg.fcn.chapter import evaluate_accuracy, split_batch as _get_batch, train, try_all_gpus
+from d2lseg.training.engine import evaluate
+from d2lseg.fcn.loss import SegmentationLoss
+from d2lseg.fcn.model import build_fcn
+from d2lseg.data.voc import VOCSegDataset
 
 
 EPOCH_LINE = re.compile(r'^epoch (\d+), loss (\d+\.\d{4}), train acc (\d\.\d{3}), test acc (\d\.\d{3}), '
@@ -156,7 +156,7 @@ def test_the_chapters_plotting_runs_as_a_plain_script(tmp_path):
 
 
 def test_train_refuses_empty_data_in_one_line():
-    from d2lseg.errors import D2lsegError
+    from d2lseg.core.errors import D2lsegError
     one = gluon.data.ArrayDataset(nd.zeros((1, 3, 32, 32)), nd.zeros((1, 32, 32)))
     empty = gluon.data.DataLoader(one, batch_size=4, last_batch='discard')
     full = gluon.data.DataLoader(one, batch_size=1)

@@ -250,8 +250,8 @@ def run_chapter(root):
     """Lay out ``root/{work,data,img}`` and run the chapter's cells in ``root/work``."""
     import nbformat
     import matplotlib.cbook
-    from d2lseg.synthetic import make_synthetic_voc
-    from d2lseg.voc import MARKER
+    from d2lseg.data.synthetic import make_synthetic_voc
+    from d2lseg.data.voc import MARKER
     work, img_dir = root / 'work', root / 'img'
     work.mkdir()
     img_dir.mkdir()

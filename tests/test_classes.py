@@ -1,10 +1,10 @@
-"""Class lists (``d2lseg.classes``): VOC's 21, and classes files of one's own with names and colours."""
+"""Class lists (``d2lseg.data.classes``): VOC's 21, and classes files of one's own with names and colours."""
 import numpy as np
 import pytest
 
-from d2lseg.classes import ClassList, median_frequency_weights, read_classes, read_weights
-from d2lseg.errors import D2lsegError
-from d2lseg.palette import VOC_CLASSES, VOC_COLORMAP
+from d2lseg.data.classes import ClassList, median_frequency_weights, read_classes, read_weights
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.palette import VOC_CLASSES, VOC_COLORMAP
 
 
 def test_voc_classes_are_the_chapters():

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2lseg import checkpoint
-from d2lseg.cli import main
-from d2lseg.model import build_fcn
-from d2lseg.outputs import MANIFEST
-from d2lseg.palette import VOC_CLASSES
-from d2lseg.voc import VOC_SUBDIR, read_split
+from d2lseg.training import checkpoint
+from d2lseg.command.cli import main
+from d2lseg.fcn.model import build_fcn
+from d2lseg.core.outputs import MANIFEST
+from d2lseg.data.palette import VOC_CLASSES
+from d2lseg.data.voc import VOC_SUBDIR, read_split
 from recipes import copy_of, run_main, tiny_train_argv as tiny_flags
 
 EPOCH_FIGURES = {'epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'val_mean_acc', 'val_fwiou', 'val_iou',
@@ -282,7 +282,7 @@ def test_console_script_exit_codes(data_root, tmp_path, trained):
 
 
 def test_bfloat16_evaluate_and_predict_agree_with_float32(trained, data_root, voc_dir, tmp_path):
-    from d2lseg.quantization import bfloat16_unavailable
+    from d2lseg.deploy.quantization import bfloat16_unavailable
     why = bfloat16_unavailable()  # oneDNN needs AVX-512
     if why:
         pytest.skip(f'no bfloat16 here (oneDNN here has no AVX-512): {why}')
@@ -332,7 +332,7 @@ def test_bfloat16_refused_with_one_line_and_nothing_written(trained, voc_dir, tm
 def test_every_flag_has_help_and_there_is_a_version(capsys):
     import argparse
     from d2lseg import __version__
-    from d2lseg.cli import build_parser
+    from d2lseg.command.cli import build_parser
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     blank = [f'{name} {a.option_strings or a.dest}' for name, sub in subparsers.choices.items()
@@ -357,7 +357,7 @@ def test_progress_bars_stay_out_of_pipes_and_logs(data_root, tmp_path):
     assert p.returncode == 0, p.stderr
     assert '--no-progress' not in p.args and 'epoch 2,' in p.stdout
     assert '\r' not in p.stderr and 'batch/s' not in p.stderr and 'it/s' not in p.stderr
-    from d2lseg.progress import watched
+    from d2lseg.core.progress import watched
     assert not watched(io.StringIO())
 
 
@@ -449,7 +449,7 @@ def test_keep_checkpoints_keeps_the_last_n(data_root, tmp_path):
 
 
 def test_predict_names_the_synthetic_classes_stand_ins_on_its_legend(trained, voc_dir, tmp_path, monkeypatch):
-    from d2lseg import photos
+    from d2lseg.command import photos
     out, _ = trained
     titles, real = [], photos.legend_figure
     monkeypatch.setattr(photos, 'legend_figure', lambda *a: titles.append(a[3]) or real(*a))

@@ -1,4 +1,4 @@
-"""d2lseg.compat: the numpy names MXNet 1.9.1 uses, restored exactly where the installed numpy lacks them."""
+"""d2lseg.core.compat: the numpy names MXNet 1.9.1 uses, restored exactly where the installed numpy lacks them."""
 import ast
 import importlib.util
 import math
@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from d2lseg import compat
+from d2lseg.core import compat
 
 pytestmark = pytest.mark.tier
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,7 @@ def test_the_scan_finds_what_mxnet_is_known_to_use(used):
 
 def test_every_numpy_name_mxnet_uses_is_there_after_import_d2lseg(used):
     missing = sorted(n for n in used if not _numpy_has(n))
-    assert not missing, (f'numpy {np.__version__} lacks names MXNet uses that d2lseg.compat does not restore: '
+    assert not missing, (f'numpy {np.__version__} lacks names MXNet uses that d2lseg.core.compat does not restore: '
                          f'{[(n, sorted(used[n])[:2]) for n in missing]}')
 
 
@@ -136,7 +136,7 @@ def test_mxnet_runs_what_the_chapter_needs_after_import_d2lseg():
 
 def test_a_missing_mxnet_is_one_line_naming_the_command():
     hide = "import sys; sys.modules['mxnet'] = None; "
-    out = _run(hide + 'import d2lseg as d2l; d2l.train')  # import d2lseg itself works (d2lseg.onnxrun needs no MXNet)
+    out = _run(hide + 'import d2lseg as d2l; d2l.train')  # import d2lseg itself works (d2lseg.deploy.onnxrun needs no MXNet)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith('ImportError: d2lseg.train needs MXNet: MXNet 1.9.1 is not installed for this Python')

@@ -1,4 +1,4 @@
-"""The configuration (``d2lseg.config``): the chapter's defaults, one-line validation naming the flag, and
+"""The configuration (``d2lseg.training.config``): the chapter's defaults, one-line validation naming the flag, and
 everything derived from the Recipe fields (the train flags, the chapter's recipe, the docs' flag table)."""
 import dataclasses
 import json
@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from d2lseg import cli, config
-from d2lseg.config import Recipe
-from d2lseg.reference import CHAPTER_RECIPE, RECIPE_KEYS
+from d2lseg.command import cli
+from d2lseg.training import config
+from d2lseg.training.config import Recipe
+from d2lseg.training.reference import CHAPTER_RECIPE, RECIPE_KEYS
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 
@@ -30,7 +31,7 @@ def test_recipe_defaults_are_the_chapters():
     (dict(warmup_epochs=6), '--warmup-epochs 6'), (dict(warmup_epochs=float('nan')), '--warmup-epochs nan'),
 ])
 def test_recipe_validate_names_the_flag(change, flag):
-    from d2lseg.errors import D2lsegError
+    from d2lseg.core.errors import D2lsegError
     with pytest.raises(D2lsegError) as e:
         Recipe(**change).validate()
     msg = str(e.value)
@@ -98,7 +99,7 @@ def test_the_chapters_recipe_and_the_compared_keys_derive_from_the_fields():
 
 def test_auto_ctx_falls_back_to_the_cpu_and_an_explicit_gpu_is_an_error():
     import mxnet as mx
-    from d2lseg.errors import D2lsegError
+    from d2lseg.core.errors import D2lsegError
     if mx.context.num_gpus():
         pytest.skip('this machine has a GPU: auto picks it')
     spec, ctx, note = config.resolve_ctx('auto')

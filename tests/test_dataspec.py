@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from d2lseg import cli
-from d2lseg.config import Recipe
-from d2lseg.dataspec import DataSpec, UNKNOWN
-from d2lseg.errors import D2lsegError
-from d2lseg.images import save_label_png
-from d2lseg.voc import VOCSegDataset, iter_split, read_split
+from d2lseg.command import cli
+from d2lseg.training.config import Recipe
+from d2lseg.data.dataspec import DataSpec, UNKNOWN
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.images import save_label_png
+from d2lseg.data.voc import VOCSegDataset, iter_split, read_split
 
 
 def test_one_set_of_defaults():

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from d2lseg.metrics import ConfusionMatrix
-from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.voc import iter_split
+from d2lseg.fcn.metrics import ConfusionMatrix
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.data.voc import iter_split
 
 LOOKUP_CEILING = 0.15
 

@@ -11,10 +11,10 @@ import threading
 import numpy as np
 import pytest
 
-from d2lseg.errors import D2lsegError
-from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.download import download_voc_pascal
-from d2lseg.voc import VOCSegDataset, VOC_SUBDIR
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.data.download import download_voc_pascal
+from d2lseg.data.voc import VOCSegDataset, VOC_SUBDIR
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 TIMEOUT = 5  # seconds per request: every fault here must surface well within it

@@ -1,4 +1,4 @@
-"""The reference trainer (``d2lseg.engine``): learning-rate schedule, fit with callbacks and checkpoints,
+"""The reference trainer (``d2lseg.training.engine``): learning-rate schedule, fit with callbacks and checkpoints,
 resume equal to an uninterrupted run, seeds, divergence."""
 import dataclasses
 import json
@@ -9,12 +9,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from d2lseg import checkpoint, outputs
-from d2lseg.callbacks import Checkpointer
-from d2lseg.config import Recipe
-from d2lseg.engine import TrainingDiverged, fit, learning_rate, prepare
-from d2lseg.loss import SegmentationLoss
-from d2lseg.model import build_fcn, load_params
+from d2lseg.training import checkpoint
+from d2lseg.core import outputs
+from d2lseg.training.callbacks import Checkpointer
+from d2lseg.training.config import Recipe
+from d2lseg.training.engine import TrainingDiverged, fit, learning_rate, prepare
+from d2lseg.fcn.loss import SegmentationLoss
+from d2lseg.fcn.model import build_fcn, load_params
 from recipes import same_params, tiny_recipe, trainable
 
 
@@ -85,7 +86,7 @@ def test_resume_after_interruption_equals_uninterrupted(straight_run, data_root,
     assert checkpoint.load_meta(out)['epoch'] == 1
     # resume with a different (ignored) seed/lr: the stored recipe wins
     run_recipe = tiny_recipe(data_root, epochs=3, seed=99, lr=9.0)
-    from d2lseg.engine import resume
+    from d2lseg.training.engine import resume
     before = dataclasses.replace(run_recipe)
     resumed = resume(out, dict(ctx=run_recipe.ctx, workers=run_recipe.workers, epochs=3)).recipe
     assert (resumed.seed, resumed.lr, resumed.lr_schedule, resumed.epochs) == (3, 0.05, 'poly', 3)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from d2lseg import environment, native
+from d2lseg.native import environment
+from d2lseg import native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREADS = os.path.join(ROOT, 'tests', 'helpers', 'threads.py')

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from d2lseg import checkpoint
-from d2lseg.cli import main
-from d2lseg.errors import D2lsegError, first_line
-from d2lseg.config import Recipe
+from d2lseg.training import checkpoint
+from d2lseg.command.cli import main
+from d2lseg.core.errors import D2lsegError, first_line
+from d2lseg.training.config import Recipe
 from recipes import copy_of
 
 pytestmark = pytest.mark.fault
@@ -138,7 +138,7 @@ def test_resume_never_writes_data_where_the_pointer_says(run_dir, tmp_path, caps
 
 
 def test_optimizer_state_of_another_network_is_one_line(run_dir, tmp_path):
-    from d2lseg.engine import prepare
+    from d2lseg.training.engine import prepare
     d = copy_run(run_dir, tmp_path)
     meta = checkpoint.load_meta(str(d))
     recipe = Recipe.from_dict(dict(meta['recipe'], ctx='cpu', variant='fcn16s'))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2lseg.cli import main
-from d2lseg.errors import D2lsegError
-from d2lseg.images import read_image
-from d2lseg.inference import label2image, predict
-from d2lseg.metrics import ConfusionMatrix
-from d2lseg.model import build_fcn
-from d2lseg.config import Recipe, parse_ctx
+from d2lseg.command.cli import main
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.images import read_image
+from d2lseg.fcn.inference import label2image, predict
+from d2lseg.fcn.metrics import ConfusionMatrix
+from d2lseg.fcn.model import build_fcn
+from d2lseg.training.config import Recipe, parse_ctx
 
 pytestmark = pytest.mark.fault
 
@@ -133,7 +133,7 @@ def test_data_is_checked_before_any_download(tmp_path, capsys):
 @pytest.mark.parametrize('error', [OSError(28, 'No space left on device'),
                                    mx.base.MXNetError('\nTraceback (most recent call last):\n  FileStream.Write failed')])
 def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, error):
-    from d2lseg import outputs
+    from d2lseg.core import outputs
     target = tmp_path / 'model.params'
     target.write_bytes(b'the good one')
 
@@ -148,7 +148,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, error):
 
 def test_a_port_in_time_wait_is_free_to_the_scheduler():
     import socket
-    from d2lseg.launcher import _check_port
+    from d2lseg.command.launcher import _check_port
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the last job's scheduler (ZeroMQ) had it
     srv.bind(('127.0.0.1', 0))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2lseg.cli import main
-from d2lseg.images import read_image
-from d2lseg.inference import predict_full, predict_multiscale
-from d2lseg.model import build_fcn
-from d2lseg.palette import voc_palette
-from d2lseg.photos import class_shares
-from d2lseg.viz import overlay
+from d2lseg.command.cli import main
+from d2lseg.data.images import read_image
+from d2lseg.fcn.inference import predict_full, predict_multiscale
+from d2lseg.fcn.model import build_fcn
+from d2lseg.data.palette import voc_palette
+from d2lseg.command.photos import class_shares
+from d2lseg.fcn.viz import overlay
 
 pytestmark = pytest.mark.fault
 
@@ -59,8 +59,8 @@ def test_multiscale_equals_the_average_of_whole_resized_score_maps(net):
     images are resized by the same rule (``pixels.ResizedRows`` whole; it may differ from cv2.resize by one level,
     tested below), so only the streaming of the score maps is compared here."""
     import cv2
-    from d2lseg.inference import predict_logits_full
-    from d2lseg.pixels import ResizedRows
+    from d2lseg.fcn.inference import predict_logits_full
+    from d2lseg.data.pixels import ResizedRows
     img = np.random.default_rng(3).integers(0, 256, (150, 230, 3), dtype=np.uint8)
     total = 0
     for s in (0.75, 1.25):
@@ -115,7 +115,7 @@ def test_peak_rss_grows_by_a_few_bytes_per_pixel(mode, tall_trees, tmp_path):
 @pytest.mark.parametrize('shape', [(517, 333), (1, 7), (300, 1)])
 def test_pngs_written_by_bands_decode_to_what_was_given(shape, tmp_path):
     """pixels.write_png (what predict writes its label PNGs and overlays with) against Pillow's decoder."""
-    from d2lseg.pixels import label_bands, write_png
+    from d2lseg.data.pixels import label_bands, write_png
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
     img[len(img) // 3:] //= 16  # runs of equal values too
@@ -135,7 +135,7 @@ def test_pngs_written_by_bands_decode_to_what_was_given(shape, tmp_path):
 def test_resized_rows_are_opencvs_resize_band_by_band(size, mirrored):
     """The image evaluate --scales resizes a band at a time equals cv2.resize (INTER_LINEAR) to 1 level."""
     import cv2
-    from d2lseg.pixels import ResizedRows
+    from d2lseg.data.pixels import ResizedRows
     img = np.random.default_rng(6).integers(0, 256, (150, 230, 3), dtype=np.uint8)
     lazy = ResizedRows(img, size, mirrored)
     got = np.concatenate([lazy[y:y + 37] for y in range(0, size[0], 37)])

@@ -11,13 +11,14 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from d2lseg import checkpoint, startup
-from d2lseg.classes import check_weights, read_classes, read_weights
-from d2lseg.cli import main
-from d2lseg.config import Recipe
-from d2lseg.engine import divergence_advice
-from d2lseg.errors import D2lsegError, first_line
-from d2lseg.model import build_fcn, load_params
+from d2lseg.training import checkpoint
+from d2lseg.core import startup
+from d2lseg.data.classes import check_weights, read_classes, read_weights
+from d2lseg.command.cli import main
+from d2lseg.training.config import Recipe
+from d2lseg.training.engine import divergence_advice
+from d2lseg.core.errors import D2lsegError, first_line
+from d2lseg.fcn.model import build_fcn, load_params
 
 from recipes import copy_of, run_cli as run, tiny_train_argv as tiny
 

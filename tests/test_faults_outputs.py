@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2lseg import outputs, photos
-from d2lseg.outputs import MANIFEST
-from d2lseg.photos import output_stems
+from d2lseg.core import outputs
+from d2lseg.command import photos
+from d2lseg.core.outputs import MANIFEST
+from d2lseg.command.photos import output_stems
 
 from recipes import copy_of, run_cli as run, tiny_train_argv as tiny
 
@@ -59,7 +60,7 @@ def test_json_onto_an_input_photo_or_the_model_is_refused_before_any_work(done, 
 
 
 def test_evaluate_never_writes_over_a_validation_image_or_label(done, data_root, tmp_path, capsys):
-    from d2lseg.voc import VOC_SUBDIR, read_split
+    from d2lseg.data.voc import VOC_SUBDIR, read_split
     voc = os.path.join(data_root, VOC_SUBDIR)
     name = read_split(voc, is_train=False)[0]
     for path in (os.path.join(voc, 'JPEGImages', name + '.jpg'), os.path.join(voc, 'SegmentationClass', name + '.png')):
@@ -150,7 +151,7 @@ def test_an_unwritable_figure_format_is_refused_before_evaluating(done, data_roo
 
 
 def test_every_label_void_keeps_the_previous_metrics(done, data_root, tmp_path, capsys):
-    from d2lseg.voc import VOC_SUBDIR, read_split
+    from d2lseg.data.voc import VOC_SUBDIR, read_split
     root = tmp_path / 'void'
     shutil.copytree(data_root, root)
     voc = os.path.join(root, VOC_SUBDIR)
@@ -215,8 +216,8 @@ def test_the_manifest_and_temporaries(tmp_path):
     outputs.clean_temporaries(folder)
     assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST, 'b.png.tmp-999999999', f'a.png.tmp-{os.getppid()}'])
     # a folder where the temporary or the file goes: one line (no traceback), the folder kept
-    from d2lseg import checkpoint
-    from d2lseg.errors import D2lsegError
+    from d2lseg.training import checkpoint
+    from d2lseg.core.errors import D2lsegError
     (tmp_path / f'x.tmp-{os.getpid()}').mkdir()
     (tmp_path / 'y').mkdir()
     for name in ('x', 'y'):

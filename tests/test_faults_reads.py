@@ -12,11 +12,11 @@ import time
 import pytest
 from PIL import Image
 
-from d2lseg import textfiles
-from d2lseg.classes import read_classes, read_weights
-from d2lseg.cli import main
-from d2lseg.errors import D2lsegError
-from d2lseg.launcher import _lines, launch, read_hostfile
+from d2lseg.core import textfiles
+from d2lseg.data.classes import read_classes, read_weights
+from d2lseg.command.cli import main
+from d2lseg.core.errors import D2lsegError
+from d2lseg.command.launcher import _lines, launch, read_hostfile
 from processes import _assert_no_leftovers, _tagged_processes
 
 pytestmark = pytest.mark.fault
@@ -140,7 +140,7 @@ def test_predict_skips_a_fifo_among_the_photos_and_a_fifo_model_json_is_named(da
 
 
 def test_a_corrupt_or_oversized_model_json_is_named(tmp_path, capsys):
-    from d2lseg.classes import model_classes
+    from d2lseg.data.classes import model_classes
     params = tmp_path / 'model.params'
     (tmp_path / 'model.json').write_text('{"variant": "fcn32s", "classes": ')
     with pytest.raises(D2lsegError, match='model.json: not a model.json of d2lseg train .*damaged'):
@@ -174,7 +174,7 @@ def test_launcher_output_is_read_in_bounded_chunks():
 @pytest.mark.distributed
 def test_no_child_survives_a_killed_launcher(tag):
     worker = 'import time; print("up", flush=True); time.sleep(120)'
-    launcher = subprocess.Popen([sys.executable, '-m', 'd2lseg.cli', 'launch', '-n', '2', '--port', '0', '--',
+    launcher = subprocess.Popen([sys.executable, '-m', 'd2lseg.command.cli', 'launch', '-n', '2', '--port', '0', '--',
                                  sys.executable, '-c', worker], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True)
     try:

@@ -8,10 +8,10 @@ import sys
 import pytest
 from PIL import Image
 
-from d2lseg import runfolder
-from d2lseg.cli import main
-from d2lseg.outputs import MANIFEST
-from d2lseg.photos import output_stems
+from d2lseg.core import runfolder
+from d2lseg.command.cli import main
+from d2lseg.core.outputs import MANIFEST
+from d2lseg.command.photos import output_stems
 
 from recipes import run_cli as run, tiny_train_argv as tiny
 

@@ -13,12 +13,12 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from d2lseg import checkpoint
-from d2lseg.cli import main
-from d2lseg.errors import D2lsegError
-from d2lseg.model import build_fcn, load_params
-from d2lseg.config import Recipe
-from d2lseg.engine import prepare
+from d2lseg.training import checkpoint
+from d2lseg.command.cli import main
+from d2lseg.core.errors import D2lsegError
+from d2lseg.fcn.model import build_fcn, load_params
+from d2lseg.training.config import Recipe
+from d2lseg.training.engine import prepare
 
 pytestmark = pytest.mark.fault
 

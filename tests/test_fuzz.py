@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from d2lseg.errors import D2lsegError
-from d2lseg.synthetic import make_synthetic_voc
-from d2lseg.palette import voc_palette
-from d2lseg.voc import VOCSegDataset, iter_split, read_voc_images
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.data.palette import voc_palette
+from d2lseg.data.voc import VOCSegDataset, iter_split, read_voc_images
 
 pytestmark = pytest.mark.fault
 FUZZ = settings(max_examples=25, deadline=None, database=None, print_blob=True,

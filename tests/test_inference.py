@@ -9,11 +9,11 @@ from mxnet import nd
 from mxnet.gluon import nn
 
 from d2lseg import native
-from d2lseg.inference import (label2image, label_graph, predict, predict_batch, predict_full, predict_logits_full,
+from d2lseg.fcn.inference import (label2image, label_graph, predict, predict_batch, predict_full, predict_logits_full,
                               predict_multiscale, tile_starts)
-from d2lseg.model import build_fcn
-from d2lseg.images import normalize_image
-from d2lseg.palette import VOC_COLORMAP
+from d2lseg.fcn.model import build_fcn
+from d2lseg.data.images import normalize_image
+from d2lseg.data.palette import VOC_COLORMAP
 
 
 @pytest.fixture(scope='module')
@@ -116,7 +116,7 @@ def test_small_image_is_padded_with_the_mean_colour(net):
 
 
 def test_bad_tile_is_a_clear_error(net):
-    from d2lseg.errors import D2lsegError
+    from d2lseg.core.errors import D2lsegError
     with pytest.raises(D2lsegError, match='multiples of 32'):
         predict_full(net, _image(64, 64), tile=(60, 96))
 
@@ -131,7 +131,7 @@ def test_label2image_uses_the_voc_colormap():
 
 
 def test_overlay_blends_only_foreground():
-    from d2lseg.viz import overlay
+    from d2lseg.fcn.viz import overlay
     img = np.full((2, 2, 3), 100, np.uint8)
     out = overlay(img, np.array([[0, 1], [0, 0]]), alpha=0.5)
     np.testing.assert_array_equal(out[0, 0], [100, 100, 100])
@@ -139,7 +139,7 @@ def test_overlay_blends_only_foreground():
 
 
 def test_plots_are_written(tmp_path):
-    from d2lseg.viz import plot_confusion, plot_history, plt, legend, show_images
+    from d2lseg.fcn.viz import plot_confusion, plot_history, plt, legend, show_images
     history = {'epochs': [dict(epoch=i, loss=1.0 / i, train_acc=0.5, test_acc=0.6, val_miou=0.2) for i in (1, 2)]}
     path = tmp_path / 'curves.png'
     plot_history(history, str(path))
@@ -205,8 +205,8 @@ def test_flip_averaging_of_a_mirror_symmetric_case_changes_nothing():
 
 
 def test_prediction_grid_titles_rows_and_lists_the_classes_and_void_shown():
-    from d2lseg.classes import ClassList
-    from d2lseg.viz import prediction_grid
+    from d2lseg.data.classes import ClassList
+    from d2lseg.fcn.viz import prediction_grid
     img = np.zeros((32, 48, 3), np.uint8)
     label = np.zeros((32, 48), np.uint8)
     label[4:10, 4:10], label[0] = 2, 255          # bicycle, and a void border

@@ -15,7 +15,7 @@ import pytest
 from mxnet import autograd, nd
 
 from d2lseg import native
-from d2lseg.loss import SegmentationLoss
+from d2lseg.fcn.loss import SegmentationLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +141,7 @@ def test_gpu_contexts_keep_mxnet_operators():
 def test_the_decision_is_taken_per_call_not_stored_in_the_built_network():
     """A hybridised network built where the kernels run rebuilds its graph when the decision changes
     (as after reset_ctx to a GPU): the same outputs either way, the decision of the call in force."""
-    from d2lseg.model import build_fcn
+    from d2lseg.fcn.model import build_fcn
     net = build_fcn(5, 'fcn16s', pretrained=False, fast_upsampling=True)
     net.hybridize(static_alloc=True)
     x = nd.random.normal(shape=(1, 3, 64, 96))
@@ -287,7 +287,7 @@ def test_a_cache_others_can_write_is_not_used(tmp_path, monkeypatch):
 
 
 def test_an_inner_hybridized_block_rebuilds_its_graph_too():
-    from d2lseg.model import build_fcn
+    from d2lseg.fcn.model import build_fcn
     net = build_fcn(5, 'fcn32s', pretrained=False, fast_upsampling=True)
     net[-1].hybridize(static_alloc=True)            # only the upsampling keeps a graph
     x = nd.random.normal(shape=(1, 3, 64, 96))

@@ -1,4 +1,4 @@
-"""Data-parallel training on the parameter server (``d2lseg.kvstore``), all on 127.0.0.1.
+"""Data-parallel training on the parameter server (``d2lseg.training.kvstore``), all on 127.0.0.1.
 
 The distributed run (2 workers, 1 server, batch 2 each) must equal a single process that trains on
 the union batch (4) split over two contexts, so BatchNorm sees the same per-worker sub-batches."""
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-from d2lseg.config import Recipe
-from d2lseg.engine import fit, prepare
-from d2lseg.errors import D2lsegError
-from d2lseg.kvstore import DIGITS, allreduce_counts, create_kvstore, merge_digits, split_digits
+from d2lseg.training.config import Recipe
+from d2lseg.training.engine import fit, prepare
+from d2lseg.core.errors import D2lsegError
+from d2lseg.training.kvstore import DIGITS, allreduce_counts, create_kvstore, merge_digits, split_digits
 from processes import _assert_no_leftovers, _cli, helper
 
 

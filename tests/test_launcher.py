@@ -1,4 +1,4 @@
-"""``d2lseg launch`` (``d2lseg.launcher``): the job stops as a whole when a worker fails, hangs or runs out of
+"""``d2lseg launch`` (``d2lseg.command.launcher``): the job stops as a whole when a worker fails, hangs or runs out of
 time, runs over ssh from a host file, and leaves no process behind."""
 import io
 import stat
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from d2lseg.errors import D2lsegError
-from d2lseg.launcher import launch, read_hostfile
+from d2lseg.core.errors import D2lsegError
+from d2lseg.command.launcher import launch, read_hostfile
 from processes import _assert_no_leftovers, _cli, helper
 
 

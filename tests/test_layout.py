@@ -170,7 +170,7 @@ def test_the_ground_floor_and_config_load_no_mxnet():
 
 def test_private_mxnet_attributes_only_in_mxinternals():
     """Every underscored attribute of MXNet's that the package uses goes through ``mxinternals``."""
-    from d2lseg import mxinternals
+    from d2lseg.core import mxinternals
     private = {a for names in mxinternals.ATTRIBUTES.values() for a in names}
     found = []
     for path in PACKAGE:
@@ -179,7 +179,7 @@ def test_private_mxnet_attributes_only_in_mxinternals():
         for node in ast.walk(_tree(path)):
             if isinstance(node, ast.Attribute) and node.attr in private:  # also self._x: a subclass of MXNet's
                 found.append(f'{_rel(path)}:{node.lineno} .{node.attr}')
-    assert not found, f'private MXNet attributes outside d2lseg/mxinternals.py: {found}'
+    assert not found, f'private MXNet attributes outside d2lseg/core/mxinternals.py: {found}'
 
 
 def test_readme_layout_names_every_module():

@@ -1,11 +1,11 @@
-"""SegmentationLoss (``d2lseg.loss``): gluon's softmax cross-entropy where nothing is ignored, label 255 skipped,
+"""SegmentationLoss (``d2lseg.fcn.loss``): gluon's softmax cross-entropy where nothing is ignored, label 255 skipped,
 with the native kernels and without."""
 import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import autograd, gluon, nd
 
-from d2lseg.loss import SegmentationLoss
+from d2lseg.fcn.loss import SegmentationLoss
 
 
 def test_segmentation_loss_matches_gluon_and_skips_255():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mxnet import nd
 
-from d2lseg.metrics import ConfusionMatrix
-from d2lseg.palette import VOC_CLASSES
+from d2lseg.fcn.metrics import ConfusionMatrix
+from d2lseg.data.palette import VOC_CLASSES
 
 # 4 classes; class 3 appears in neither label nor prediction; the last pixel is void (255).
 LABEL = np.array([[0, 0, 1], [1, 2, 255]])

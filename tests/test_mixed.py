@@ -1,4 +1,4 @@
-"""bfloat16 training (``--dtype bfloat16``, ``d2lseg.mixed``): float32 master weights and gradients, bfloat16
+"""bfloat16 training (``--dtype bfloat16``, ``d2lseg.deploy.mixed``): float32 master weights and gradients, bfloat16
 arithmetic in the body, everything the float32 path has (resume, contexts, class weights, augmentation, own
 classes, FCN-16s/8s), refused in one line where it cannot run.
 
@@ -12,13 +12,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from d2lseg import checkpoint
-from d2lseg.callbacks import Checkpointer
-from d2lseg.engine import fit, prepare, resume, train_step
-from d2lseg.errors import D2lsegError
-from d2lseg.mixed import check_dtype
-from d2lseg.model import build_fcn, load_params
-from d2lseg.quantization import bfloat16_unavailable
+from d2lseg.training import checkpoint
+from d2lseg.training.callbacks import Checkpointer
+from d2lseg.training.engine import fit, prepare, resume, train_step
+from d2lseg.core.errors import D2lsegError
+from d2lseg.deploy.mixed import check_dtype
+from d2lseg.fcn.model import build_fcn, load_params
+from d2lseg.deploy.quantization import bfloat16_unavailable
 from recipes import run_cli, same_params, tiny_recipe, tiny_train_argv, trainable
 
 WHY = bfloat16_unavailable()

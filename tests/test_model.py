@@ -6,9 +6,9 @@ import pytest
 from mxnet import gluon, nd
 from mxnet.gluon import model_zoo, nn
 
-from d2lseg.errors import D2lsegError
-from d2lseg.model import FCNSkip, build_fcn, load_backbone, load_params
-from d2lseg.ops import bilinear_kernel
+from d2lseg.core.errors import D2lsegError
+from d2lseg.fcn.model import FCNSkip, build_fcn, load_backbone, load_params
+from d2lseg.fcn.ops import bilinear_kernel
 
 SMALL = (64, 96)
 

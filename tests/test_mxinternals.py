@@ -4,8 +4,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
 
-from d2lseg import mxinternals
-from d2lseg.upsampling import FastUpsampling
+from d2lseg.core import mxinternals
+from d2lseg.native.upsampling import FastUpsampling
 
 
 def _trainer(kvstore='device', momentum=0.9):

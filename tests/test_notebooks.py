@@ -123,7 +123,7 @@ def test_report_reads_values_and_names_what_is_missing(tmp_path):
     import nbformat
     nb = nbformat.v4.new_notebook()
     nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    # d2lseg first, as the notebooks do: on numpy >= 1.24 MXNet needs the names d2lseg.compat restores
+    # d2lseg first, as the notebooks do: on numpy >= 1.24 MXNet needs the names d2lseg.core.compat restores
     nb.cells = [nbformat.v4.new_code_cell('import d2lseg\nimport numpy as np\nfrom mxnet import cpu, nd\n'
                                           'a, ok, s = np.float32(0.5), np.bool_(True), (2, 3)\n'
                                           'big, d = nd.zeros((3, 200, 200)), {0.1: [np.int64(7)], "c": [cpu()]}')]
@@ -238,8 +238,8 @@ def test_03_voc_dataset(monkeypatch, tmp_path):
     assert r['chapter_crop'] == [160, 224]                        # quick mode's analogue of 320x480
     assert r['X.shape'] == [2, 3, 160, 224] and r['Y.shape'] == [2, 160, 224]   # the first batch
     # the quick set (made again here, deterministic): 8 training and 4 validation images of 128x192 or 160x224
-    from d2lseg.images import read_label_indices
-    from d2lseg.synthetic import make_synthetic_voc
+    from d2lseg.data.images import read_label_indices
+    from d2lseg.data.synthetic import make_synthetic_voc
     voc = make_synthetic_voc(str(tmp_path), n_train=8, n_val=4, sizes=((128, 192), (160, 224)), progress=False)
     made = {}
     for split in ('train', 'val'):

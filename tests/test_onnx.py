@@ -1,4 +1,4 @@
-"""ONNX export (``d2lseg.export``) and ONNX Runtime inference (``d2lseg.onnxrun``): parity with MXNet under the
+"""ONNX export (``d2lseg.deploy.export``) and ONNX Runtime inference (``d2lseg.deploy.onnxrun``): parity with MXNet under the
 published protocol for every variant, the metadata and card, inference without MXNet, bad inputs."""
 import json
 import os
@@ -17,17 +17,22 @@ import mxnet as mx  # noqa: E402
 from mxnet import nd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from d2lseg import compat, images, inference, native, onnxrun, photos  # noqa: E402
-from d2lseg.app import load_net  # noqa: E402
-from d2lseg.classes import ClassList  # noqa: E402
-from d2lseg.errors import D2lsegError  # noqa: E402
-from d2lseg.export import OPSET, OnnxNet, export_onnx  # noqa: E402
-from d2lseg.images import RGB_MEAN, RGB_STD, read_label_indices  # noqa: E402
-from d2lseg.metrics import ConfusionMatrix  # noqa: E402
-from d2lseg.model import build_fcn  # noqa: E402
-from d2lseg.outputs import MANIFEST  # noqa: E402
-from d2lseg.palette import voc_palette  # noqa: E402
-from d2lseg.voc import iter_split  # noqa: E402
+from d2lseg.core import compat
+from d2lseg.data import images
+from d2lseg.fcn import inference
+from d2lseg import native
+from d2lseg.deploy import onnxrun
+from d2lseg.command import photos  # noqa: E402
+from d2lseg.command.app import load_net  # noqa: E402
+from d2lseg.data.classes import ClassList  # noqa: E402
+from d2lseg.core.errors import D2lsegError  # noqa: E402
+from d2lseg.deploy.export import OPSET, OnnxNet, export_onnx  # noqa: E402
+from d2lseg.data.images import RGB_MEAN, RGB_STD, read_label_indices  # noqa: E402
+from d2lseg.fcn.metrics import ConfusionMatrix  # noqa: E402
+from d2lseg.fcn.model import build_fcn  # noqa: E402
+from d2lseg.core.outputs import MANIFEST  # noqa: E402
+from d2lseg.data.palette import voc_palette  # noqa: E402
+from d2lseg.data.voc import iter_split  # noqa: E402
 from recipes import copy_of  # noqa: E402
 
 HELPER = os.path.join(os.path.dirname(__file__), 'helpers', 'onnx_without_mxnet.py')
@@ -199,9 +204,9 @@ def test_predict_and_evaluate_without_mxnet_write_what_the_mxnet_path_writes(tra
     found, stderr = _run_without_mxnet('package', path, str(tmp_path / 'onnx'), str(tmp_path / 'onnx.json'), *images,
                                        '--evaluate', data_root)
     assert found['failed'] == 0 and not found['mxnet_loaded']
-    assert set(found['modules']) == {'d2lseg.compat', 'd2lseg.startup', 'd2lseg.onnxrun', 'd2lseg.errors',
-                                     'd2lseg.outputs', 'd2lseg.textfiles', 'd2lseg.constants', 'd2lseg.version',
-                                     'd2lseg.photofiles', 'd2lseg.pixels', 'd2lseg.vocpalette'}
+    assert set(found['modules']) == {'d2lseg.core.compat', 'd2lseg.core.startup', 'd2lseg.deploy.onnxrun', 'd2lseg.core.errors',
+                                     'd2lseg.core.outputs', 'd2lseg.core.textfiles', 'd2lseg.core.constants', 'd2lseg.core.version',
+                                     'd2lseg.data.photofiles', 'd2lseg.data.pixels', 'd2lseg.data.vocpalette'}
     assert stderr.count('warning') == 1 and 'without history.json' in stderr  # its card's caveat, once
     net = _mxnet_net(os.path.join(run, 'model.params'))
     assert photos.predict_files(net, images, str(tmp_path / 'mx'), json_path=str(tmp_path / 'mx.json'),
@@ -276,7 +281,7 @@ def test_onnxrun_loads_by_file_without_the_package_and_shows_the_caveat_once(tra
     _, path = trained
     found, stderr = _run_without_mxnet('file', path, str(tmp_path / 'out'), str(tmp_path / 'out.json'),
                                        *_val_images(voc_dir, 2))
-    assert found['failed'] == 0 and not found['mxnet_loaded'] and 'd2lseg.compat' not in found['modules']
+    assert found['failed'] == 0 and not found['mxnet_loaded'] and 'd2lseg.core.compat' not in found['modules']
     warnings = [line for line in stderr.splitlines() if 'warning' in line]
     assert len(warnings) == 1 and 'synthetic shapes' in warnings[0]
     legend = Image.open(tmp_path / 'out' / 'legend.png')
@@ -353,7 +358,7 @@ def test_onnxrun_refuses_missing_or_altered_metadata_and_damaged_files_in_one_li
     altered = tmp_path / 'altered.onnx'
     m = onnx.ModelProto()
     m.CopyFrom(source)
-    entry = next(p for p in m.metadata_props if p.key == 'd2lseg.classes')
+    entry = next(p for p in m.metadata_props if p.key == 'd2lseg.data.classes')
     entry.value = entry.value.replace('person', 'persons')
     onnx.save(m, str(altered))
     bare = tmp_path / 'bare.onnx'

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from mxnet import autograd, init, nd
 from mxnet.gluon import nn
 
-from d2lseg.ops import bilinear_kernel, conv_output_size, corr2d, kernel2matrix, trans_conv
+from d2lseg.fcn.ops import bilinear_kernel, conv_output_size, corr2d, kernel2matrix, trans_conv
 
 # The chapter's example: X = arange(1, 17) as 4x4, K = arange(1, 10) as 3x3.
 X44 = nd.arange(1, 17).reshape((4, 4))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2lseg.classes import ClassList, read_classes
-from d2lseg.cli import main
-from d2lseg.model import build_fcn, init_from
-from d2lseg.ops import bilinear_kernel
+from d2lseg.data.classes import ClassList, read_classes
+from d2lseg.command.cli import main
+from d2lseg.fcn.model import build_fcn, init_from
+from d2lseg.fcn.ops import bilinear_kernel
 
 CLASSES = [('sky', (0, 0, 0)), ('tree', (20, 160, 40)), ('house', (200, 60, 20)), ('car', (240, 220, 0))]
 
@@ -183,7 +183,7 @@ def test_resume_keeps_the_runs_classes_when_the_file_is_gone(own, tmp_path):
 def test_the_small_preset_works_first_time_on_a_few_images_on_a_cpu(own, tmp_path, monkeypatch):
     """The chapter's GPU recipe on 8 small images: every problem in one line, nothing made; --preset small:
     trains offline (no backbone fetched), with the largest crop the images hold and a batch they fill."""
-    import d2lseg.model
+    import d2lseg.fcn.model
     root, classes = own
     monkeypatch.setenv('MXNET_HOME', str(tmp_path / 'mxnet-home'))  # nothing cached
     code, _, stderr = run(['train', '--data-dir', str(root), '--classes', str(classes), '--ctx', 'cpu', '--out',
@@ -195,8 +195,8 @@ def test_the_small_preset_works_first_time_on_a_few_images_on_a_cpu(own, tmp_pat
            '(3) --crop 320x480: all 4 images of the val split are smaller' in lines[0]
     assert 'download the ImageNet backbone' in lines[0] and '--preset small' in lines[0]
     fetched = []
-    real = d2lseg.model.load_backbone
-    monkeypatch.setattr(d2lseg.model, 'load_backbone', lambda pretrained, *a, **k: fetched.append(pretrained) or
+    real = d2lseg.fcn.model.load_backbone
+    monkeypatch.setattr(d2lseg.fcn.model, 'load_backbone', lambda pretrained, *a, **k: fetched.append(pretrained) or
                         real(pretrained, *a, **k))
     out = tmp_path / 'small'
     code, stdout, stderr = run(['train', '--data-dir', str(root), '--classes', str(classes), '--preset', 'small',
@@ -214,12 +214,12 @@ def test_the_small_preset_works_first_time_on_a_few_images_on_a_cpu(own, tmp_pat
 
 
 def test_init_from_fetches_no_backbone_and_predict_knows_it_was_fine_tuned(own, trained, tmp_path, monkeypatch):
-    import d2lseg.model
-    from d2lseg.photos import training_caveat
+    import d2lseg.fcn.model
+    from d2lseg.command.photos import training_caveat
     root, classes = own
     fetched = []
-    real = d2lseg.model.load_backbone
-    monkeypatch.setattr(d2lseg.model, 'load_backbone', lambda pretrained, *a, **k: fetched.append(pretrained) or
+    real = d2lseg.fcn.model.load_backbone
+    monkeypatch.setattr(d2lseg.fcn.model, 'load_backbone', lambda pretrained, *a, **k: fetched.append(pretrained) or
                         real(pretrained, *a, **k))
     flags = [f for f in _train_flags(root, classes, tmp_path / 'tuned') if f != '--no-pretrained']  # pretrained on
     code, stdout, stderr = run(flags + ['--epochs', '1', '--init-from', str(trained / 'model.params')])
@@ -236,8 +236,8 @@ def test_run_training_leaves_the_callers_recipe_as_it_was(own, tmp_path):
     """run_training resolves the device and takes the class count from the classes file on a copy: the Recipe a
     notebook or script holds is not changed (ctx stays 'auto', num_classes 21 although the file has 4)."""
     import dataclasses
-    from d2lseg.app import run_training
-    from d2lseg.config import Recipe
+    from d2lseg.command.app import run_training
+    from d2lseg.training.config import Recipe
     root, classes = own
     recipe = Recipe(data_dir=str(root), classes=str(classes), pretrained=False, crop=(64, 96), batch_size=2, epochs=1,
                     workers=0, lr=0.05)

@@ -1,9 +1,9 @@
-"""The VOC classes and colours (``d2lseg.palette``, D2L 10.10.4): names, the palette, the chapter's
+"""The VOC classes and colours (``d2lseg.data.palette``, D2L 10.10.4): names, the palette, the chapter's
 colour-to-index lookup on NDArrays and numpy arrays."""
 import numpy as np
 from mxnet import nd
 
-from d2lseg.palette import VOC_CLASSES, VOC_COLORMAP, VOID_COLOR, voc_label_indices, voc_palette
+from d2lseg.data.palette import VOC_CLASSES, VOC_COLORMAP, VOID_COLOR, voc_label_indices, voc_palette
 
 
 def test_classes_and_colormap_match_the_voc_palette():

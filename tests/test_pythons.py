@@ -127,7 +127,7 @@ def test_doctor_is_clean_here():
 
 
 def test_doctor_names_a_bad_thread_count_with_its_fix(monkeypatch, capsys):
-    from d2lseg import doctor
+    from d2lseg.command import doctor
     monkeypatch.setenv('OMP_NUM_THREADS', '4096')
     status, line, fix = doctor._threads()
     assert status == 'warn' and 'more threads than CPUs' in line and fix.startswith('export OMP_NUM_THREADS=')

@@ -1,4 +1,4 @@
-"""Quantised inference (d2lseg.quantization). bfloat16 (``to_bfloat16``): every variant converts, keeps the
+"""Quantised inference (d2lseg.deploy.quantization). bfloat16 (``to_bfloat16``): every variant converts, keeps the
 fused prediction path, and agrees with float32; refused in one line where it cannot run. INT8 (``quantize``):
 the calibrated network runs, keeps the float32 upsampling, tracks float32 and predicts files.
 """
@@ -10,11 +10,11 @@ import pytest
 from mxnet import nd
 from PIL import Image
 
-from d2lseg.errors import D2lsegError
-from d2lseg.photos import predict_files
-from d2lseg.inference import label_graph, predict_batch
-from d2lseg.model import build_fcn
-from d2lseg.quantization import bfloat16_unavailable, calibration_batch, check_bfloat16, quantize, to_bfloat16
+from d2lseg.core.errors import D2lsegError
+from d2lseg.command.photos import predict_files
+from d2lseg.fcn.inference import label_graph, predict_batch
+from d2lseg.fcn.model import build_fcn
+from d2lseg.deploy.quantization import bfloat16_unavailable, calibration_batch, check_bfloat16, quantize, to_bfloat16
 from recipes import network_pair
 
 

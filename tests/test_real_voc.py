@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from d2lseg.voc import VOCSegDataset, VOC_SUBDIR, read_split
+from d2lseg.data.voc import VOCSegDataset, VOC_SUBDIR, read_split
 
 ROOT = os.environ.get('D2LSEG_VOC_ROOT', os.path.join(os.path.dirname(__file__), '..', 'data'))
 VOC_DIR = os.path.join(ROOT, VOC_SUBDIR)
@@ -32,7 +32,7 @@ def test_real_voc_split_sizes_and_chapter_filter_counts():
 def test_reproduce_the_chapter_within_the_published_spread(tmp_path):
     """The chapter's recipe on 2+ GPUs lands inside the published spread (d2lseg compare exit 0)."""
     out = tmp_path / 'reproduce'
-    cmd = [sys.executable, '-m', 'd2lseg.cli', 'reproduce', '--data-dir', ROOT, '--out', str(out), '--no-progress']
+    cmd = [sys.executable, '-m', 'd2lseg.command.cli', 'reproduce', '--data-dir', ROOT, '--out', str(out), '--no-progress']
     assert subprocess.run(cmd, timeout=3600).returncode == 0
     history = json.loads((out / 'history.json').read_text())
     assert len(history['epochs']) == 5

@@ -11,10 +11,10 @@ import shutil
 import pytest
 
 import d2lseg
-from d2lseg.cli import main
-from d2lseg.voc import VOC_SUBDIR
-from d2lseg.synthetic import GENERATOR
-from d2lseg.reference import (CHAPTER_RECIPE, FIGURES, PRESETS, PUBLISHED, SPREAD, UnusableHistory, band_of,
+from d2lseg.command.cli import main
+from d2lseg.data.voc import VOC_SUBDIR
+from d2lseg.data.synthetic import GENERATOR
+from d2lseg.training.reference import (CHAPTER_RECIPE, FIGURES, PRESETS, PUBLISHED, SPREAD, UnusableHistory, band_of,
                               compare_baseline, compare_published, judge, judged_stats)
 
 BAND = os.path.join(os.path.dirname(d2lseg.__file__), 'baselines', 'regression-band.json')
@@ -119,7 +119,7 @@ def test_compare_band_exit_codes(tmp_path):
 
 
 def test_band_figure_has_every_figure_runs_band_and_the_run_judged(tmp_path):
-    from d2lseg.viz import plot_band, plt
+    from d2lseg.fcn.viz import plot_band, plt
     band = load_band()
     path = tmp_path / 'band.png'
     fig = plot_band(band, {'epochs': band['runs'][0]['epochs']}, str(path))
@@ -186,7 +186,7 @@ def _offline(monkeypatch):
 
 
 def test_reproduce_offline_fails_clearly_without_voc(monkeypatch, tmp_path, capsys):
-    from d2lseg.cli import main
+    from d2lseg.command.cli import main
     _offline(monkeypatch)
     data, out = tmp_path / 'data', tmp_path / 'out'
     assert main(['reproduce', '--data-dir', str(data), '--out', str(out), '--no-progress']) == 2
@@ -199,7 +199,7 @@ def test_reproduce_offline_fails_clearly_without_voc(monkeypatch, tmp_path, caps
 
 def test_reproduce_offline_fails_clearly_without_the_backbone(monkeypatch, tmp_path, data_root, capsys):
     """With VOC present the next download is the ImageNet backbone: one line saying how to proceed."""
-    from d2lseg.cli import main
+    from d2lseg.command.cli import main
     _offline(monkeypatch)
     monkeypatch.setenv('MXNET_HOME', str(tmp_path / 'mxnet-home'))  # no cached weights
     out, real = tmp_path / 'out', tmp_path / 'real'
@@ -213,8 +213,8 @@ def test_reproduce_offline_fails_clearly_without_the_backbone(monkeypatch, tmp_p
 def test_compare_judges_a_stored_presets_history_by_its_band_and_names_the_bands_that_fit(tmp_path, capsys):
     """`d2lseg compare runs/demo/history.json` picks the demo band; a band of another recipe is refused in one
     line naming the one that fits; --help lists the named bands."""
-    from d2lseg.cli import build_parser, main
-    from d2lseg.reference import band_path
+    from d2lseg.command.cli import build_parser, main
+    from d2lseg.training.reference import band_path
     with open(band_path('demo')) as f:
         band = json.load(f)
     history = {'recipe': dict(band['recipe'], data_dir='data/synthetic', seed=0), 'epochs': band['runs'][0]['epochs']}

@@ -19,10 +19,10 @@ import sys
 import pytest
 
 import d2lseg
-from d2lseg import cli
-from d2lseg.quantization import bfloat16_unavailable
-from d2lseg.reference import PRESETS, compare_baseline
-from d2lseg.synthetic import make_synthetic_voc
+from d2lseg.command import cli
+from d2lseg.deploy.quantization import bfloat16_unavailable
+from d2lseg.training.reference import PRESETS, compare_baseline
+from d2lseg.data.synthetic import make_synthetic_voc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANTED = os.path.join(ROOT, 'tests', 'helpers', 'planted_train.py')

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2lseg.cli import main
-from d2lseg.errors import D2lsegError
-from d2lseg.synthetic import DEFAULT_SIZES, GENERATOR, choose_data, make_synthetic_voc, scenes_digest, tree_digest
-from d2lseg.voc import has_real_voc, has_voc
-from d2lseg.palette import voc_palette
-from d2lseg.voc import VOCSegDataset, VOC_SUBDIR
+from d2lseg.command.cli import main
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.synthetic import DEFAULT_SIZES, GENERATOR, choose_data, make_synthetic_voc, scenes_digest, tree_digest
+from d2lseg.data.voc import has_real_voc, has_voc
+from d2lseg.data.palette import voc_palette
+from d2lseg.data.voc import VOCSegDataset, VOC_SUBDIR
 
 SIZES = ((64, 96), (96, 128), (80, 112))
 
@@ -195,7 +195,7 @@ def test_a_set_drawn_by_the_older_generator_is_named_as_such(tmp_path):
 
 def test_the_generator_uses_no_opencv_and_no_vectorised_transcendental():
     import inspect
-    from d2lseg import synthetic
+    from d2lseg.data import synthetic
     source = inspect.getsource(synthetic)
     assert 'cv2' not in source
     for fn in ('np.sin', 'np.cos', 'np.exp', 'np.log', 'np.sqrt', '@', 'np.dot', 'np.matmul', '.sum('):

@@ -1,9 +1,9 @@
-"""d2lseg.teaching: the seeded comparison of notebook 04's exercise 3 and 05's exercise 5, on fake runs
+"""d2lseg.training.teaching: the seeded comparison of notebook 04's exercise 3 and 05's exercise 5, on fake runs
 whose final figures are known, so every number of the verdict can be checked."""
 import pytest
 
 import d2lseg as d2l
-from d2lseg import teaching
+from d2lseg.training import teaching
 
 # final (val_miou, test_acc) per setting and seed; 'lr 1' diverges on seed 1
 FINAL = {('chapter', 0): (0.20, 0.70), ('chapter', 1): (0.24, 0.72), ('chapter', 2): (0.22, 0.71),
@@ -100,7 +100,7 @@ def test_every_seed_diverged_is_said(comparison):
 
 
 def test_plot_seed_sweep_draws_means_and_every_seed(comparison):
-    from d2lseg.viz import plot_seed_sweep
+    from d2lseg.fcn.viz import plot_seed_sweep
     fig = plot_seed_sweep(comparison, baseline=0.65, title='t')
     a1, a2 = fig.axes
     assert [t.get_text() for t in a2.get_xticklabels()] == list(SETTINGS)
@@ -122,8 +122,8 @@ def test_a_baseline_per_seed_judges_each_run_by_its_own_crops(comparison):
 def test_baselines_count_background_pixels(tmp_path):
     import numpy as np
     from mxnet import nd
-    from d2lseg.images import read_label_indices
-    from d2lseg.synthetic import make_synthetic_voc
+    from d2lseg.data.images import read_label_indices
+    from d2lseg.data.synthetic import make_synthetic_voc
     import os
     voc = make_synthetic_voc(str(tmp_path), n_train=2, n_val=3, sizes=((128, 192),), progress=False)
     with open(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt')) as f:
@@ -175,7 +175,7 @@ def test_look_for_states_the_figures_facts():
 
 def test_plot_bands_one_line_per_model():
     import numpy as np
-    from d2lseg.viz import plot_bands
+    from d2lseg.fcn.viz import plot_bands
     fig = plot_bands({'a': (np.array([1., 2.]), np.array([2., 4.])), 'b': (np.array([0., 4.]), np.array([0., 4.]))},
                      (0, 2, np.inf))
     ax = fig.axes[0]
@@ -186,7 +186,7 @@ def test_plot_bands_one_line_per_model():
 
 def test_figure_description_is_title_then_panels():
     from matplotlib import pyplot as plt
-    from d2lseg.viz import figure_description
+    from d2lseg.fcn.viz import figure_description
     fig, (a, b) = plt.subplots(1, 2)
     assert figure_description(fig) == 'a figure of 2 panel(s) without titles'
     a.set_title('loss')

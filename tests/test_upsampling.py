@@ -1,4 +1,4 @@
-"""The fast upsampling (``d2lseg.upsampling.FastUpsampling``) changes nothing: it equals the chapter's
+"""The fast upsampling (``d2lseg.native.upsampling.FastUpsampling``) changes nothing: it equals the chapter's
 Conv2DTranspose (values and gradients, strides 8/16/24/32/40, hybridized or not, native kernels or MXNet's
 operators), keeps the chapter's parameter names and layout, and a training step with it is the chapter's.
 
@@ -10,12 +10,12 @@ import pytest
 from mxnet import autograd, init, nd
 from mxnet.gluon import nn
 
-from d2lseg.model import build_fcn
-from d2lseg.ops import bilinear_kernel
-from d2lseg.config import Recipe
-from d2lseg.engine import Run, make_trainer, train_step
-from d2lseg.loss import SegmentationLoss
-from d2lseg.upsampling import FastUpsampling, to_chapter_layout, to_fast_layout
+from d2lseg.fcn.model import build_fcn
+from d2lseg.fcn.ops import bilinear_kernel
+from d2lseg.training.config import Recipe
+from d2lseg.training.engine import Run, make_trainer, train_step
+from d2lseg.fcn.loss import SegmentationLoss
+from d2lseg.native.upsampling import FastUpsampling, to_chapter_layout, to_fast_layout
 from recipes import network_pair
 
 

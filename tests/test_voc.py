@@ -14,10 +14,10 @@ import pytest
 from mxnet import image, nd
 from PIL import Image
 
-from d2lseg.errors import D2lsegError
-from d2lseg.images import save_label_png
-from d2lseg.palette import IGNORE_INDEX, voc_label_indices, voc_palette
-from d2lseg.voc import VOCSegDataset, iter_split, load_data_voc, read_voc_images, voc_rand_crop
+from d2lseg.core.errors import D2lsegError
+from d2lseg.data.images import save_label_png
+from d2lseg.data.palette import IGNORE_INDEX, voc_label_indices, voc_palette
+from d2lseg.data.voc import VOCSegDataset, iter_split, load_data_voc, read_voc_images, voc_rand_crop
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -370,7 +370,7 @@ def test_unknown_colours_become_background_counted_and_warned_once(tree, caplog)
     lab1 = raw_label(tree, names[1])
     lab1[-2:, -4:] = 40  # 8 pixels of palette index 40 (not a VOC class)
     save_label_png(lab1, os.path.join(tree, 'SegmentationClass', names[1] + '.png'))
-    with caplog.at_level(logging.WARNING, logger='d2lseg.voc'):
+    with caplog.at_level(logging.WARNING, logger='d2lseg.data.voc'):
         ds = VOCSegDataset(False, (64, 96), tree, ignore_boundary=True, verbose=False, unknown='background')
     assert ds.unknown_pixels == 35 + 8
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -95,7 +95,7 @@ def _minutes(seconds):
 
 def machine():
     """One line naming the machine, e.g. '2-core Intel(R) Xeon(R) Processor (avx512f, amx_int8), 2 threads'."""
-    from d2lseg import environment
+    from d2lseg.native import environment
     name, flags = environment.cpu_info()
     isa = ', '.join(f for f in flags if f in ('avx2', 'avx512f', 'avx512_vnni', 'amx_int8'))
     return (f'{os.cpu_count()}-core {name}' + (f' ({isa})' if isa else '')
@@ -159,7 +159,7 @@ def execute(path, where):
     info = _with_run_info(nb, run_info_text(needs, 0, where, 'today'))
     # inline figures whatever the caller's environment says (full mode: the parameters cell as stored)
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
-    from d2lseg.progress import bar
+    from d2lseg.core.progress import bar
     client = kernel_client(nb, NOTEBOOK_DIR)
     cells = bar(total=sum(c.cell_type == 'code' for c in nb.cells), desc=name, unit='cell', leave=False)
     client.on_cell_executed = lambda **_: cells.update()  # a bar on a terminal, nothing in a log
@@ -380,7 +380,7 @@ def _safe_outputs(nb):
 
 def _alt_texts(nb):
     """{the first 200 characters of an image output's base64 payload: its alt text}: the figure's title as
-    stored with it (``d2lseg.viz.describe_figures``), else the heading of the section it is in."""
+    stored with it (``d2lseg.fcn.viz.describe_figures``), else the heading of the section it is in."""
     alts, heading = {}, _title(nb)
     for cell in nb.cells:
         if cell.cell_type == 'markdown':

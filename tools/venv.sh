@@ -91,7 +91,7 @@ if [ "$want" = "3.13" ]; then
         cpu) mx=mxnet==1.9.1 ;;
         *) mx=mxnet-$EXTRA==1.9.1 ;;
     esac
-    say "Python 3.13: $mx without its declared numpy<2 (d2lseg.compat restores the numpy names it uses)"
+    say "Python 3.13: $mx without its declared numpy<2 (d2lseg.core.compat restores the numpy names it uses)"
     $PIP install --quiet --no-deps "$mx"
 fi
 "$VENV/bin/python" -c "import d2lseg" || fail "d2lseg does not import in $VENV (above); run: $VENV/bin/d2lseg doctor"

@@ -23,9 +23,9 @@ import warnings
 
 import mxnet as mx
 
-from .. import startup
-from ..errors import D2lsegError, first_line
-from ..textfiles import read_text, sha256_of
+from ..core import startup
+from ..core.errors import D2lsegError, first_line
+from ..core.textfiles import read_text, sha256_of
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'kernels.cc')
 _state = {}

@@ -44,8 +44,8 @@ def outputs():
     import d2lseg
     import mxnet as mx
     from mxnet import autograd, nd
-    from d2lseg.model import build_fcn
-    from d2lseg.quantization import quantize, to_bfloat16
+    from d2lseg.fcn.model import build_fcn
+    from d2lseg.deploy.quantization import quantize, to_bfloat16
     mx.random.seed(0)
     net = build_fcn(pretrained=False, fast_upsampling=True, ctx=mx.cpu())
     net.hybridize()
@@ -55,7 +55,7 @@ def outputs():
         loss = y.square().mean()
     loss.backward()
     grads = [p.grad() for p in net.collect_params().values() if p.grad_req != 'null']
-    res = {'amx': d2lseg.startup.amx(), 'cap_in_environ': os.environ.get('DNNL_MAX_CPU_ISA'),
+    res = {'amx': d2lseg.core.startup.amx(), 'cap_in_environ': os.environ.get('DNNL_MAX_CPU_ISA'),
            'fp32': digest(y), 'grads': digest(*grads), 'int8': digest(quantize(net, x)(x)),
            'bf16': digest(to_bfloat16(net)(x))}
     print(json.dumps(res))

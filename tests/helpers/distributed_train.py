@@ -16,10 +16,10 @@ import d2lseg  # noqa: F401  (first: it sets the thread count before MXNet loads
 import mxnet as mx
 import numpy as np
 
-from d2lseg.kvstore import allreduce_counts, create_kvstore
-from d2lseg.callbacks import Checkpointer
-from d2lseg.config import Recipe
-from d2lseg.engine import fit, prepare
+from d2lseg.training.kvstore import allreduce_counts, create_kvstore
+from d2lseg.training.callbacks import Checkpointer
+from d2lseg.training.config import Recipe
+from d2lseg.training.engine import fit, prepare
 
 
 def record_pushed(kv, seen):

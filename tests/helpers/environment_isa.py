@@ -2,12 +2,12 @@
 
     python tests/helpers/environment_isa.py
 
-Prints one JSON line: [onednn_isa, native_kernels, dnnl_max_cpu_isa] of ``d2lseg.environment.environment()``.
+Prints one JSON line: [onednn_isa, native_kernels, dnnl_max_cpu_isa] of ``d2lseg.native.environment.environment()``.
 """
 import json
 
 import d2lseg  # noqa: F401
-from d2lseg.environment import environment
+from d2lseg.native.environment import environment
 
 
 def main():

@@ -16,7 +16,7 @@ def main():
     import d2lseg  # noqa: F401  (first: it sets the thread count before MXNet loads)
     from mxnet import nd
     from d2lseg import native
-    from d2lseg.model import build_fcn
+    from d2lseg.fcn.model import build_fcn
     net = build_fcn(21, pretrained=False, fast_upsampling=True)
     chapter = build_fcn(21, pretrained=False)
     x = nd.random.normal(shape=(1, 3, 64, 96))

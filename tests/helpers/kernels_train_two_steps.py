@@ -14,10 +14,10 @@ import mxnet as mx
 from mxnet import nd
 
 from d2lseg import native
-from d2lseg.config import Recipe
-from d2lseg.model import build_fcn
-from d2lseg.engine import Run, make_trainer, train_step
-from d2lseg.loss import SegmentationLoss
+from d2lseg.training.config import Recipe
+from d2lseg.fcn.model import build_fcn
+from d2lseg.training.engine import Run, make_trainer, train_step
+from d2lseg.fcn.loss import SegmentationLoss
 
 
 def main(argv):

@@ -1,4 +1,4 @@
-"""Run ``d2lseg.onnxrun`` in a process where MXNet cannot be imported; print one JSON line.
+"""Run ``d2lseg.deploy.onnxrun`` in a process where MXNet cannot be imported; print one JSON line.
 
     python onnx_without_mxnet.py package|file MODEL.onnx OUT_DIR JSON IMAGE... [--evaluate DATA_DIR]
 
@@ -19,12 +19,12 @@ sys.path.insert(0, ROOT)
 
 def load(how):
     if how == 'package':
-        from d2lseg import onnxrun
+        from d2lseg.deploy import onnxrun
         return onnxrun
     package = types.ModuleType('d2lseg')
     package.__path__ = [os.path.join(ROOT, 'd2lseg')]
     sys.modules['d2lseg'] = package
-    import d2lseg.onnxrun as onnxrun
+    import d2lseg.deploy.onnxrun as onnxrun
     return onnxrun
 
 

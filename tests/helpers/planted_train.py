@@ -12,8 +12,9 @@ import sys
 import d2lseg  # noqa: F401  (first: it sets the thread count before MXNet loads)
 import mxnet as mx
 
-from d2lseg import model, palette, voc
-from d2lseg.cli import main
+from d2lseg.fcn import model
+from d2lseg.data import palette, voc
+from d2lseg.command.cli import main
 
 
 def xavier_kernel(in_channels, out_channels, kernel_size):

@@ -8,7 +8,7 @@ Holds ``RunFolder(FOLDER)`` (its writer's lock), prints 'held' once it does and 
 import sys
 import time
 
-from d2lseg.runfolder import RunFolder
+from d2lseg.core.runfolder import RunFolder
 
 
 def main(argv):

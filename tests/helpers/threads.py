@@ -9,6 +9,6 @@ if first == 'mxnet':
     numpy_names.restore()  # on numpy >= 1.24 MXNet cannot be imported first otherwise
 importlib.import_module(first)
 importlib.import_module(second)
-from d2lseg.environment import mxnet_threads  # noqa: E402
+from d2lseg.native.environment import mxnet_threads  # noqa: E402
 
 print(mxnet_threads())

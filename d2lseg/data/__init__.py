@@ -1,0 +1,1 @@
+"""Reading data sets: VOC trees, labels, classes, augmentation, the synthetic set, the download (the data layer: docs/architecture.md)."""
