@@ -204,9 +204,10 @@ def test_predict_and_evaluate_without_mxnet_write_what_the_mxnet_path_writes(tra
     found, stderr = _run_without_mxnet('package', path, str(tmp_path / 'onnx'), str(tmp_path / 'onnx.json'), *images,
                                        '--evaluate', data_root)
     assert found['failed'] == 0 and not found['mxnet_loaded']
-    assert set(found['modules']) == {'d2lseg.core.compat', 'd2lseg.core.startup', 'd2lseg.deploy.onnxrun', 'd2lseg.core.errors',
-                                     'd2lseg.core.outputs', 'd2lseg.core.textfiles', 'd2lseg.core.constants', 'd2lseg.core.version',
-                                     'd2lseg.data.photofiles', 'd2lseg.data.pixels', 'd2lseg.data.vocpalette'}
+    assert set(found['modules']) == {'d2lseg.core.compat', 'd2lseg.core.startup', 'd2lseg.deploy.onnxrun',
+                                     'd2lseg.core.errors', 'd2lseg.core.outputs', 'd2lseg.core.textfiles',
+                                     'd2lseg.core.constants', 'd2lseg.core.version', 'd2lseg.data.photofiles',
+                                     'd2lseg.data.pixels', 'd2lseg.data.vocpalette'}
     assert stderr.count('warning') == 1 and 'without history.json' in stderr  # its card's caveat, once
     net = _mxnet_net(os.path.join(run, 'model.params'))
     assert photos.predict_files(net, images, str(tmp_path / 'mx'), json_path=str(tmp_path / 'mx.json'),
@@ -358,7 +359,7 @@ def test_onnxrun_refuses_missing_or_altered_metadata_and_damaged_files_in_one_li
     altered = tmp_path / 'altered.onnx'
     m = onnx.ModelProto()
     m.CopyFrom(source)
-    entry = next(p for p in m.metadata_props if p.key == 'd2lseg.data.classes')
+    entry = next(p for p in m.metadata_props if p.key == 'd2lseg.classes')
     entry.value = entry.value.replace('person', 'persons')
     onnx.save(m, str(altered))
     bare = tmp_path / 'bare.onnx'
