@@ -195,3 +195,14 @@ def test_figure_description_is_title_then_panels():
     fig.suptitle('exercise 3')
     assert figure_description(fig) == 'exercise 3. Panels: loss; mIoU'
     plt.close(fig)
+
+
+def test_dtype_lines_give_the_difference_speed_and_a_verdict_from_the_spread():
+    f32 = [{'val_miou': 0.10, 'time': 30.0}, {'val_miou': 0.20, 'time': 30.0}]
+    b16 = [{'val_miou': 0.12, 'time': 20.0}, {'val_miou': 0.23, 'time': 20.0}]
+    lines = teaching.dtype_lines(f32, b16, 0.04, 'seeds here')
+    assert lines[0].endswith('float32 0.200, bfloat16 0.230 (+0.030)')
+    assert 'float32 60.0 s, bfloat16 40.0 s (bfloat16 1.50x the speed)' in lines[1]
+    assert lines[2] == 'verdict: bfloat16 TIE against float32 (0.030 inside the tie margin 0.040, seeds here)'
+    assert 'WORSE' in teaching.dtype_lines(f32, [{'val_miou': 0.1, 'time': 1.0}], 0.04, 'x')[2]
+    assert 'TIE' in teaching.dtype_lines(f32, b16, None, 'no spread measured')[2]

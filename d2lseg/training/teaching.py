@@ -170,6 +170,21 @@ def best(comparison, key='val_miou'):
     return max(ok, key=lambda n: stats[n]['mean'], default=None)
 
 
+def dtype_lines(float32_records, bfloat16_records, spread, where, key='val_miou'):
+    """One seed's float32 run and its bfloat16 twin (the same recipe and seed: the same starting weights)
+    -> printed lines: the final ``key`` of each and their difference, the time each took, and a verdict
+    from the numbers: a difference inside ``spread`` (the seed-to-seed spread, from ``where``) is a tie."""
+    a, b = float32_records[-1][key], bfloat16_records[-1][key]
+    t32, t16 = (sum(r['time'] for r in rs) for rs in (float32_records, bfloat16_records))
+    d = b - a
+    word = 'tie' if spread is None or abs(d) <= spread else ('better' if d > 0 else 'worse')
+    return [f'{LABELS.get(key, key)}: float32 {a:.3f}, bfloat16 {b:.3f} ({d:+.3f})',
+            f'training time: float32 {t32:.1f} s, bfloat16 {t16:.1f} s (bfloat16 {t32 / t16:.2f}x the speed)',
+            f'verdict: bfloat16 {word.upper()} against float32 ('
+            + (f'{abs(d):.3f} {"inside" if word == "tie" else "beyond"} the tie margin {spread:.3f}, {where})'
+               if spread is not None else f'{where})')]
+
+
 # ------------------------------------------------------------------- the all-background baselines
 
 
