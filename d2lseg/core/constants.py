@@ -6,6 +6,7 @@
 - ``CHAPTER_CROP``: the chapter's 320x480 crop (D2L 10.10.4), every default crop and tile.
 - ``DATA_DIR`` / ``SYNTHETIC_DIR``: where data lives by default, the real VOC2012 and the synthetic set.
 - ``DTYPES``: what ``--dtype`` accepts (train, evaluate, predict), float32 first (the default).
+- ``BASELINES``: the folder of the stored bands and digests, ``d2lseg/baselines``.
 """
 import os
 
@@ -17,6 +18,8 @@ CHAPTER_CROP = (320, 480)  # (height, width): the chapter's crop_size
 DATA_DIR = 'data'                                # every command's default: the real VOC2012 goes here
 SYNTHETIC_DIR = os.path.join(DATA_DIR, 'synthetic')  # and the synthetic set here, never in its place
 DTYPES = ('float32', 'bfloat16')  # what --dtype accepts; the first is the default
+# the stored bands and digests (d2lseg/baselines/, package data): beside the subpackages, not inside one
+BASELINES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'baselines')
 
 
 def crop_text(crop=CHAPTER_CROP):

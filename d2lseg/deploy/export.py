@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import native
 from ..data.classes import model_classes, model_inputs
-from ..core.constants import OUTPUT_STRIDE
+from ..core.constants import BASELINES, OUTPUT_STRIDE
 from ..core.errors import D2lsegError, first_line
 from ..data.images import RGB_MEAN, RGB_STD
 from ..fcn.model import build_fcn
@@ -212,7 +212,7 @@ def metadata(params, variant, classes, history, evaluation):
 
 def _band(recipe):
     """The measured spread of the final val mIoU of the demo recipe when ``recipe`` is it, else None."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'baselines', 'demo-spread.json')
+    path = os.path.join(BASELINES, 'demo-spread.json')
     spread = _optional_json(path)
     if not spread or not isinstance(recipe, dict):
         return None

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from .config import ADDED_FIELDS, RESULT_KEYS, Recipe
+from ..core.constants import BASELINES
 from ..core.errors import D2lsegError
 from ..core.textfiles import read_json
 
@@ -117,7 +118,6 @@ def preset(name, given=None):
 
 # The stored bands compare judges a history by (d2lseg/baselines/NAME), and 'book', the published spread.
 BANDS = {'demo': 'demo-spread.json', 'regression': 'regression-band.json'}
-BASELINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'baselines')
 
 
 def band_path(name):
