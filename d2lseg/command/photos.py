@@ -15,9 +15,10 @@ from ..data.images import MAX_PIXELS, read_image
 from ..fcn.inference import predict, predict_full
 from ..data.classes import ClassList, model_inputs
 from ..data.pixels import label_bands, overlay_bands, write_png
-from ..data.photofiles import IMAGE_SUFFIXES, OUTPUT_SUFFIXES, class_shares, image_files, output_stems
+from ..data.photofiles import (IMAGE_SUFFIXES, OUTPUT_SUFFIXES, class_shares, image_files,  # noqa: F401 (re-exported)
+                               output_stems, planned_outputs)
 from ..deploy.quantization import calibration_batch, quantize, to_bfloat16
-from ..core.outputs import Output, check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
+from ..core.outputs import check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
 from ..core.runfolder import writable_file, writable_folder
 from ..core.textfiles import read_json
 from ..fcn.viz import legend_figure
@@ -120,14 +121,7 @@ def plan_outputs(images, out_dir, json_path=None, params=None, overwrite=False, 
     (``outputs``). -> a ``Plan``; one-line D2lsegError naming the flag otherwise."""
     paths = image_files(images)
     _check_out_dir(out_dir, paths)
-    stems = output_stems(paths)
-    outs = []
-    for path, stem in zip(paths, stems):
-        outs += [Output.of('--out', os.path.join(out_dir, f'{stem}.png'), f'the label PNG of {path}', out_dir),
-                 Output.of('--out', os.path.join(out_dir, f'{stem}_overlay.png'), f'the overlay of {path}', out_dir)]
-    outs.append(Output.of('--out', os.path.join(out_dir, 'legend.png'), 'the legend', out_dir))
-    if json_path:
-        outs.append(Output.of('--json', json_path))
+    stems, outs = planned_outputs(paths, out_dir, json_path)
     inputs = [('the image', p) for p in paths] + (model_inputs(params) if params else [])
     if calib_dir:
         inputs += split_files(voc_root(calib_dir), 'train', 8)

@@ -1,7 +1,7 @@
 """Which files ``d2lseg predict`` reads, the names of what it writes (image files under folders, one distinct
 output stem per input) and what it reports per image (the share of each class).
 
-A leaf module (numpy, ``errors``, ``vocpalette``): ``photos`` (on MXNet) and ``onnxrun`` (without MXNet) share it.
+A leaf module (numpy, ``errors``, ``outputs``, ``vocpalette``): ``photos`` (on MXNet) and ``onnxrun`` (without MXNet) share it.
 """
 import collections
 import os
@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from ..core.errors import D2lsegError
+from ..core.outputs import Output
 from .vocpalette import VOC_CLASSES
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
@@ -57,6 +58,20 @@ def output_stems(paths, reserved=('legend.png',)):
         taken |= {(stem + suffix).lower() for suffix in OUTPUT_SUFFIXES}
         out.append(stem)
     return out
+
+
+def planned_outputs(paths, out_dir, json_path=None):
+    """What predicting ``paths`` into ``out_dir`` writes -> (stems, [``Output``]): per image its label PNG and
+    overlay under one distinct stem, the legend, and the ``--json`` report when asked for."""
+    stems = output_stems(paths)
+    outs = []
+    for path, stem in zip(paths, stems):
+        outs += [Output.of('--out', os.path.join(out_dir, f'{stem}.png'), f'the label PNG of {path}', out_dir),
+                 Output.of('--out', os.path.join(out_dir, f'{stem}_overlay.png'), f'the overlay of {path}', out_dir)]
+    outs.append(Output.of('--out', os.path.join(out_dir, 'legend.png'), 'the legend', out_dir))
+    if json_path:
+        outs.append(Output.of('--json', json_path))
+    return stems, outs
 
 
 def class_shares(pred, names=tuple(VOC_CLASSES), rows=256):

@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..core.constants import CHAPTER_CROP, OUTPUT_STRIDE, check_sides
 from ..core.errors import D2lsegError
-from ..core.outputs import Output, check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
-from ..data.photofiles import class_shares, image_files, output_stems
+from ..core.outputs import check_paths, claim, clean_temporaries, refuse_foreign, write_atomically
+from ..data.photofiles import class_shares, image_files, planned_outputs
 from ..data.pixels import MAX_PIXELS, check_pixels, label_bands, load_strict, overlay_bands, read_image, write_png
 from ..core.textfiles import FileMissing, open_regular, read_lines
 from ..data.vocpalette import IGNORE_INDEX, VOID_COLOR, voc_palette
@@ -239,14 +239,7 @@ def plan_outputs(images, out_dir, json_path=None, model_path=None, overwrite=Fal
     if any(os.path.dirname(os.path.realpath(p)) == inside for p in paths):
         raise D2lsegError(f"--out {out_dir}: holds images being predicted, whose names the outputs could take; "
                           "choose another --out")
-    stems = output_stems(paths)
-    outs = []
-    for path, stem in zip(paths, stems):
-        outs += [Output.of('--out', os.path.join(out_dir, f'{stem}.png'), f'the label PNG of {path}', out_dir),
-                 Output.of('--out', os.path.join(out_dir, f'{stem}_overlay.png'), f'the overlay of {path}', out_dir)]
-    outs.append(Output.of('--out', os.path.join(out_dir, 'legend.png'), 'the legend', out_dir))
-    if json_path:
-        outs.append(Output.of('--json', json_path))
+    stems, outs = planned_outputs(paths, out_dir, json_path)
     inputs = [('the image', p) for p in paths] + ([('the ONNX model', model_path)] if model_path else [])
     check_paths(outs, inputs)
     refuse_foreign(outs, 'predict', overwrite, own=False)
