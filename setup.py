@@ -32,7 +32,9 @@ MXNET_NEEDS = ['setuptools; python_version >= "3.12"', 'requests; python_version
 GLUONCV = 'python_version < "3.13"'
 TEST = ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipykernel', 'nbconvert',
         f'gluoncv==0.10.5.post0; {GLUONCV}', f'scipy<1.12; {GLUONCV}',
-        'pandas<2.1; python_version < "3.12"', 'pandas<2.3; python_version == "3.12"']
+        'pandas<2.1; python_version < "3.12"', 'pandas<2.3; python_version == "3.12"',
+        # onnxruntime.quantization (bench/run.py's ONNX Runtime INT8) imports ml_dtypes; 0.4 is the last for numpy 1.x
+        'ml_dtypes>=0.4,<0.5; python_version < "3.13"', 'ml_dtypes>=0.5; python_version >= "3.13"']
 MXNET_PYTHONS = 'python_version < "3.13"'
 # d2lseg export (onnx; MXNet 1.9.1's exporter imports onnx.mapping, which onnx 1.19 removed) and inference
 # without MXNet (onnxruntime): docs/deployment.md. In the tests too, so CI checks ONNX Runtime's parity.
