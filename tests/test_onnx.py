@@ -293,7 +293,7 @@ def test_the_copies_in_onnxrun_equal_their_originals(voc_dir, tmp_path):
     """onnxrun repeats small parts of modules that import MXNet; each gives what its original gives. What both
     sides need that imports no MXNet lives once, in leaf modules both import (the same objects)."""
     assert onnxrun.voc_palette is voc_palette and onnxrun.read_image is images.read_image
-    assert onnxrun.image_files is photos.image_files and onnxrun.output_stems is photos.output_stems
+    assert onnxrun.image_files is photos.image_files and onnxrun.planned_outputs is photos.planned_outputs
     assert onnxrun.write_png is photos.write_png and onnxrun.overlay_bands is photos.overlay_bands
     assert onnxrun.MAX_PIXELS == images.MAX_PIXELS
     assert np.array_equal(onnxrun.class_palette(OWN.colors), OWN.palette())
