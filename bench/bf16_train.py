@@ -4,10 +4,12 @@
 steps and the peer's float32 and bfloat16-autocast steps, each warm in its own process and timed call for
 call in alternation (``protocol.alternate``), the bfloat16 GEMM bound timed in the same alternation, the
 peak memory of a process that trains in each dtype, and what oneDNN ran (``DNNL_VERBOSE``: AMX
-primitives, reorders) in one step of each side. d2lseg is imported first (threads, AMX).
+primitives, reorders) in one step of each side, with the package's step time shared out by kind (oneDNN's
+own timings of its primitives, MXNet's profiler for the operators outside oneDNN). d2lseg is imported first (threads, AMX).
 """
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -21,7 +23,7 @@ import mxnet as mx
 from mxnet import nd
 from mxnet.contrib import amp
 
-from protocol import BATCH, CROP, NUM_CLASSES, RUN_PY, ROOT, Server, alternate, serve
+from protocol import BATCH, CROP, NUM_CLASSES, RUN_PY, ROOT, Server, alternate, marked_steps, serve, split_steps
 
 CONV = ((8, 512, 60, 80), 512)  # the GEMM bound: a 1x1 convolution, (N, C, H, W) x filters, as timing.gemm_gflops
 
@@ -64,11 +66,20 @@ def part_mxnet_train_rss(args):
 
 
 def part_mxnet_train_step(args):
-    """``args.steps`` train steps in ``args.dtype``, for ``onednn_counts`` (which runs it under DNNL_VERBOSE)."""
+    """``args.steps`` marked train steps in ``args.dtype`` (``onednn_steps`` runs them under DNNL_VERBOSE),
+    each waited for (``nd.waitall``: the optimizer's update is asynchronous); MXNet's profiler records the
+    steps after the first -> {'ops_ms': {operator: milliseconds per profiled step}} (operators run in
+    bulk, as a list of names, are left out)."""
     run, batch = _run(args.dtype)
-    for _ in range(args.steps):
-        engine.train_step(run, batch)
-    return {}
+    step = (lambda: engine.train_step(run, batch))
+    marked_steps(step, 1, nd.waitall)
+    mx.profiler.set_config(profile_imperative=True, profile_symbolic=True, aggregate_stats=True,
+                           filename=os.devnull)
+    mx.profiler.set_state('run')
+    marked_steps(step, args.steps - 1, nd.waitall)
+    mx.profiler.set_state('stop')
+    ops = json.loads(mx.profiler.dumps(format='json'))['Time'].get('operator', {})
+    return {'ops_ms': {name: v['Total'] / (args.steps - 1) for name, v in ops.items() if ',' not in name}}
 
 
 def _child(python, part, args, extra=(), env=None):
@@ -81,17 +92,73 @@ def _child(python, part, args, extra=(), env=None):
     return proc.stdout.splitlines()
 
 
-def onednn_counts(python, part, args, extra=()):
-    """{'amx_primitives', 'reorders', 'primitives'}: oneDNN primitives executed per training step of
-    ``part`` (verbose mode: MXNet's DNNL_VERBOSE, PyTorch's ONEDNN_VERBOSE), as the difference between
-    a run of 3 steps and one of 1, halved (the first step's one-time reorders cancel)."""
+def onednn_steps(python, part, args, extra=()):
+    """([(seconds, [oneDNN exec lines]) per step after the first], the part's JSON) of ``args.steps`` marked
+    training steps of ``part`` in a fresh interpreter under verbose mode (MXNet's DNNL_VERBOSE, PyTorch's
+    ONEDNN_VERBOSE); the first step (one-time weight reorders, graph building) is dropped."""
+    steps = max(2, args.steps)
     env = dict(os.environ, DNNL_VERBOSE='1', ONEDNN_VERBOSE='1', MKLDNN_VERBOSE='1')
-    counts = []
-    for steps in (1, 3):
-        execs = [line for line in _child(python, part, args, [*extra, '--steps', str(steps)], env) if ',exec,' in line]
-        counts.append({'amx_primitives': sum('amx' in line for line in execs),
-                       'reorders': sum(',reorder,' in line for line in execs), 'primitives': len(execs)})
-    return {k: (counts[1][k] - counts[0][k]) / 2 for k in counts[0]}
+    lines = _child(python, part, args, [*extra, '--steps', str(steps)], env)
+    done = split_steps(lines)
+    if len(done) != steps:
+        raise RuntimeError(f'bench part {part}: {len(done)} step marks, not {steps}')
+    return done[1:], json.loads(lines[-1])
+
+
+def onednn_counts(steps):
+    """{'amx_primitives', 'reorders', 'primitives'}: oneDNN primitives executed per step of ``onednn_steps``."""
+    execs = [line for _, lines in steps for line in lines]
+    return {'amx_primitives': sum('amx' in line for line in execs) / len(steps),
+            'reorders': sum(',reorder,' in line for line in execs) / len(steps), 'primitives': len(execs) / len(steps)}
+
+
+_CONV = {'forward_training': 'conv_fwd', 'forward_inference': 'conv_fwd', 'backward_data': 'conv_bwd_data',
+         'backward_weights': 'conv_bwd_weights'}
+
+
+def onednn_kind(line):
+    """(kind, milliseconds) of a oneDNN verbose 'exec' line (``dnnl_verbose,exec,cpu,<primitive>,<impl>,
+    <propagation>,...,<ms>``): convolutions by direction (``_amx`` when on AMX kernels), deconvolution,
+    reorder, batch_normalization, eltwise, the others as ``onednn_other``."""
+    fields = line.split(',')
+    primitive, impl, prop = fields[3:6]
+    if primitive == 'convolution':
+        kind = _CONV[prop] + ('_amx' if 'amx' in impl else '')
+    else:
+        kind = primitive if primitive in ('deconvolution', 'reorder', 'batch_normalization', 'eltwise') else 'onednn_other'
+    return kind, float(fields[-1])
+
+
+def mxnet_op_kind(name):
+    """The kind of an MXNet operator whose work is not oneDNN's (None for the others): the native
+    upsampling and loss (d2lseg/native), the optimizer's update."""
+    if 'd2lseg_upsample' in name:
+        return 'upsampling_native'
+    if 'softmax_ce' in name:
+        return 'loss_native'
+    return 'optimizer_update' if name.endswith('_update') else None
+
+
+def step_profile(steps, ops_ms):
+    """{'step_ms', 'share': {kind: fraction of the step}, 'reorder_ms', 'reorder_cast_ms'} from
+    ``onednn_steps``'s steps and the MXNet operators' milliseconds per step: oneDNN primitives by
+    ``onednn_kind``, non-oneDNN operators by ``mxnet_op_kind``, and ``rest``, the wall time none of
+    them accounts for (MXNet's operators outside oneDNN, its engine, Python)."""
+    step_ms = 1000 * sum(seconds for seconds, _ in steps) / len(steps)
+    ms, cast = {}, 0.0
+    for _, lines in steps:
+        for line in lines:
+            kind, t = onednn_kind(line)
+            ms[kind] = ms.get(kind, 0.0) + t / len(steps)
+            # a reorder that changes the data type ('src_f32::... dst_bf16::...' or back), not only the layout
+            cast += t / len(steps) if kind == 'reorder' and len(set(re.findall(r'(?:src|dst)_(\w+?)::', line))) > 1 else 0
+    for name, t in ops_ms.items():
+        kind = mxnet_op_kind(name)
+        if kind:
+            ms[kind] = ms.get(kind, 0.0) + t
+    ms['rest'] = step_ms - sum(ms.values())
+    return {'step_ms': step_ms, 'share': {k: v / step_ms for k, v in sorted(ms.items())},
+            'reorder_ms': ms.get('reorder', 0.0), 'reorder_cast_ms': cast}
 
 
 def paired_bf16(args):
@@ -134,6 +201,13 @@ def _figures(times, conv_flop, with_peer):
     return res
 
 
+def _profile_keys(profile, dtype):
+    short = 'fp32' if dtype == 'float32' else 'bf16'
+    return {f'{short}_step_ms': profile['step_ms'], f'{short}_step_share': profile['share'],
+            f'{short}_reorder_ms_per_step': profile['reorder_ms'],
+            f'{short}_reorder_cast_ms_per_step': profile['reorder_cast_ms']}
+
+
 def bf16_training(args, forward_gflop_per_img):
     """Every --bf16-train key: paired speeds, the GEMM fraction, peak memory per dtype, oneDNN counts."""
     why = bfloat16_unavailable()
@@ -144,10 +218,13 @@ def bf16_training(args, forward_gflop_per_img):
     for dtype in ('float32', 'bfloat16'):
         rss = json.loads(_child(sys.executable, 'mxnet-train-rss', args, ['--dtype', dtype])[-1])
         res[f'train_peak_rss_mb_{dtype}'] = rss['peak_rss_mb']
-        counts = onednn_counts(sys.executable, 'mxnet-train-step', args, ['--dtype', dtype])
-        res.update({f'onednn_{k}_{dtype}': v for k, v in counts.items()})
+        steps, out = onednn_steps(sys.executable, 'mxnet-train-step', args, ['--dtype', dtype])
+        res.update({f'onednn_{k}_{dtype}': v for k, v in onednn_counts(steps).items()})
+        res.update(_profile_keys(step_profile(steps, out['ops_ms']), dtype))
+    res['bf16_vs_fp32_without_extra_reorders'] = res['fp32_step_ms'] / (
+        res['bf16_step_ms'] - max(0.0, res['bf16_reorder_ms_per_step'] - res['fp32_reorder_ms_per_step']))
     res['bf16_rss_vs_fp32'] = res['train_peak_rss_mb_bfloat16'] / res['train_peak_rss_mb_float32']
     if args.peer_python:
-        counts = onednn_counts(args.peer_python, 'torch-bf16-step', args)
+        counts = onednn_counts(onednn_steps(args.peer_python, 'torch-bf16-step', args)[0])
         res.update({f'peer_onednn_{k}_bfloat16': v for k, v in counts.items()})
     return res

@@ -7,7 +7,7 @@ from the package's venv, where PyTorch is absent.
 """
 import resource
 
-from protocol import BATCH, CROP, NUM_CLASSES, serve
+from protocol import BATCH, CROP, NUM_CLASSES, marked_steps, serve
 
 
 def torch_fcn(num_classes=NUM_CLASSES):
@@ -112,7 +112,5 @@ def part_torch_bf16_step(args):
     """``args.steps`` bfloat16-autocast training steps (run under ONEDNN_VERBOSE by bf16_train.onednn_counts)."""
     torch, net, _, _, step = _torch_setup(args.threads)
     net.train()
-    bf16 = _autocast_step(torch, net, step)
-    for _ in range(args.steps):
-        bf16()
+    marked_steps(_autocast_step(torch, net, step), args.steps)
     return {}

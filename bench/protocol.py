@@ -36,6 +36,34 @@ def child(part, args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------------------- marked steps
+STEP_MARK = 'bench-step'  # the line a part prints after each training step: 'bench-step,<seconds>'
+
+
+def marked_steps(step, n, sync=lambda: None):
+    """Run ``step`` (then ``sync``, which waits for it) ``n`` times, each followed by the flushed line
+    ``STEP_MARK,<seconds>``: a verbose library's lines on the same stdout (oneDNN's flush per line) fall
+    between the marks of their step."""
+    for _ in range(n):
+        tic = time.perf_counter()
+        step()
+        sync()
+        print(f'{STEP_MARK},{time.perf_counter() - tic}', flush=True)
+
+
+def split_steps(lines):
+    """[(seconds, [oneDNN 'exec' lines of that step]), ...] from the stdout lines of a part that ran
+    ``marked_steps`` under oneDNN's verbose mode."""
+    steps, execs = [], []
+    for line in lines:
+        if line.startswith(STEP_MARK + ','):
+            steps.append((float(line.split(',')[1]), execs))
+            execs = []
+        elif ',exec,' in line:
+            execs.append(line)
+    return steps
+
+
 # ----------------------------------------------------------------------------------------- paired
 def serve(fns, info=None):
     """A timing server: warm every call up, print the ready line, then per stdin line (a key of

@@ -142,3 +142,50 @@ def test_bf16_training_figures_are_best_calls_and_per_repetition_ratios(monkeypa
     assert res['peer_bf16_vs_fp32'] == 0.5 and res['bf16_gemm_gflops'] == 4.0
     assert set(_figures(times, 1e9, with_peer=False)) == {'bf16_train_img_s', 'bf16_paired_fp32_train_img_s',
                                                           'bf16_train_vs_fp32', 'bf16_gemm_gflops'}
+
+
+def test_the_step_profile_shares_a_step_out_by_kind_from_onednn_lines_and_mxnet_operators(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))
+    from bf16_train import step_profile
+    # lines as MXNet 1.9.1's oneDNN 2.x prints them (DNNL_VERBOSE=1), times in ms last
+    amx = ('dnnl_verbose,exec,cpu,convolution,brgconv:avx512_core_amx_bf16,forward_training,src_bf16::blocked:acdb:f0 '
+           'wei_bf16::blocked:AcdB16b32a2b:f0 bia_undef::undef::f0 dst_bf16::blocked:acdb:f0,,alg:convolution_direct,'
+           'mb8_ic64oc64_ih80oh80kh3sh1dh0ph1_iw120ow120kw3sw1dw0pw1,100')
+    wgt = ('dnnl_verbose,exec,cpu,convolution,jit_bf16:avx512_core_bf16,backward_weights,src_bf16::blocked:abcd:f0 '
+           'wei_bf16::blocked:Acdb16a:f0,,alg:convolution_direct,mb8_ic3oc64_ih320oh160kh7sh2dh0ph3_iw480ow240kw7sw2dw0pw3,50')
+    cast = 'dnnl_verbose,exec,cpu,reorder,jit:uni,undef,src_f32::blocked:abcd:f0 dst_bf16::blocked:abcd:f0,,,8x3x320x480,30'
+    layout = ('dnnl_verbose,exec,cpu,reorder,jit:uni,undef,src_bf16::blocked:acdb:f0 dst_bf16::blocked:abcd:f0,,,'
+              '8x64x160x240,70')
+    bn = ('dnnl_verbose,exec,cpu,batch_normalization,bnorm_jit:avx512_core_bf16,forward_training,data_bf16::blocked:acdb:f0 '
+          'diff_undef::undef::f0,,flags:S,mb8ic64ih160iw240,40')
+    pool = 'dnnl_verbose,exec,cpu,pooling_v2,jit:avx512_core_bf16,forward_training,src_bf16::blocked:acdb:f0,,,x,10'
+    steps = [(1.0, [amx, wgt, cast, layout, bn, pool]), (1.2, [amx, wgt, cast, layout, bn, pool])]
+    ops = {'d2lseg_upsample': 200.0, '_backward_d2lseg_upsample': 100.0, 'd2lseg_softmax_ce': 60.0,
+           '_backward_d2lseg_softmax_ce': 40.0, 'multi_sgd_update': 150.0, 'BatchNorm': 5.0}
+    res = step_profile(steps, ops)
+    assert res['step_ms'] == pytest.approx(1100) and res['reorder_ms'] == 100 and res['reorder_cast_ms'] == 30
+    share = {k: round(v * 1100, 6) for k, v in res['share'].items()}
+    assert share == {'conv_fwd_amx': 100, 'conv_bwd_weights': 50, 'reorder': 100, 'batch_normalization': 40,
+                     'onednn_other': 10, 'upsampling_native': 300, 'loss_native': 100, 'optimizer_update': 150,
+                     'rest': 250}                          # 1100 - the 850 accounted for
+    assert sum(res['share'].values()) == pytest.approx(1)
+
+
+@pytest.mark.slow
+def test_the_bf16_step_profile_of_a_real_step_is_shares_that_sum_to_one(monkeypatch):
+    from d2lseg.deploy.quantization import bfloat16_unavailable
+    why = bfloat16_unavailable()
+    if why:
+        pytest.skip(f'no bfloat16 training here: {why}')
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))
+    from argparse import Namespace
+    from bf16_train import onednn_counts, onednn_steps, step_profile
+    steps, out = onednn_steps(sys.executable, 'mxnet-train-step', Namespace(threads=1, steps=2), ['--dtype', 'bfloat16'])
+    assert len(steps) == 1 and steps[0][0] > 0
+    counts = onednn_counts(steps)
+    assert counts['reorders'] > 0 and counts['amx_primitives'] > 0 and counts['primitives'] > counts['reorders']
+    res = step_profile(steps, out['ops_ms'])
+    assert all(0 <= v <= 1 for v in res['share'].values()), res['share']
+    assert sum(res['share'].values()) == pytest.approx(1)
+    assert res['share']['conv_fwd_amx'] > 0 and res['share']['reorder'] > 0 and res['share']['optimizer_update'] > 0
+    assert 0 < res['reorder_cast_ms'] <= res['reorder_ms'] < res['step_ms']
