@@ -14,6 +14,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from d2lseg.training import engine
@@ -73,12 +74,15 @@ def part_mxnet_train_step(args):
     run, batch = _run(args.dtype)
     step = (lambda: engine.train_step(run, batch))
     marked_steps(step, 1, nd.waitall)
-    mx.profiler.set_config(profile_imperative=True, profile_symbolic=True, aggregate_stats=True,
-                           filename=os.devnull)
-    mx.profiler.set_state('run')
-    marked_steps(step, args.steps - 1, nd.waitall)
-    mx.profiler.set_state('stop')
-    ops = json.loads(mx.profiler.dumps(format='json'))['Time'].get('operator', {})
+    # dumps() replaces its file with a regular one: never point it at os.devnull (as root, that replaces the
+    # machine's /dev/null), but at a file in a folder of our own, removed afterwards
+    with tempfile.TemporaryDirectory(prefix='d2lseg-profile-') as tmp:
+        mx.profiler.set_config(profile_imperative=True, profile_symbolic=True, aggregate_stats=True,
+                               filename=os.path.join(tmp, 'profile.json'))
+        mx.profiler.set_state('run')
+        marked_steps(step, args.steps - 1, nd.waitall)
+        mx.profiler.set_state('stop')
+        ops = json.loads(mx.profiler.dumps(format='json'))['Time'].get('operator', {})
     return {'ops_ms': {name: v['Total'] / (args.steps - 1) for name, v in ops.items() if ',' not in name}}
 
 

@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -189,3 +190,5 @@ def test_the_bf16_step_profile_of_a_real_step_is_shares_that_sum_to_one(monkeypa
     assert sum(res['share'].values()) == pytest.approx(1)
     assert res['share']['conv_fwd_amx'] > 0 and res['share']['reorder'] > 0 and res['share']['optimizer_update'] > 0
     assert 0 < res['reorder_cast_ms'] <= res['reorder_ms'] < res['step_ms']
+    # MXNet's profiler replaces the file it dumps to with a regular file: the part must not aim it at /dev/null
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode), f'{os.devnull} is no longer a device after the profiled step'
