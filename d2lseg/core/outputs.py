@@ -13,6 +13,7 @@ under its own name, every one written whole.
 - ``write_atomically(path, write)``: the file is written under a temporary name in the same folder,
   flushed to disk and renamed over ``path``: a kill leaves the old file or the new one, never half.
   ``atomic_write`` / ``atomic_write_json``: the same, a failure (a full disk) one line naming the file.
+  A device, FIFO or socket is never an output (``special_file``): renaming over it would replace the node.
 """
 import contextlib
 import json
@@ -32,9 +33,29 @@ RESERVED = (MANIFEST, LOCK)
 TMP = '.tmp-'  # NAME.tmp-PID: a temporary of NAME being written by process PID
 
 
+_SPECIAL = ((stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'), (stat.S_ISFIFO, 'a FIFO'),
+            (stat.S_ISSOCK, 'a socket'))
+
+
+def special_file(path):
+    """What ``path`` is when it exists (links followed) and is neither a regular file nor a folder, e.g.
+    'a character device' for /dev/null; else None. Renaming a new file over it would replace the device
+    node itself (as root, the machine's /dev/null), so no output may be one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
 def write_atomically(path, write):
     """Call ``write(tmp)`` with a temporary path in ``path``'s folder, fsync it, rename it over ``path``.
-    OSError (and whatever ``write`` raises) propagate; the temporary never stays."""
+    OSError (and whatever ``write`` raises) propagate; the temporary never stays. A ``path`` that is a
+    device, FIFO or socket is refused (one-line D2lsegError) before anything is written."""
+    what = special_file(path)
+    if what:
+        raise D2lsegError(f"{path}: is {what}, not a file d2lseg can write (it writes whole files and renames "
+                          "them into place); choose a file path")
     tmp = f'{path}{TMP}{os.getpid()}'
     try:
         write(tmp)
@@ -130,7 +151,8 @@ class Output(NamedTuple):
 
 def check_paths(outputs, inputs):
     """One-line D2lsegError unless every output is a place of its own: not an input (same directory entry,
-    or the same file by inode), not another output, not a name d2lseg keeps for itself.
+    or the same file by inode), not another output, not a name d2lseg keeps for itself, not a device, FIFO or
+    socket (``special_file``).
 
     outputs: ``Output``s; inputs: [(what, path)] of every file the command reads, e.g. ('the image', 'a.jpg')."""
     ins_by_entry, ins_by_inode = {}, {}
@@ -143,6 +165,10 @@ def check_paths(outputs, inputs):
     for out in outputs:
         if os.path.basename(out.path) in RESERVED:
             raise D2lsegError(f"{out.label}: a name d2lseg keeps for itself; choose another {out.flag}")
+        what = special_file(out.path)
+        if what:
+            raise D2lsegError(f"{out.label}: is {what}, not a file d2lseg can write; choose another {out.flag} "
+                              "(nothing was written)")
         key, node = entry(out.path), inode(out.path)
         hit = ins_by_entry.get(key) or (ins_by_inode.get(node) if node else None)
         if hit:
