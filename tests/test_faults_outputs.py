@@ -4,6 +4,7 @@ rotation and --overwrite removing only what the run folder's manifest records.""
 import json
 import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -99,6 +100,36 @@ def test_a_users_own_file_survives_unless_overwrite_is_given(done, tmp_path, cap
     code, _, err = run(predict(done, board, '--out', mine), capsys)  # its own earlier outputs: refused too
     assert code == 2 and len(err) == 1 and 'an earlier d2lseg predict wrote it' in err[0] and '--overwrite' in err[0]
     assert (mine / 'board.png').read_bytes() == drawn
+
+
+def special_nodes(tmp_path):
+    """A FIFO, and a copy of /dev/null's device node when this process may make one (root)."""
+    os.mkfifo(tmp_path / 'fifo')
+    nodes = {'a FIFO': str(tmp_path / 'fifo')}
+    try:
+        os.mknod(tmp_path / 'null', 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        nodes['a character device'] = str(tmp_path / 'null')
+    except (PermissionError, OSError):
+        pass
+    return nodes
+
+
+def test_a_device_or_fifo_is_never_replaced_even_with_overwrite(done, data_root, tmp_path, capsys):
+    """Renaming a finished file over /dev/null as root replaces the machine's /dev/null with a regular file:
+    --json /dev/null --overwrite is refused, in one line, and the node stays what it was."""
+    a = photo(tmp_path / 'photos' / 'a.jpg')
+    params = os.path.join(done, 'model.params')
+    for what, node in special_nodes(tmp_path).items():
+        for argv in (predict(done, a, '--out', tmp_path / 'pred', '--json', node, '--overwrite'),
+                     ['evaluate', '--params', params, '--data-dir', data_root, '--max-images', '1', '--json', node,
+                      '--overwrite', '--no-progress']):
+            code, _, err = run(argv, capsys)
+            assert code == 2 and len(err) == 1 and f'--json {node}: is {what}, not a file' in err[0], err
+            assert not stat.S_ISREG(os.stat(node).st_mode)
+    assert not (tmp_path / 'pred').exists()
+    with pytest.raises(outputs.D2lsegError, match='is a FIFO'):  # the last guard, under every writer
+        outputs.atomic_write_json(str(tmp_path / 'fifo'), {'a': 1})
+    assert stat.S_ISFIFO(os.stat(tmp_path / 'fifo').st_mode)
 
 
 def test_outputs_of_one_command_never_share_a_name(done, tmp_path, capsys):
