@@ -220,3 +220,31 @@ def test_install_requires_is_what_the_package_imports():
                     'onnxruntime': None}
     needed = {distribution.get(m, m) for m in third_party} - {None}
     assert needed == names, (sorted(needed), sorted(names))
+
+
+def _modules_by_folder():
+    """{layer folder: the names of its modules} as the tree has them (a subpackage's ``__init__`` counts only in
+    native/, where it holds the kernels' Python side; elsewhere it holds only a docstring)."""
+    found = {}
+    for path in PACKAGE:
+        parts = os.path.relpath(path, os.path.join(ROOT, 'd2lseg')).replace(os.sep, '/').split('/')
+        if len(parts) == 2 and (parts[1] != '__init__.py' or parts[0] == 'native'):
+            found.setdefault(parts[0], set()).add(parts[1][:-3])
+    return found
+
+
+def test_architecture_layers_table_names_every_module_of_its_folder():
+    """docs/architecture.md's table of the layers: one row a layer, in LAYOUT's order, whose second column names
+    (in backticks, outside parentheses) exactly the modules of that folder."""
+    with open(os.path.join(ROOT, 'docs', 'architecture.md')) as f:
+        doc = f.read()
+    section = doc[doc.index('\n## The layers'):doc.index('\n## ', doc.index('\n## The layers') + 1)]
+    rows = re.findall(r'^\| `(\w+)/`[^|]*\|([^|]*)\|', section, re.M)
+    assert [folder for folder, _ in rows] == list(LAYERS), [folder for folder, _ in rows]
+    listed = {folder: set(re.findall(r'`(\w+)`', re.sub(r'\([^()]*\)', '', cell))) for folder, cell in rows}
+    tree = _modules_by_folder()
+    wrong = {folder: (f'lacks {sorted(tree.get(folder, set()) - names)}',
+                      f'names missing {sorted(names - tree.get(folder, set()))}')
+             for folder, names in listed.items() if names != tree.get(folder, set())}
+    assert not wrong, wrong
+    assert set(tree) == set(LAYERS), sorted(set(tree) ^ set(LAYERS))
