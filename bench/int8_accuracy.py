@@ -47,7 +47,7 @@ def main(argv=None):
             res[f'miou_{name}'] = res[f'pixel_acc_{name}'] = None
             res[f'{name}_unavailable'] = str(e)
             continue
-        m = engine.evaluate(run.val_iter, net, run.ctx, recipe.num_classes).compute()
+        m = engine.evaluate(run.val_iter, net, run.ctx, run.recipe.num_classes).compute()
         res[f'miou_{name}'], res[f'pixel_acc_{name}'] = m['miou'], m['pixel_acc']
     res['delta_points'] = 100 * (res['miou_int8'] - res['miou_fp32'])
     res['delta_bf16_points'] = None if res['miou_bf16'] is None else 100 * (res['miou_bf16'] - res['miou_fp32'])
