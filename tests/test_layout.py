@@ -1,7 +1,8 @@
 """The package's shape holds: imports point down through the named layers (``tools.restructure.LAYOUT``),
 the ground floor and ``config`` load no MXNet, private MXNet attributes only in ``mxinternals``, one home for
-the native operators and the flag table, functions that fit on a screen, modules of one job (~300 lines or a
-docstring saying why), imports at module top, and a README layout that names every module where it lives."""
+the native operators and the flag table, functions that fit on a screen and take at most eight parameters (or say
+why), modules of one job (~300 lines or a docstring saying why), imports at module top, and a README layout and an
+architecture table (docs/architecture.md) that name every module where it lives."""
 import ast
 import glob
 import os
@@ -248,3 +249,18 @@ def test_architecture_layers_table_names_every_module_of_its_folder():
              for folder, names in listed.items() if names != tree.get(folder, set())}
     assert not wrong, wrong
     assert set(tree) == set(LAYERS), sorted(set(tree) ^ set(LAYERS))
+
+
+def test_a_function_of_more_than_eight_parameters_says_why():
+    """Past eight parameters (self and cls not counted, *args and **kwargs counted) a function groups them or its
+    docstring says why it takes them (a sentence naming its "parameters")."""
+    unexplained = []
+    for path in PACKAGE:
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ('self', 'cls')]
+                count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                if count > 8 and 'parameters' not in (ast.get_docstring(node) or ''):
+                    unexplained.append(f'{_rel(path)}:{node.lineno} {node.name} ({count} parameters)')
+    assert not unexplained, unexplained
