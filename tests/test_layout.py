@@ -1,8 +1,8 @@
 """The package's shape holds: imports point down through the named layers (``tools.restructure.LAYOUT``),
 the ground floor and ``config`` load no MXNet, private MXNet attributes only in ``mxinternals``, one home for
-the native operators and the flag table, functions that fit on a screen and take at most eight parameters (or say
-why), modules of one job (~300 lines or a docstring saying why), imports at module top, and a README layout and an
-architecture table (docs/architecture.md) that name every module where it lives."""
+the native operators and the flag table, lines of at most 120 characters, functions that fit on a screen and take
+at most eight parameters (or say why), modules of one job (~300 lines or a docstring saying why), imports at module
+top, and a README layout and an architecture table (docs/architecture.md) that name every module where it lives."""
 import ast
 import glob
 import os
@@ -264,3 +264,11 @@ def test_a_function_of_more_than_eight_parameters_says_why():
                 if count > 8 and 'parameters' not in (ast.get_docstring(node) or ''):
                     unexplained.append(f'{_rel(path)}:{node.lineno} {node.name} ({count} parameters)')
     assert not unexplained, unexplained
+
+
+def test_package_lines_fit_in_120_characters():
+    long_lines = []
+    for path in PACKAGE:
+        with open(path) as f:
+            long_lines += [f'{_rel(path)}:{n}' for n, line in enumerate(f, 1) if len(line.rstrip('\n')) > 120]
+    assert not long_lines, long_lines

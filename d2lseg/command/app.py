@@ -290,7 +290,8 @@ def _check_counted(cm, total, skipped, crop, out):
     void): no metrics to write, ``out`` left as it was."""
     if skipped == total:
         raise D2lsegError(f"--crop {crop[0]}x{crop[1]}: every one of the {total} validation images is smaller, nothing "
-                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller --crop")
+                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller "
+                          "--crop")
     if not cm.mat.sum():
         raise D2lsegError(f"every label pixel of the {total - skipped} evaluated images is void (255) or no class: "
                           f"nothing to count, no metrics (and {out} was left as it was); check the labels and "

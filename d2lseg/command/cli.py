@@ -250,7 +250,8 @@ def _add_spec_flags(p, spec_cls):
 
 
 def _export_parser(sub):
-    p = _command(sub, 'export', 'an ONNX model of trained parameters, with MODEL_CARD.md beside it (docs/deployment.md)')
+    p = _command(sub, 'export', 'an ONNX model of trained parameters, with MODEL_CARD.md beside it '
+                 '(docs/deployment.md)')
     p.add_argument('run', metavar='RUN_OR_PARAMS', help='a run folder of d2lseg train (its model.params) or a '
                    '.params file')
     p.add_argument('--onnx', required=True, metavar='FILE', help='the .onnx file to write')
@@ -276,7 +277,8 @@ def _reproduce_parser(sub):
         f = recipe_field(name)
         default, why = REPRODUCE_DEFAULTS.get(name, (f.default, None))
         _add_recipe_flag(p, f, default, why)
-    p.add_argument('--out', '--output-dir', default=os.path.join('runs', 'reproduce'), help='run folder (default %(default)s)')
+    p.add_argument('--out', '--output-dir', default=os.path.join('runs', 'reproduce'),
+                   help='run folder (default %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     _add_backbone_flags(p, defaults=True)
     p.add_argument('--no-progress', action='store_true', help='no progress bars')

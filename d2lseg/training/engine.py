@@ -309,7 +309,8 @@ def divergence_advice(run, recipe, start_scale=None):
         return (f"the class weights ({recipe.class_weights}) reach {max(w):.3g}, smallest positive {min(w):.3g}: scale "
                 "them to about 1 (e.g. --class-weights auto) before lowering --lr")
     if start_scale is not None and start_scale > EXTREME_PARAMETER:
-        source = f'--init-from {recipe.init_from}' if recipe.init_from else f'--backbone-params {recipe.backbone_params}'
+        source = f'--init-from {recipe.init_from}' if recipe.init_from else \
+            f'--backbone-params {recipe.backbone_params}'
         return f"the starting parameters ({source}) reach {start_scale:.3g} in size: start from trained ones"
     return 'lower --lr'
 
@@ -329,15 +330,17 @@ def _train_epoch(run, recipe, epoch, progress, batch_callbacks=()):
             advice = divergence_advice(run, recipe, run.start_scale)
             raise TrainingDiverged(f"loss became {step.loss_sum} in epoch {epoch + 1}, batch {i + 1}; training "
                                    f"stopped ({advice}; the checkpoints of finished epochs are kept)")
-        l_sum, right, count, n_img = l_sum + step.loss_sum, right + step.right, count + step.count, n_img + step.batch_size
+        l_sum, right = l_sum + step.loss_sum, right + step.right
+        count, n_img = count + step.count, n_img + step.batch_size
         epoch_bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
         for cb in batch_callbacks:
             cb(BatchState(epoch + 1, i + 1, steps_per_epoch, l_sum / n_img, n_img / (time.time() - tic), run.rank == 0))
     train_time = time.time() - tic
     bad = _first_nonfinite(run.net)  # the last step's update is not seen by any loss: keep it out of checkpoints
     if bad:
+        advice = divergence_advice(run, recipe, run.start_scale)
         raise TrainingDiverged(f"parameter {bad} became NaN or infinite in epoch {epoch + 1} (by batch "
-                               f"{steps_per_epoch}); training stopped ({divergence_advice(run, recipe, run.start_scale)}; "
+                               f"{steps_per_epoch}); training stopped ({advice}; "
                                "the checkpoints of finished epochs are kept)")
     return l_sum, right, count, n_img, train_time
 
