@@ -1,9 +1,10 @@
 """The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch | doctor | export.
 
-About 310 lines: one short parser function per subcommand (nine), kept together so every flag is in one
+About 330 lines: one short parser function per subcommand (nine), kept together so every flag is in one
 place. The module that parses arguments (onnxcli parses predict/evaluate --onnx where MXNet is missing):
-train's flags are generated from ``config.Recipe`` and laid over a preset (``reference.RECIPES``), evaluate's
-and predict's from ``specs``; the work is done by ``app``. User errors print one line and exit with code 2.
+train's flags are generated from ``config.Recipe`` and laid over a preset (``reference.RECIPES``), reproduce's
+three from the same fields, evaluate's and predict's from ``specs``; the work is done by ``app``. User errors print
+one line and exit with code 2.
 """
 import argparse
 import dataclasses
