@@ -12,12 +12,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import d2lseg  # noqa: E402,F401  (first: it sets the thread count, which MXNet reads when it loads)
-from mxnet import gluon  # noqa: E402
+import d2lseg  # noqa: F401  (first: it sets the thread count, which MXNet reads when it loads)
+from mxnet import gluon
 
-from d2lseg.data.synthetic import make_synthetic_voc  # noqa: E402
-from d2lseg.data.voc import VOCSegDataset  # noqa: E402
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.data.voc import VOCSegDataset
 
 SIZES = ((320, 480), (375, 500), (352, 512))  # at least the crop, near VOC's typical 500x375
 CROP = (320, 480)

@@ -21,9 +21,6 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
 
 def _recipe(data_dir, crop, batch):
     from d2lseg.training.config import Recipe

@@ -14,14 +14,13 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from d2lseg.training import engine  # noqa: E402
-from d2lseg.training.callbacks import load_history  # noqa: E402
-from d2lseg.training.config import Recipe  # noqa: E402
-from d2lseg.native.environment import environment  # noqa: E402
-from d2lseg.fcn.model import load_params  # noqa: E402
-from d2lseg.core.errors import D2lsegError  # noqa: E402
-from d2lseg.deploy.quantization import quantize, to_bfloat16  # noqa: E402
+from d2lseg.training import engine
+from d2lseg.training.callbacks import load_history
+from d2lseg.training.config import Recipe
+from d2lseg.native.environment import environment
+from d2lseg.fcn.model import load_params
+from d2lseg.core.errors import D2lsegError
+from d2lseg.deploy.quantization import quantize, to_bfloat16
 
 
 def main(argv=None):
@@ -47,7 +46,7 @@ def main(argv=None):
             res[f'miou_{name}'] = res[f'pixel_acc_{name}'] = None
             res[f'{name}_unavailable'] = str(e)
             continue
-        m = engine.evaluate(run.val_iter, net, run.ctx, recipe.num_classes).compute()
+        m = engine.evaluate(run.val_iter, net, run.ctx, run.recipe.num_classes).compute()
         res[f'miou_{name}'], res[f'pixel_acc_{name}'] = m['miou'], m['pixel_acc']
     res['delta_points'] = 100 * (res['miou_int8'] - res['miou_fp32'])
     res['delta_bf16_points'] = None if res['miou_bf16'] is None else 100 * (res['miou_bf16'] - res['miou_fp32'])

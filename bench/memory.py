@@ -25,23 +25,20 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-sys.path.insert(0, ROOT)
-
-import d2lseg  # noqa: E402,F401  (first: the threads and AMX MXNet reads once, numpy's names for it)
-import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
-from mxnet.gluon import nn  # noqa: E402
-from PIL import Image  # noqa: E402
+import d2lseg  # noqa: F401  (first: the threads and AMX MXNet reads once, numpy's names for it)
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import nn
+from PIL import Image
 
 from d2lseg.fcn import inference
-from d2lseg.command import photos  # noqa: E402
-from d2lseg.data.classes import ClassList  # noqa: E402
-from d2lseg.native.environment import environment  # noqa: E402
-from d2lseg.fcn.metrics import ConfusionMatrix  # noqa: E402
-from d2lseg.fcn.model import build_fcn  # noqa: E402
-from d2lseg.data.palette import voc_palette  # noqa: E402
-from d2lseg.data.voc import iter_split  # noqa: E402
+from d2lseg.command import photos
+from d2lseg.data.classes import ClassList
+from d2lseg.native.environment import environment
+from d2lseg.fcn.metrics import ConfusionMatrix
+from d2lseg.fcn.model import build_fcn
+from d2lseg.data.palette import voc_palette
+from d2lseg.data.voc import iter_split
 MODES = ('predict', 'overlay', 'multiscale')
 
 

@@ -19,24 +19,23 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import d2lseg  # noqa: E402,F401  (first: it sets the threads MXNet reads once)
-import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
-import onnxruntime  # noqa: E402
-from mxnet import nd  # noqa: E402
+import d2lseg  # noqa: F401  (first: it sets the threads MXNet reads once)
+import mxnet as mx
+import numpy as np
+import onnxruntime
+from mxnet import nd
 
 from d2lseg.fcn import inference
 from d2lseg import native
-from d2lseg.deploy import onnxrun  # noqa: E402
-from d2lseg.command.app import load_net  # noqa: E402
-from d2lseg.native.environment import environment  # noqa: E402
-from d2lseg.deploy.export import export_onnx  # noqa: E402
-from d2lseg.fcn.metrics import ConfusionMatrix  # noqa: E402
-from d2lseg.fcn.model import build_fcn  # noqa: E402
-from d2lseg.data.synthetic import make_synthetic_voc  # noqa: E402
-from d2lseg.core.textfiles import read_json  # noqa: E402
-from d2lseg.data.voc import iter_split, voc_root  # noqa: E402
+from d2lseg.deploy import onnxrun
+from d2lseg.command.app import load_net
+from d2lseg.native.environment import environment
+from d2lseg.deploy.export import export_onnx
+from d2lseg.fcn.metrics import ConfusionMatrix
+from d2lseg.fcn.model import build_fcn
+from d2lseg.data.synthetic import make_synthetic_voc
+from d2lseg.core.textfiles import read_json
+from d2lseg.data.voc import iter_split, voc_root
 
 SHAPE = (1, 3, 320, 480)
 

@@ -25,7 +25,11 @@ import sys
 import tempfile
 import time
 
-from protocol import BATCH, CROP, HERE, ROOT, child, paired
+if __package__:  # imported as bench.run (python -m bench.run, the tests): the parts' modules import their
+    # siblings by name (from protocol import ...), as they must in the processes that run this file, the PyTorch
+    # peer's interpreter among them (it has neither d2lseg nor this checkout on its path)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from protocol import BATCH, CROP, HERE, child, paired  # noqa: E402
 
 # part -> (module, function), run as `run.py --part NAME` in a process of its own. The module is imported
 # only there and only once main has set OMP_NUM_THREADS from --threads: timing loads d2lseg and MXNet,
@@ -180,5 +184,4 @@ def _finish(args, res, tic):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, ROOT)  # d2lseg from this checkout; bench/ (the sibling modules) is already sys.path[0]
     sys.exit(main())

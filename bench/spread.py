@@ -22,13 +22,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import d2lseg  # noqa: E402,F401  (before MXNet: the thread count)
-from d2lseg.native.environment import environment  # noqa: E402
-from d2lseg.training.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats  # noqa: E402
-from d2lseg.data.synthetic import GENERATOR, make_synthetic_voc  # noqa: E402
+import d2lseg  # noqa: F401  (before MXNet: the thread count)
+from d2lseg.native.environment import environment
+from d2lseg.training.reference import FIGURES, PRESETS, RECIPE_KEYS, band_of, judged_stats
+from d2lseg.data.synthetic import GENERATOR, make_synthetic_voc
 from d2lseg.data.voc import has_voc
 
 ISAS = ('default', 'AVX512_CORE', 'AVX2')

@@ -1,7 +1,6 @@
 """bench/run.py's bookkeeping of the paired timing (no timing here; bench/protocol.py): alternation order and
 figures, what its measuring processes run with, and that every part it can run exists."""
 import importlib
-import importlib.util
 import json
 import os
 import stat
@@ -95,11 +94,7 @@ def test_every_part_names_a_function_of_its_module():
 
 
 def _bench_run():
-    sys.path.insert(0, os.path.join(ROOT, 'bench'))  # run.py imports its sibling modules by name
-    spec = importlib.util.spec_from_file_location('bench_run', os.path.join(ROOT, 'bench', 'run.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module('bench.run')  # as python -m bench.run imports it
 
 
 def test_onnxruntime_figures_sit_beside_mxnets_and_the_peers(monkeypatch):

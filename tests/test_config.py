@@ -70,6 +70,19 @@ def test_train_flags_are_generated_from_the_recipe_fields():
         assert config.help_text(f).split('(')[0].strip()[:30] in ' '.join(help_text.split()), f.name
 
 
+def test_reproduce_flags_come_from_the_recipe_fields_with_its_own_two_defaults():
+    parser = cli.build_parser()
+    reproduce = next(a for a in parser._actions if a.dest == 'command').choices['reproduce']
+    args = reproduce.parse_args([])
+    assert (args.data_dir, args.ctx, args.workers) == ('data', Recipe().ctx, 4) and Recipe().workers == 2
+    assert reproduce.parse_args(['-j', '1', '--ctx', 'cpu']).workers == 1   # the Recipe field's alias and type
+    shown = ' '.join(reproduce.format_help().split())
+    assert config.help_text(config.recipe_field('ctx')) in shown
+    assert "data-loading threads (default 4: train's is 2;" in shown and '(default data: where reproduce' in shown
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(['--workers', 'many'])
+
+
 def test_a_preset_is_a_recipe_and_explicit_flags_override_it():
     train = _train_options()
     small = _recipe_from(train.parse_args(['--preset', 'small']))

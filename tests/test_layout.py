@@ -1,7 +1,8 @@
 """The package's shape holds: imports point down through the named layers (``tools.restructure.LAYOUT``),
 the ground floor and ``config`` load no MXNet, private MXNet attributes only in ``mxinternals``, one home for
-the native operators and the flag table, functions that fit on a screen, modules of one job (~300 lines or a
-docstring saying why), imports at module top, and a README layout that names every module where it lives."""
+the native operators and the flag table, lines of at most 120 characters, functions that fit on a screen and take
+at most eight parameters (or say why), modules of one job (~300 lines or a docstring saying why), imports at module
+top, and a README layout and an architecture table (docs/architecture.md) that name every module where it lives."""
 import ast
 import glob
 import os
@@ -220,3 +221,54 @@ def test_install_requires_is_what_the_package_imports():
                     'onnxruntime': None}
     needed = {distribution.get(m, m) for m in third_party} - {None}
     assert needed == names, (sorted(needed), sorted(names))
+
+
+def _modules_by_folder():
+    """{layer folder: the names of its modules} as the tree has them (a subpackage's ``__init__`` counts only in
+    native/, where it holds the kernels' Python side; elsewhere it holds only a docstring)."""
+    found = {}
+    for path in PACKAGE:
+        parts = os.path.relpath(path, os.path.join(ROOT, 'd2lseg')).replace(os.sep, '/').split('/')
+        if len(parts) == 2 and (parts[1] != '__init__.py' or parts[0] == 'native'):
+            found.setdefault(parts[0], set()).add(parts[1][:-3])
+    return found
+
+
+def test_architecture_layers_table_names_every_module_of_its_folder():
+    """docs/architecture.md's table of the layers: one row a layer, in LAYOUT's order, whose second column names
+    (in backticks, outside parentheses) exactly the modules of that folder."""
+    with open(os.path.join(ROOT, 'docs', 'architecture.md')) as f:
+        doc = f.read()
+    section = doc[doc.index('\n## The layers'):doc.index('\n## ', doc.index('\n## The layers') + 1)]
+    rows = re.findall(r'^\| `(\w+)/`[^|]*\|([^|]*)\|', section, re.M)
+    assert [folder for folder, _ in rows] == list(LAYERS), [folder for folder, _ in rows]
+    listed = {folder: set(re.findall(r'`(\w+)`', re.sub(r'\([^()]*\)', '', cell))) for folder, cell in rows}
+    tree = _modules_by_folder()
+    wrong = {folder: (f'lacks {sorted(tree.get(folder, set()) - names)}',
+                      f'names missing {sorted(names - tree.get(folder, set()))}')
+             for folder, names in listed.items() if names != tree.get(folder, set())}
+    assert not wrong, wrong
+    assert set(tree) == set(LAYERS), sorted(set(tree) ^ set(LAYERS))
+
+
+def test_a_function_of_more_than_eight_parameters_says_why():
+    """Past eight parameters (self and cls not counted, *args and **kwargs counted) a function groups them or its
+    docstring says why it takes them (a sentence naming its "parameters")."""
+    unexplained = []
+    for path in PACKAGE:
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ('self', 'cls')]
+                count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                if count > 8 and 'parameters' not in (ast.get_docstring(node) or ''):
+                    unexplained.append(f'{_rel(path)}:{node.lineno} {node.name} ({count} parameters)')
+    assert not unexplained, unexplained
+
+
+def test_package_lines_fit_in_120_characters():
+    long_lines = []
+    for path in PACKAGE:
+        with open(path) as f:
+            long_lines += [f'{_rel(path)}:{n}' for n, line in enumerate(f, 1) if len(line.rstrip('\n')) > 120]
+    assert not long_lines, long_lines

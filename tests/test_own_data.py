@@ -232,6 +232,26 @@ def test_init_from_fetches_no_backbone_and_predict_knows_it_was_fine_tuned(own, 
     assert training_caveat(str(tmp_path / 'tuned' / 'model.params')) is None  # fine-tuned: not "random backbone"
 
 
+def test_prepare_leaves_the_given_recipe_and_the_run_takes_the_classes_files_count(own):
+    """engine.prepare works on a copy: the Recipe given keeps num_classes 21, while the run (its network, its
+    ``run.recipe`` and the history fit writes from it) has the classes file's 4."""
+    import dataclasses
+    import mxnet as mx
+    from d2lseg.training.config import Recipe
+    from d2lseg.training.engine import fit, prepare
+    root, classes = own
+    recipe = Recipe(data_dir=str(root), classes=str(classes), pretrained=False, crop=(64, 96), batch_size=2, epochs=1,
+                    workers=0, ctx='cpu', lr=0.05)
+    before = dataclasses.asdict(recipe)
+    run = prepare(recipe)
+    assert dataclasses.asdict(recipe) == before and recipe.num_classes == 21
+    assert run.recipe.num_classes == 4 and run.recipe == dataclasses.replace(recipe, num_classes=4)
+    assert run.net(mx.nd.zeros((1, 3, 64, 96))).shape == (1, 4, 64, 96)
+    history = fit(recipe, run=run, progress=False)
+    assert history['recipe']['num_classes'] == 4 and len(history['epochs'][0]['val_iou']) == 4
+    assert dataclasses.asdict(recipe) == before
+
+
 def test_run_training_leaves_the_callers_recipe_as_it_was(own, tmp_path):
     """run_training resolves the device and takes the class count from the classes file on a copy: the Recipe a
     notebook or script holds is not changed (ctx stays 'auto', num_classes 21 although the file has 4)."""

@@ -218,7 +218,8 @@ def check_evaluate(out, protocol, crop, plot=None, scales=(1.0,), flip=False, pa
                    overwrite=False):
     """What ``evaluate_split`` refuses, checked before the network is loaded: the flags, and the outputs
     (``--json``, ``--plot``): writable, not an input (``params`` and the files beside it, the split's
-    list, images and labels), not each other, not a file evaluate did not write unless ``overwrite``."""
+    list, images and labels), not each other, not a file evaluate did not write unless ``overwrite``. Ten
+    parameters: the ones of ``evaluate_split`` that name a check, so the command refuses before loading a network."""
     h, w = crop
     if protocol == 'chapter' and (tuple(scales) != (1.0,) or flip):
         raise D2lsegError("--scales/--flip: whole-image evaluation only; drop --chapter-protocol")
@@ -251,7 +252,9 @@ def evaluate_split(net, data_dir, ctx, out, classes=None, protocol='published', 
     the class scores over resized and mirrored images (published protocol only). params: the network's
     file (an input no output may land on); overwrite: replace an ``out`` or ``plot`` of one's own
     (``check_evaluate``); spec: what is read (``DataSpec``, default ``EVALUATED``; its colours are the classes',
-    its void border the protocol's). Nothing is written when nothing could be counted. -> the record."""
+    its void border the protocol's). Nothing is written when nothing could be counted. -> the record.
+    Sixteen parameters, all but four with defaults: the library call for a network in hand (notebook 07 uses it
+    with keywords); ``d2lseg evaluate`` reaches it once, through ``evaluate(spec)`` (``specs.EvaluateSpec``)."""
     spec = spec or EVALUATED
     outs = check_evaluate(out, protocol, crop, plot, scales, flip, params, data_dir, spec, overwrite)
     full = protocol == 'published'
@@ -287,7 +290,8 @@ def _check_counted(cm, total, skipped, crop, out):
     void): no metrics to write, ``out`` left as it was."""
     if skipped == total:
         raise D2lsegError(f"--crop {crop[0]}x{crop[1]}: every one of the {total} validation images is smaller, nothing "
-                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller --crop")
+                          f"was evaluated (and {out} was left as it was); use the published protocol or a smaller "
+                          "--crop")
     if not cm.mat.sum():
         raise D2lsegError(f"every label pixel of the {total - skipped} evaluated images is void (255) or no class: "
                           f"nothing to count, no metrics (and {out} was left as it was); check the labels and "

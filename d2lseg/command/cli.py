@@ -1,13 +1,15 @@
 """The ``d2lseg`` command: synth | train | evaluate | predict | reproduce | compare | launch | doctor | export.
 
-About 310 lines: one short parser function per subcommand (nine), kept together so every flag is in one
+About 330 lines: one short parser function per subcommand (nine), kept together so every flag is in one
 place. The module that parses arguments (onnxcli parses predict/evaluate --onnx where MXNet is missing):
-train's flags are generated from ``config.Recipe`` and laid over a preset (``reference.RECIPES``), evaluate's
-and predict's from ``specs``; the work is done by ``app``. User errors print one line and exit with code 2.
+train's flags are generated from ``config.Recipe`` and laid over a preset (``reference.RECIPES``), reproduce's
+three from the same fields, evaluate's and predict's from ``specs``; the work is done by ``app``. User errors print
+one line and exit with code 2.
 """
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 
@@ -42,22 +44,29 @@ def _add_recipe_flags(p):
     p.add_argument('--preset', choices=tuple(RECIPES), default=argparse.SUPPRESS,
                    help='a named recipe the flags below override (the defaults shown are the chapter\'s): '
                         + '; '.join(f'{k}: {v}' for k, v in RECIPE_TEXT.items()))
-    hints = typing.get_type_hints(Recipe)
     for f in recipe_fields(flag=True):
-        if f.name in BACKBONE_FIELDS:
-            continue
-        name, hint, meta = '--' + f.name.replace('_', '-'), hints[f.name], f.metadata
-        kw = dict(default=argparse.SUPPRESS, help=help_text(f))
-        if hint is bool:
-            kw['action'] = 'store_true'
-        elif f.name == 'crop':
-            kw['type'] = parse_size
-        elif meta['positive']:
-            kw['type'] = parse_positive
-        elif hint in (int, float):
-            kw['type'] = hint
-        p.add_argument(name, *meta['aliases'], **kw)
+        if f.name not in BACKBONE_FIELDS:
+            _add_recipe_flag(p, f)
     _add_backbone_flags(p)
+
+
+def _add_recipe_flag(p, f, default=argparse.SUPPRESS, why=None):
+    """The flag of the Recipe field ``f``: its names, type and help from the field. A command whose default differs
+    from the Recipe's gives it as ``default`` with ``why`` (the help's "(default ...)" then names both)."""
+    hint, meta, text = typing.get_type_hints(Recipe)[f.name], f.metadata, help_text(f)
+    if why is not None:
+        text, n = re.subn(r'\(default [^()]*\)', f'(default {default}: {why})', text)
+        text = text if n else f'{text} (default {default}: {why})'
+    kw = dict(default=default, help=text)
+    if hint is bool:
+        kw['action'] = 'store_true'
+    elif f.name == 'crop':
+        kw['type'] = parse_size
+    elif meta['positive']:
+        kw['type'] = parse_positive
+    elif hint in (int, float):
+        kw['type'] = hint
+    p.add_argument('--' + f.name.replace('_', '-'), *meta['aliases'], **kw)
 
 
 BACKBONE_FIELDS = ('pretrained', 'backbone_params')
@@ -242,7 +251,8 @@ def _add_spec_flags(p, spec_cls):
 
 
 def _export_parser(sub):
-    p = _command(sub, 'export', 'an ONNX model of trained parameters, with MODEL_CARD.md beside it (docs/deployment.md)')
+    p = _command(sub, 'export', 'an ONNX model of trained parameters, with MODEL_CARD.md beside it '
+                 '(docs/deployment.md)')
     p.add_argument('run', metavar='RUN_OR_PARAMS', help='a run folder of d2lseg train (its model.params) or a '
                    '.params file')
     p.add_argument('--onnx', required=True, metavar='FILE', help='the .onnx file to write')
@@ -255,13 +265,21 @@ def _export_parser(sub):
     p.set_defaults(func=cmd_export)
 
 
+# reproduce runs the chapter's recipe as it is: of the Recipe's flags it takes only where it runs, and two
+# defaults of its own, {field: (default, why)}.
+REPRODUCE_FIELDS = ('data_dir', 'ctx', 'workers')
+REPRODUCE_DEFAULTS = {'data_dir': (DATA_DIR, 'where reproduce downloads VOC2012'),
+                      'workers': (4, "train's is 2; on GPUs, decoding full-size VOC JPEGs needs more threads")}
+
+
 def _reproduce_parser(sub):
     p = _command(sub, 'reproduce', "the chapter's recipe on real VOC2012, then the comparison")
-    p.add_argument('--data-dir', default=DATA_DIR, help='where VOC2012 is downloaded to (default %(default)s)')
-    p.add_argument('--ctx', default='auto', help=help_text(recipe_field('ctx')))
-    p.add_argument('--workers', '-j', type=int, default=4, help="data-loading threads (default %(default)s, train's "
-                   "is 2: on GPUs, JPEG decoding of full-size VOC images needs more)")
-    p.add_argument('--out', '--output-dir', default=os.path.join('runs', 'reproduce'), help='run folder (default %(default)s)')
+    for name in REPRODUCE_FIELDS:
+        f = recipe_field(name)
+        default, why = REPRODUCE_DEFAULTS.get(name, (f.default, None))
+        _add_recipe_flag(p, f, default, why)
+    p.add_argument('--out', '--output-dir', default=os.path.join('runs', 'reproduce'),
+                   help='run folder (default %(default)s)')
     p.add_argument('--overwrite', action='store_true', help='replace the run already in --out (default: refuse)')
     _add_backbone_flags(p, defaults=True)
     p.add_argument('--no-progress', action='store_true', help='no progress bars')

@@ -287,7 +287,9 @@ def launch(command, num_workers, num_servers=1, hostfile=None, port=9091, timeou
     address towards the first host, or ``scheduler_host``). Output lines are prefixed ``[worker i]``
     (i is the launch order; the kvstore rank is assigned by the scheduler). A worker that fails stops
     the job (all process groups killed) and its code is returned; so does a worker still running
-    ``grace`` s after another one finished (-> 1); ``timeout`` seconds -> 124.
+    ``grace`` s after another one finished (-> 1); ``timeout`` seconds -> 124. Ten parameters, all but two
+    with defaults: the flags of ``d2lseg launch``, and ``ssh``, ``grace`` and ``sink`` that tests and
+    ``bench/distributed.py`` set.
     """
     command = list(command)
     _check_launch(command, num_workers, num_servers, timeout)

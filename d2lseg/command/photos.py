@@ -154,6 +154,8 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=CHAPTER_CROP, i
     ``params``: the network's file, ``calib_dir``: the calibration data, inputs; ``overwrite``: replace
     files of one's own); every file is written whole or not at all. classes: the model's (names and
     colours; default VOC's). max_pixels: an image with more is refused before it is decoded.
+    Seventeen parameters, all but three with defaults: the library call for a network in hand (tests,
+    ``bench/memory.py``); ``d2lseg predict`` reaches it once, through ``app.predict(spec)`` (``specs.PredictSpec``).
     """
     classes = classes or ClassList.voc()
     plan = plan_outputs(paths, out_dir, json_path, params, overwrite, calib_dir)
@@ -178,7 +180,8 @@ def predict_files(net, paths, out_dir, ctx=None, full=True, tile=CHAPTER_CROP, i
 
 
 def _predict_one(net, path, stem, out_dir, ctx, full, tile, log, classes, max_pixels):
-    """Predict one image and write its files -> its entry of the report (with 'error' when it failed)."""
+    """Predict one image and write its files -> its entry of the report (with 'error' when it failed). Ten
+    parameters: ``predict_files``' settings for every image, passed through."""
     try:
         img, pred = _predict_image(net, path, ctx, full, tile, log, max_pixels)
         _write_prediction(img, pred, out_dir, stem, classes)

@@ -1,1 +1,2 @@
-"""The ground floor: imports nothing of the package above it; config-free, MXNet-free at import (the core layer: docs/architecture.md)."""
+"""The ground floor: imports nothing of the package above it; config-free, MXNet-free at import (the core layer:
+docs/architecture.md)."""

@@ -48,7 +48,8 @@ def writable_file(path, flag):
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise D2lsegError(f"{flag} {path}: a folder; give a file name, e.g. {os.path.join(path, 'eval.json')}")
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or \
+            (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise D2lsegError(f"{flag} {path}: cannot be written (no such folder, or no permission); choose another {flag}")
 
 
@@ -99,7 +100,8 @@ class RunFolder:
         try:
             self.fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise D2lsegError(f"{self.flag} {out}: cannot write there ({e.strerror}); choose another {self.flag}") from None
+            raise D2lsegError(f"{self.flag} {out}: cannot write there ({e.strerror}); "
+                              f"choose another {self.flag}") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

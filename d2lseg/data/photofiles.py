@@ -1,7 +1,8 @@
 """Which files ``d2lseg predict`` reads, the names of what it writes (image files under folders, one distinct
 output stem per input) and what it reports per image (the share of each class).
 
-A leaf module (numpy, ``errors``, ``outputs``, ``vocpalette``): ``photos`` (on MXNet) and ``onnxrun`` (without MXNet) share it.
+A leaf module (numpy, ``errors``, ``outputs``, ``vocpalette``): ``photos`` (on MXNet) and ``onnxrun`` (without
+MXNet) share it.
 """
 import collections
 import os

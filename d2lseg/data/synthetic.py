@@ -184,8 +184,8 @@ def make_scene(rng, h, w):
     return img, label
 
 
-def make_synthetic_voc(root=os.path.join('..', SYNTHETIC_DIR), n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0, progress=True,
-                       overwrite=False):
+def make_synthetic_voc(root=os.path.join('..', SYNTHETIC_DIR), n_train=600, n_val=150, sizes=DEFAULT_SIZES, seed=0,
+                       progress=True, overwrite=False):
     """Write a VOC2012-format tree under ``root/VOCdevkit/VOC2012`` and return its path.
 
     Deterministic by seed; ``sizes`` are the (height, width) the scenes are drawn from, some

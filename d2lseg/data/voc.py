@@ -217,7 +217,8 @@ class VOCSegDataset(gluon.data.Dataset):
                  augment=False, **options):
         """The chapter's ``(is_train, crop_size, voc_dir)``, and: spec (``DataSpec``) with ``options`` replacing
         its fields (``ignore_boundary=True``, ``max_images=8``); seed: crops depend only on (seed, epoch,
-        index); verbose: print the book's line; augment: random scale, flip and crop (``augment``)."""
+        index); verbose: print the book's line; augment: random scale, flip and crop (``augment``). Nine
+        parameters: the chapter's three as the book passes them, then only options with defaults."""
         self.crop_size = tuple(crop_size)
         self.seed, self.epoch, self.augment = seed, 0, augment
         lut = None

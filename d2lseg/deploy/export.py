@@ -174,8 +174,8 @@ def _metrics(history, evaluation):
                                      if k in last},
              'best': history.get('best'), 'untrained': history.get('untrained')}
     if evaluation:
-        found['evaluate'] = {k: evaluation.get(k) for k in ('protocol', 'protocol_text', 'miou', 'pixel_acc', 'mean_acc',
-                                                            'fwiou', 'images', 'params')}
+        found['evaluate'] = {k: evaluation.get(k) for k in ('protocol', 'protocol_text', 'miou', 'pixel_acc',
+                                                            'mean_acc', 'fwiou', 'images', 'params')}
     return found
 
 
@@ -239,8 +239,8 @@ def _metrics_lines(meta):
     ev = m.get('evaluate')
     if ev and ev.get('miou') is not None:
         acc = ev.get('pixel_acc', float('nan'))
-        lines.append(f"- `d2lseg evaluate`: mIoU {ev['miou']:.4f}, pixel accuracy {acc:.4f} on {ev.get('images')} images; "
-                     f"protocol: {ev.get('protocol_text') or ev.get('protocol')}")
+        lines.append(f"- `d2lseg evaluate`: mIoU {ev['miou']:.4f}, pixel accuracy {acc:.4f} on {ev.get('images')} "
+                     f"images; protocol: {ev.get('protocol_text') or ev.get('protocol')}")
     lines.append('- ' + (_band(recipe) or 'no measured spread is stored for this recipe: a rerun may differ by a few '
                          'points (docs/reproducibility.md)'))
     if env:

@@ -258,7 +258,8 @@ def eval_images(net, items, cm, ctx=None, full=False, crop=CHAPTER_CROP, tile=CH
 
     Crop mode: the chapter's fixed top-left ``crop`` (images smaller than it are skipped).
     Full mode: every whole image through ``predict_full`` (``predict_multiscale`` with other
-    ``scales`` or ``flip``).
+    ``scales`` or ``flip``). Nine parameters, all but three with defaults: the evaluation protocol's settings,
+    which notebook 05 and ``bench/memory.py`` pass by keyword.
     """
     skipped = 0
     h, w = crop

@@ -27,7 +27,8 @@ ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16',
 
 # Runs one convolution with oneDNN's verbose mode on and prints its "isa:" info line.
 _ISA_PROBE = ("import mxnet as mx; x = mx.nd.ones((1, 3, 8, 8)); "
-              "mx.nd.Convolution(x, mx.nd.ones((2, 3, 3, 3)), kernel=(3, 3), num_filter=2, no_bias=True).wait_to_read()")
+              "mx.nd.Convolution(x, mx.nd.ones((2, 3, 3, 3)), kernel=(3, 3), num_filter=2, "
+              "no_bias=True).wait_to_read()")
 # Under an AMX cap the child asks for the AMX permission first, as ``startup`` did in this process.
 _AMX_PERMISSION = (f"import ctypes; ctypes.CDLL(None).syscall({startup._SYS_ARCH_PRCTL}, "
                    f"{startup._ARCH_REQ_XCOMP_PERM}, {startup._XFEATURE_XTILEDATA}); ")
@@ -85,7 +86,8 @@ def native_kernels(ctx=None):
     for layers on ``ctx`` (a Context or list; None: CPU)."""
     if not native.load():
         disabled = os.environ.get('D2LSEG_NATIVE', '1') == '0'
-        return {'used': False, 'reason': 'D2LSEG_NATIVE=0' if disabled else 'the build or load failed (see the warning)'}
+        return {'used': False,
+                'reason': 'D2LSEG_NATIVE=0' if disabled else 'the build or load failed (see the warning)'}
     if ctx is not None and not native.enabled(ctx):
         return {'used': False, 'reason': 'not a CPU context'}
     return {'used': True, 'isa': native.compiled_isa(), 'library': os.path.basename(native.library_path())}

@@ -1,1 +1,2 @@
-"""A training run: the Recipe, the loop, checkpoints, callbacks, several workers, the references (the training layer: docs/architecture.md)."""
+"""A training run: the Recipe, the loop, checkpoints, callbacks, several workers, the references (the training layer:
+docs/architecture.md)."""

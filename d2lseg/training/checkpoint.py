@@ -139,7 +139,8 @@ def load_optimizer(trainer, path):
         for dev, i, c in arrays['index_update_count'].asnumpy().reshape(-1, 3):
             counts.setdefault(int(dev), {})[int(i)] = int(c)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise D2lsegError(f"{path}: cannot load trainer states, they do not fit this network ({first_line(e)})") from None
+        raise D2lsegError(f"{path}: cannot load trainer states, they do not fit this network "
+                          f"({first_line(e)})") from None
     for updater in mxinternals.updaters(trainer):
         updater.states = {i: tuple(p.copy() if p is not None else None for p in parts) if len(parts) > 1
                           else (parts[0].copy() if parts[0] is not None else None) for i, parts in states.items()}

@@ -79,8 +79,8 @@ class Recipe:
                                    result=True, positive=True)
     kvstore: str = _f('device', "device (one machine, the default), or dist_sync / dist_device_sync under "
                       "'d2lseg launch'", choices=KVSTORES)
-    dtype: str = _f('float32', 'float32 (default) or bfloat16: the arithmetic of the layers before the final upsampling '
-                    '(oneDNN, CPU; fast with AMX); weights, optimizer state and checkpoints stay float32',
+    dtype: str = _f('float32', 'float32 (default) or bfloat16: the arithmetic of the layers before the final '
+                    'upsampling (oneDNN, CPU; fast with AMX); weights, optimizer state and checkpoints stay float32',
                     choices=DTYPES, added='float32')
     fast_upsampling: bool = _f(True, 'upsampling.FastUpsampling: same results, faster (not in the chapter)',
                                flag=False)
@@ -117,9 +117,9 @@ class Recipe:
         if self.num_classes < 1:
             raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
         if self.dtype != DTYPES[0] and self.kvstore.startswith('dist'):
-            raise D2lsegError(f"--dtype {self.dtype} with --kvstore {self.kvstore}: not supported (MXNet 1.9's parameter "
-                              "server aborts with 'init N first' in bfloat16 runs); train bfloat16 on one machine "
-                              "(--ctx cpu or cpu:N) or distributed in float32")
+            raise D2lsegError(f"--dtype {self.dtype} with --kvstore {self.kvstore}: not supported (MXNet 1.9's "
+                              "parameter server aborts with 'init N first' in bfloat16 runs); train bfloat16 on one "
+                              "machine (--ctx cpu or cpu:N) or distributed in float32")
         if self.workers > MAX_WORKERS:
             raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
         return self
@@ -143,7 +143,8 @@ class Recipe:
             elif f.name in d:
                 value = d[f.name]
                 if not _is_a(value, hints[f.name]):
-                    raise D2lsegError(f"{source}: recipe field {f.name!r} is {value!r}, not {_type_name(hints[f.name])}")
+                    raise D2lsegError(f"{source}: recipe field {f.name!r} is {value!r}, "
+                                      f"not {_type_name(hints[f.name])}")
                 kwargs[f.name] = tuple(value) if f.name == 'crop' else value
         return cls(**kwargs)
 
@@ -164,7 +165,8 @@ def recipe_field(name):
     return next(f for f in dataclasses.fields(Recipe) if f.name == name)
 
 
-FLAG_TABLE_MARKERS = ('<!-- flag table: `make flags` writes it from d2lseg.training.config.Recipe -->', '<!-- end of flag table -->')
+FLAG_TABLE_MARKERS = ('<!-- flag table: `make flags` writes it from d2lseg.training.config.Recipe -->',
+                      '<!-- end of flag table -->')
 
 
 def flag_table():

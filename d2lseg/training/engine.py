@@ -74,6 +74,7 @@ class Run:
     class_weights: list = None     # the loss's weight per class, when the recipe asks for them
     start_scale: float = None      # largest starting parameter, when they came from a file (divergence advice)
     train_net: gluon.Block = None  # what steps and validation run: ``net``, or its bfloat16 form (``mixed``)
+    recipe: Recipe = None          # what ``prepare`` built it from: the caller's, with the class count of ``classes``
 
 
 class BatchState(NamedTuple):
@@ -144,9 +145,10 @@ def prepare(recipe, ctx=None, kv=None, data=True, stored=None):
     """Seed, build the network, trainer, loss and (optionally) the data of a recipe -> a ``Run``.
 
     stored: the history of the checkpoint a run resumes from; its classes and class weights are used
-    (not the files named in the recipe, which may have changed or gone), and ``init_from`` is not."""
+    (not the files named in the recipe, which may have changed or gone), and ``init_from`` is not.
+    ``recipe`` is not changed: the run's own, with the class count of its classes, is ``run.recipe``."""
     classes = _classes(recipe, stored)
-    recipe.num_classes = len(classes)
+    recipe = dataclasses.replace(recipe, num_classes=len(classes))
     recipe.validate()
     ctx = ctx or resolve_ctx(recipe.ctx)[1]
     voc_dir = resolve_data_dir(recipe) if data else None  # data and context checked before any download
@@ -165,7 +167,8 @@ def prepare(recipe, ctx=None, kv=None, data=True, stored=None):
     static = {} if parts > 1 else dict(static_alloc=True, static_shape=True)
     net.hybridize(**static)
     run = Run(net, make_trainer(net, recipe, kv), SegmentationLoss(), ctx, None, None, kv=kv, rank=rank,
-              num_workers=parts, classes=classes, train_net=training_net(net, recipe.dtype, ctx, **static))
+              num_workers=parts, classes=classes, train_net=training_net(net, recipe.dtype, ctx, **static),
+              recipe=recipe)
     if data:
         _load_data(run, recipe, voc_dir, stored)
     return run
@@ -306,7 +309,8 @@ def divergence_advice(run, recipe, start_scale=None):
         return (f"the class weights ({recipe.class_weights}) reach {max(w):.3g}, smallest positive {min(w):.3g}: scale "
                 "them to about 1 (e.g. --class-weights auto) before lowering --lr")
     if start_scale is not None and start_scale > EXTREME_PARAMETER:
-        source = f'--init-from {recipe.init_from}' if recipe.init_from else f'--backbone-params {recipe.backbone_params}'
+        source = f'--init-from {recipe.init_from}' if recipe.init_from else \
+            f'--backbone-params {recipe.backbone_params}'
         return f"the starting parameters ({source}) reach {start_scale:.3g} in size: start from trained ones"
     return 'lower --lr'
 
@@ -326,15 +330,17 @@ def _train_epoch(run, recipe, epoch, progress, batch_callbacks=()):
             advice = divergence_advice(run, recipe, run.start_scale)
             raise TrainingDiverged(f"loss became {step.loss_sum} in epoch {epoch + 1}, batch {i + 1}; training "
                                    f"stopped ({advice}; the checkpoints of finished epochs are kept)")
-        l_sum, right, count, n_img = l_sum + step.loss_sum, right + step.right, count + step.count, n_img + step.batch_size
+        l_sum, right = l_sum + step.loss_sum, right + step.right
+        count, n_img = count + step.count, n_img + step.batch_size
         epoch_bar.set_postfix(loss=f'{l_sum / n_img:.4f}', img_s=f'{n_img / (time.time() - tic):.2f}')
         for cb in batch_callbacks:
             cb(BatchState(epoch + 1, i + 1, steps_per_epoch, l_sum / n_img, n_img / (time.time() - tic), run.rank == 0))
     train_time = time.time() - tic
     bad = _first_nonfinite(run.net)  # the last step's update is not seen by any loss: keep it out of checkpoints
     if bad:
+        advice = divergence_advice(run, recipe, run.start_scale)
         raise TrainingDiverged(f"parameter {bad} became NaN or infinite in epoch {epoch + 1} (by batch "
-                               f"{steps_per_epoch}); training stopped ({divergence_advice(run, recipe, run.start_scale)}; "
+                               f"{steps_per_epoch}); training stopped ({advice}; "
                                "the checkpoints of finished epochs are kept)")
     return l_sum, right, count, n_img, train_time
 
@@ -372,7 +378,8 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, bat
     callbacks: callables ``cb(state: TrainState)`` run after every epoch (printing, checkpoints,
     plots). resume: a folder holding ``checkpoint.json``; training continues after its epoch with
     the same data order, so the final parameters equal an uninterrupted run's (CPU, same seed).
-    run: the ``prepare``d run to train (with ``resume``, of the recipe ``resume`` returned).
+    run: the ``prepare``d run to train (with ``resume``, of the recipe ``resume`` returned); the history records
+    the class count the run was built with (``run.recipe``).
     batch_callbacks: callables ``cb(state: BatchState)`` run after every step (``callbacks.BatchLogger``).
     resume may also be a ``Resumed`` (the checkpoint already read; its folder is ``recipe``'s run folder).
     """
@@ -382,6 +389,8 @@ def fit(recipe, callbacks=(), resume=None, kv=None, progress=True, run=None, bat
     if run is None:
         recipe = resumed.recipe if resumed else recipe
         run = prepare(recipe, kv=kv, stored=meta.get('history') if meta else None)
+    if run.recipe is not None:  # the class count of the run's classes (a classes file's, a checkpoint's)
+        recipe = dataclasses.replace(recipe, num_classes=run.recipe.num_classes)
     history = {'recipe': recipe.to_dict(), 'provenance': provenance(recipe), 'environment': environment(run.ctx),
                'ctx': [str(c) for c in run.ctx], 'num_workers': run.num_workers,
                'classes': (run.classes or ClassList.voc()).to_dict(), 'class_weights': run.class_weights,

@@ -124,8 +124,8 @@ def verdict(comparison, reference, baseline, key='val_miou', spread=None):
 
     reference: the setting the others are compared with; baseline: the all-background pixel accuracy
     of the validation pixels the runs are scored on (a number, or {seed: number}); spread: (value, where
-    it came from), e.g. ``band_spread``; by default ``measured_spread`` over all settings. Names the runs at or below the
-    baseline, calls differences inside the spread a tie, and says where the spread came from."""
+    it came from), e.g. ``band_spread``; by default ``measured_spread`` over all settings. Names the runs at or below
+    the baseline, calls differences inside the spread a tie, and says where the spread came from."""
     stats = summary(comparison, key)
     spread, source = spread if spread is not None else measured_spread(stats, list(comparison))
     lines = []

@@ -14,6 +14,8 @@ import types
 
 sys.modules['mxnet'] = None  # first: any import of MXNet from here on fails
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
+# the checkout under test in both modes: 'file' loads ROOT/d2lseg itself, and 'package' must find that same tree, not
+# another d2lseg the interpreter may have (an installed one, another checkout's editable install)
 sys.path.insert(0, ROOT)
 
 
