@@ -20,6 +20,7 @@ import time
 from d2lseg.training import engine
 from d2lseg.training.config import Recipe
 from d2lseg.deploy.quantization import bfloat16_unavailable
+from d2lseg.native import LOSS_OPERATORS, UPSAMPLING_OPERATORS
 import mxnet as mx
 from mxnet import nd
 from mxnet.contrib import amp
@@ -136,9 +137,9 @@ def onednn_kind(line):
 def mxnet_op_kind(name):
     """The kind of an MXNet operator whose work is not oneDNN's (None for the others): the native
     upsampling and loss (d2lseg/native), the optimizer's update."""
-    if 'd2lseg_upsample' in name:
+    if any(op in name for op in UPSAMPLING_OPERATORS):
         return 'upsampling_native'
-    if 'softmax_ce' in name:
+    if any(op in name for op in LOSS_OPERATORS):
         return 'loss_native'
     return 'optimizer_update' if name.endswith('_update') else None
 

@@ -31,6 +31,9 @@ from .library import build, cache_dir, compiled_isa, library_path, load, verifie
 _override = contextvars.ContextVar('d2lseg_native_override', default=None)
 
 UPSAMPLE_STRIDES = (8, 16, 24, 32)  # what d2lseg_upsample implements
+# the operators' names, by what they compute (MXNet's profiler names their backward passes _backward_NAME)
+UPSAMPLING_OPERATORS = ('d2lseg_upsample', 'd2lseg_upsample_argmax')
+LOSS_OPERATORS = ('d2lseg_softmax_ce', 'd2lseg_softmax_ce_weighted')
 
 
 def _contexts(ctx):
