@@ -95,7 +95,7 @@ REFERENCES = ('arxiv.org/abs/1411.4038', 'arxiv.org/abs/1605.06211', 'arxiv.org/
 def test_students_view(name):
     """What a student reads: no test-mode branch or environment switch in any cell (quick mode swaps the
     one parameters cell, from outside), no stdout redirection, no plumbing in the text, no code cell over
-    ~20 lines but the ones that define the chapter's functions; then 3-5 self-check questions whose
+    20 lines without its reason in metadata.d2lseg.long (the chapter's code, or a computation to read); then 3-5 self-check questions whose
     answers open on a click, and the references with their links."""
     import re
     nb = _read(name)
@@ -105,15 +105,32 @@ def test_students_view(name):
     assert not [c for c in text if re.search(r'D2LSEG_|tests/|Notes for instructors', c)], name
     params = [c for c in nb.cells if c.cell_type == 'code' and c.metadata.get('d2lseg', {}).get('role') == 'parameters']
     assert len(params) <= 1 and (not params or nb.metadata['d2lseg'].get('quick_parameters') or name.startswith('06'))
-    long = [len(c.splitlines()) for c in code if len(c.splitlines()) > 27 and not c.startswith('def ')
-            and '\ndef ' not in c]   # a cell that defines functions teaches them; others stay short
-    assert not long, f'{name}: cells of {long} lines'
+    from notebooks_tool import tool
+    assert not tool.long_cells(nb), f'{name}: (cell, lines, problem) {tool.long_cells(nb)}'
     check = next(c for c in text if c.startswith('## Self-check'))
     answers = re.findall(r'<details><summary>Answer (\d)</summary>', check)
     assert 3 <= len(answers) <= 5 and answers == [str(k) for k in range(1, len(answers) + 1)]
     assert check.count('</details>') == len(answers)
     assert any(re.search(r'^self_check = ', c, re.M) for c in code)
     assert all(ref in text[-1] for ref in REFERENCES) and text[-1].startswith('## References')
+
+
+def test_long_cells_need_a_reason():
+    """The rule test_students_view applies: a code cell over 20 lines fails unless its metadata.d2lseg.long
+    says why it stays long; a reason left on a cell that got short fails too; markdown is never counted."""
+    import nbformat
+    from notebooks_tool import tool
+    lines = lambda n: '\n'.join(f'x{i} = {i}' for i in range(n))  # noqa: E731
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(lines(20)), nbformat.v4.new_code_cell(lines(21)),
+                nbformat.v4.new_code_cell(lines(30)), nbformat.v4.new_code_cell(lines(5)),
+                nbformat.v4.new_markdown_cell(lines(40)), nbformat.v4.new_code_cell(lines(25))]
+    nb.cells[2].metadata['d2lseg'] = {'long': "the chapter's training loop, as printed"}
+    nb.cells[3].metadata['d2lseg'] = {'long': 'was long once'}
+    nb.cells[5].metadata['d2lseg'] = {'long': '  '}
+    assert [(i, n) for i, n, _ in tool.long_cells(nb)] == [(1, 21), (3, 5), (5, 25)]
+    assert 'without a reason' in tool.long_cells(nb)[0][2] and 'stale' in tool.long_cells(nb)[1][2]
+    assert [(i, n) for i, n, _ in tool.long_cells(nb, limit=30)] == [(2, 30), (3, 5), (5, 25)]   # none long now
 
 
 @pytest.mark.notebook
