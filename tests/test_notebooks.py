@@ -328,9 +328,16 @@ def test_04_training(monkeypatch):
     assert r['verdict'][1] == f'tie margin: {ranges[widest]:.3f}, the largest range over seeds measured here ' \
         f'({widest}: ' + r['verdict'][1].split(f'({widest}: ')[1]
     assert len(r['verdict']) == 2 + len(settings) - 1 and r['winner'] in settings
+    # each setting's distance to its floors, seed by seed, printed under the verdict
+    text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
+    for name, c in comparison.items():
+        margins = {int(s): run['epochs'][-1]['test_acc'] - floors[int(s)] for s, run in c['runs'].items()
+                   if not run['diverged']}
+        assert f'{name}: val pixel acc minus its floor: ' + ', '.join(
+            f'{m:+.3f} (seed {s})' for s, m in margins.items()) + f'; smallest {min(margins.values()):+.3f}' in text
     sources = [c.source for c in nb.cells if c.cell_type == 'code']
     assert not any(re.search(r'TIE\s*=|SPREAD|0\.02\b', src) for src in sources)   # no literal spread
-    assert r['self_check'] == pytest.approx([10, 60, 0.04])
+    assert r['self_check'] == pytest.approx([10, 111, 0.04])
     _self_check_matches(nb, r['self_check'])
     assert _figures(nb) >= 2
 
@@ -343,8 +350,29 @@ def test_04_stored_run_clears_the_floor():
     floor = [line for line in text.splitlines() if line.startswith('all-background pixel accuracy of these')]
     assert floor, '04_training.ipynb: no stored verdict (run `make notebooks NB=04`)'
     assert 'chapter (lr 0.1) [seed' not in floor[-1], floor[-1]
+    margins = [line for line in text.splitlines() if line.startswith('chapter (lr 0.1): val pixel acc minus its floor')]
+    assert margins and float(margins[-1].rsplit('smallest ', 1)[1]) > 0, margins   # above the floor on every seed
     rows = [line.split() for line in text.splitlines() if line.startswith(('chapter (lr 0.1) ', "05's recipe "))]
     assert rows and all(int(row[3 if row[0] == 'chapter' else 2]) >= 3 for row in rows), rows
+
+
+def _parameters(name, quick=False):
+    """The values a notebook's parameters cell sets (its full-mode source, or its quick one), data_dir aside."""
+    from notebooks_tool import tool
+    nb = _read(name)
+    source = nb.metadata['d2lseg']['quick_parameters'] if quick else tool.parameters_cell(nb).source
+    values = {}
+    exec('\n'.join(line for line in source.splitlines() if not line.startswith('data_dir')), {}, values)
+    return values
+
+
+@pytest.mark.parametrize('quick', [False, True])
+def test_05_trains_at_the_scale_of_04s_exercise_3(quick):
+    """05 says its recipe is trained at the sizes of 04's exercise 3, so that 04's verdict on it applies."""
+    p4, p5 = _parameters('04_training.ipynb', quick), _parameters('05_prediction.ipynb', quick)
+    assert (p5['train_crop'], p5['batch_size'], p5['epochs'], p5['max_images']) == \
+        (p4['crop_size'], p4['sweep_batch'], p4['sweep_epochs'], p4['sweep_images'])
+    assert p5['seeds'] == p4['seeds']
 
 
 @pytest.mark.notebook

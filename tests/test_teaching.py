@@ -119,6 +119,15 @@ def test_a_baseline_per_seed_judges_each_run_by_its_own_crops(comparison):
     assert '0.500 (seed 0), 0.720 (seed 1), 0.500 (seed 2)' in line and line.endswith('chapter [seed 1]; lr 0.01 [seed 1]')
 
 
+def test_margin_line_gives_each_seeds_distance_to_its_floor(comparison):
+    # chapter ends at 0.70, 0.72, 0.71 (seeds 0-2); 'lr 1' diverged on seed 1; every run of 'never' diverged
+    line = teaching.margin_line(comparison, 'chapter', {0: 0.65, 1: 0.72, 2: 0.60})
+    assert line == 'chapter: val pixel acc minus its floor: +0.050 (seed 0), +0.000 (seed 1), +0.110 (seed 2); smallest +0.000'
+    assert teaching.margin_line(comparison, 'lr 1', 0.62).endswith('-0.020 (seed 0), -0.020 (seed 2); smallest -0.020')
+    never = {'never': {'changes': {}, 'runs': {0: {'epochs': [], 'diverged': 'nan'}}}}
+    assert teaching.margin_line(never, 'never', 0.6) == 'never: no finished run, no margin over the floor'
+
+
 def test_baselines_count_background_pixels(tmp_path):
     import numpy as np
     from mxnet import nd

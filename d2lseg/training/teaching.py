@@ -107,6 +107,17 @@ def below_baseline(comparison, baseline):
             if acc <= _baseline_of(baseline, seed)]
 
 
+def margin_line(comparison, name, baseline):
+    """One printed line: how far each finished seed of ``name`` ended above its all-background floor
+    (final validation pixel accuracy minus ``baseline``, a number or {seed: number}), and the smallest."""
+    margins = {s: acc - _baseline_of(baseline, s) for s, acc in finals(comparison, name, 'test_acc').items()}
+    if not margins:
+        return f'{name}: no finished run, no margin over the floor'
+    return (f'{name}: val pixel acc minus its floor: '
+            + ', '.join(f'{m:+.3f} (seed {s})' for s, m in margins.items())
+            + f'; smallest {min(margins.values()):+.3f}')
+
+
 def compare(stats, name, ref, spread):
     """One word for ``name`` against ``ref`` by the mean final value: 'better', 'worse' or 'tie'
     (the difference is inside ``spread``) -> (word, difference); ('diverged', None) when one never finished."""
