@@ -338,3 +338,21 @@ def test_plot_footprint_outlines_the_cells_block():
     assert list(ax.get_xticks()) == list(range(0, 481, 64)) and list(ax.get_yticks()) == list(range(0, 321, 64))
     assert ax.images[0].get_array().sum() == 64 * 64
     plt.close(fig)
+
+
+def test_best_window_and_find_window():
+    import numpy as np
+    mask = np.zeros((10, 12), bool)
+    mask[2:6, 5:9] = True                                                   # a 4x4 square
+    assert teaching.best_window(mask, 4) == (1.0, 2, 5)
+    share, y, x = teaching.best_window(mask, 6)
+    assert share == pytest.approx(16 / 36) and (y, x) == (0, 3)          # the first window holding all of it
+    assert teaching.best_window(mask, 11) == (0.0, 0, 0) and teaching.best_window(~mask & False, 2) == (0.0, 0, 0)
+    img = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    half = np.zeros((10, 12), np.uint8)
+    half[0:2, 0:1] = 1                                                      # at most 2 of 4 pixels of a 2x2 window
+    items = [('a', img, half), ('b', img, mask.astype(np.uint8)), ('c', None, None)]
+    share, window = teaching.find_window(items, lambda im, lab: lab == 1, 2)
+    assert share == 1.0 and np.array_equal(window, img[2:4, 5:7])        # stops at 'b': 'c' is never read
+    assert teaching.find_window(items[:1], lambda im, lab: lab == 1, 2)[0] == 0.5
+    assert teaching.find_window(items[:1], lambda im, lab: lab == 7, 2) == (0.0, None)

@@ -257,6 +257,33 @@ def accuracy_by_distance(preds, labels, edges):
     return right, total
 
 
+# ------------------------------------------------------------------- example windows for a figure
+
+
+def best_window(mask, k):
+    """The k x k window of a boolean (H, W) ``mask`` with the largest share inside it -> (share, top row,
+    left column); (0.0, 0, 0) when no window fits in the mask or it is empty."""
+    if mask.shape[0] < k or mask.shape[1] < k or not mask.any():
+        return 0.0, 0, 0
+    cover = cv2.boxFilter(mask.astype(np.float32), -1, (k, k), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    cover = cover[:mask.shape[0] - k + 1, :mask.shape[1] - k + 1]  # windows wholly inside the image
+    y, x = np.unravel_index(cover.argmax(), cover.shape)
+    return float(cover[y, x]), int(y), int(x)
+
+
+def find_window(items, make_mask, k):
+    """The k x k image window most inside ``make_mask(image, label)`` over ``items`` ((name, image, label)
+    triples), stopping at the first wholly inside -> (share, its (k, k, 3) pixels; None when none fits)."""
+    best = (0.0, None)
+    for _, img, lab in items:
+        share, y, x = best_window(make_mask(img, lab), k)
+        if share > best[0]:
+            best = (share, img[y:y + k, x:x + k])
+        if share == 1.0:
+            break
+    return best
+
+
 # ------------------------------------------------------------------- what to look for in a figure
 
 
