@@ -238,23 +238,3 @@ def test_compare_judges_a_stored_presets_history_by_its_band_and_names_the_bands
     assert 'demo (d2lseg/baselines/demo-spread.json)' in text and 'regression (d2lseg/baselines/regression-band.json)' \
         in text
 
-
-def test_band_lines_say_what_the_band_holds():
-    """Notebook 06 prints these: the data, the recipe, the runs per seed, each machine once, the judged ranges."""
-    from d2lseg.training.reference import band_lines
-    band = load_band()
-    band['runs'] = band['runs'][:3]
-    for run, seed in zip(band['runs'], (4, 0, 4)):
-        run['recipe'] = dict(run['recipe'], seed=seed)
-    band['runs'][2]['environment'] = band['runs'][0]['environment']
-    band['judged']['val_miou'] = {'min': 0.1, 'max': 0.25, 'mean': 0.2, 'sd': 0.05}
-    lines = band_lines(band)
-    assert lines[0] == (f"data: a synthetic set of {band['synth']['n_train']} training and {band['synth']['n_val']} "
-                        f"validation scenes (seed {band['synth']['seed']})")
-    assert lines[1] == 'recipe: d2lseg train ' + ' '.join(band['train'])
-    assert lines[2] == '3 runs; runs per seed: seed 0: 1, seed 4: 2'
-    machines = lines[4:lines.index(next(line for line in lines if line.startswith('judged:')))]
-    assert len(machines) == len({json.dumps(r['environment'], sort_keys=True) for r in band['runs']}) <= 2
-    assert all(m.startswith('   ') for m in machines)
-    assert lines[-1] == f"  val_miou   0.1000-0.2500  mean 0.2000 +- 0.0500  margin {band['margin']['val_miou']}"
-    assert len(lines) == 4 + len(machines) + 1 + 4

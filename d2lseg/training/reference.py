@@ -194,23 +194,6 @@ def _band_text(band):
     return text
 
 
-def band_lines(band):
-    """What a stored band (``d2lseg/baselines/*.json``) holds, as printed lines: its data and recipe, its runs
-    per seed, the machines they ran on, and per judged figure the range over runs, mean +- sd and margin."""
-    from ..native.environment import summary
-    synth, epochs, seeds = band['synth'], band['judged_epochs'], [r['recipe']['seed'] for r in band['runs']]
-    lines = [f"data: a synthetic set of {synth['n_train']} training and {synth['n_val']} validation scenes "
-             f"(seed {synth['seed']})", 'recipe: d2lseg train ' + ' '.join(band['train']),
-             f'{len(seeds)} runs; runs per seed: ' + ', '.join(f'seed {k}: {seeds.count(k)}' for k in sorted(set(seeds))),
-             'machines:'] + ['   ' + m for m in sorted({summary(r['environment']) for r in band['runs']})]
-    lines.append(f'judged: the mean of epochs {epochs[0]}-{epochs[-1]} of each run')
-    for key in ('loss', 'train_acc', 'test_acc', 'val_miou'):
-        b = band['judged'][key]
-        lines.append(f"  {key:<10} {b['min']:.4f}-{b['max']:.4f}  mean {b['mean']:.4f} +- {b['sd']:.4f}  "
-                     f"margin {band['margin'][key]}")
-    return lines
-
-
 def judge(value, band, margin, higher_is_better):
     """Status of one figure against a band: REGRESSION only when worse than the band's worst end by
     more than ``margin``."""

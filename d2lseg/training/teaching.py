@@ -4,6 +4,10 @@ spread measured in the same comparison, or the one of a stored band, and every v
 
 A comparison is ``{name: {'changes': {...}, 'runs': {seed: {'epochs': [records], 'diverged': None or why}}}}``,
 the records being ``fit``'s per-epoch records (``loss``, ``test_acc``, ``val_miou``, ...).
+
+About 340 lines: besides the comparison, the notebooks' other computations a student reads the results
+of (a stored band's description, the all-background floors, accuracy by distance to a boundary, example windows, the "what to look
+for" sentences) live here, so that no notebook cell grows long with bookkeeping.
 """
 import dataclasses
 import math
@@ -15,6 +19,7 @@ from .engine import TrainingDiverged, fit, prepare
 from ..data.palette import VOC_CLASSES
 from .reference import _stats
 from ..data.voc import VOCSegDataset, iter_split
+from ..native.environment import summary as machine_summary
 
 LABELS = {'val_miou': 'val mIoU', 'test_acc': 'val pixel acc', 'loss': 'train loss'}
 KEYS = ('epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'lr', 'time')
@@ -194,6 +199,22 @@ def dtype_lines(float32_records, bfloat16_records, spread, where, key='val_miou'
             f'verdict: bfloat16 {word.upper()} against float32 ('
             + (f'{abs(d):.3f} {"inside" if word == "tie" else "beyond"} the tie margin {spread:.3f}, {where})'
                if spread is not None else f'{where})')]
+
+
+def band_lines(band):
+    """What a stored band (``d2lseg/baselines/*.json``) holds, as printed lines: its data and recipe, its runs
+    per seed, the machines they ran on, and per judged figure the range over runs, mean +- sd and margin."""
+    synth, epochs, seeds = band['synth'], band['judged_epochs'], [r['recipe']['seed'] for r in band['runs']]
+    lines = [f"data: a synthetic set of {synth['n_train']} training and {synth['n_val']} validation scenes "
+             f"(seed {synth['seed']})", 'recipe: d2lseg train ' + ' '.join(band['train']),
+             f'{len(seeds)} runs; runs per seed: ' + ', '.join(f'seed {k}: {seeds.count(k)}' for k in sorted(set(seeds))),
+             'machines:'] + ['   ' + m for m in sorted({machine_summary(r['environment']) for r in band['runs']})]
+    lines.append(f'judged: the mean of epochs {epochs[0]}-{epochs[-1]} of each run')
+    for key in ('loss', 'train_acc', 'test_acc', 'val_miou'):
+        b = band['judged'][key]
+        lines.append(f"  {key:<10} {b['min']:.4f}-{b['max']:.4f}  mean {b['mean']:.4f} +- {b['sd']:.4f}  "
+                     f"margin {band['margin'][key]}")
+    return lines
 
 
 # ------------------------------------------------------------------- the all-background baselines
