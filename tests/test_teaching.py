@@ -380,3 +380,19 @@ def test_band_lines_say_what_the_band_holds():
     assert all(m.startswith('   ') for m in machines)
     assert lines[-1] == f"  val_miou   0.1000-0.2500  mean 0.2000 +- 0.0500  margin {band['margin']['val_miou']}"
     assert len(lines) == 4 + len(machines) + 1 + 4
+
+
+def test_plot_scatter_draws_each_partial_product_and_the_sum():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import plot_scatter
+    X, K = np.array([[1., 2.]]), np.array([[1., 10.]])
+    parts = [((0, 0), np.array([[1., 10., 0.]]), np.array([[True, True, False]])),
+             ((0, 1), np.array([[0., 2., 20.]]), np.array([[False, True, True]]))]
+    fig = plot_scatter(X, K, {1: (parts, np.array([[1., 12., 20.]]))})
+    assert len(fig.axes) == 5                                              # input, kernel, 2 copies, sum
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ['input u (1x2)', 'kernel K (1x2)', 'u[0,0]·K = 1·K', '+ u[0,1]·K = 2·K', '= output 1x3']
+    assert [t.get_text() for t in fig.axes[-1].texts] == ['1', '12', '20']
+    assert fig.axes[0].get_ylabel() == 'stride 1'
+    plt.close(fig)

@@ -352,6 +352,25 @@ def number_grid(ax, values, title=None, highlight=None, fmt='{:g}'):
     return ax
 
 
+def plot_scatter(X, K, rows):
+    """A transposed convolution drawn as a sum, one row per stride: the input, the kernel, each input
+    element's scaled copy of the kernel where it lands, and their sum. rows: {stride: (parts, total)}, parts
+    being ((i, j), the copy in the output's frame, a mask of where it lies) per input element -> the figure."""
+    n = len(next(iter(rows.values()))[0])
+    fig, axes = plt.subplots(len(rows), n + 3, figsize=(15, 3.2 * len(rows)), squeeze=False,
+                             gridspec_kw={'width_ratios': [2, 2] + [4] * (n + 1)})
+    for row, (s, (parts, total)) in zip(axes, rows.items()):
+        number_grid(row[0], X, f'input u ({X.shape[0]}x{X.shape[1]})', highlight=np.zeros(X.shape))
+        number_grid(row[1], K, f'kernel K ({K.shape[0]}x{K.shape[1]})', highlight=np.zeros(K.shape))
+        for ax, ((i, j), P, mask) in zip(row[2:-1], parts):
+            number_grid(ax, P, f'{"" if (i, j) == (0, 0) else "+ "}u[{i},{j}]·K = {X[i, j]:g}·K', mask)
+        number_grid(row[-1], total, f'= output {total.shape[0]}x{total.shape[1]}', np.ones(total.shape))
+        row[0].set_ylabel(f'stride {s}', fontsize=11)
+    fig.suptitle('transposed convolution: every input element adds a scaled copy of the kernel into the output')
+    fig.tight_layout(h_pad=3)  # room between the rows: titles clear of the tick labels above
+    return fig
+
+
 def block_diagram(ax, blocks, steps, title=None):
     """Boxes left to right joined by labelled arrows (an architecture) -> ``ax``.
 
