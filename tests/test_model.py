@@ -295,3 +295,22 @@ def test_fast_upsampling_is_the_same_network(backbone_file, tmp_path, variant):
     imported = gluon.SymbolBlock.imports(str(tmp_path / 'fast-symbol.json'), ['data'],
                                          str(tmp_path / 'fast-0000.params'))
     assert _rel(imported(X), ref) < 1e-5
+
+
+@pytest.mark.filterwarnings('ignore:Cannot decide type')
+@pytest.mark.parametrize('fast', [False, True])
+def test_upsampling_weight_in_the_chapters_layout_for_either_layer(backbone_file, fast):
+    """What notebook 02's exercise 2 sets and reads: a (C, C, 64, 64) weight, the same through the chapter's
+    Conv2DTranspose and through FastUpsampling; the network's output follows the weight set."""
+    net = _init(build_fcn(pretrained=backbone_file, fast_upsampling=fast))
+    assert np.array_equal(net.upsampling_weight().asnumpy(), bilinear_kernel(21, 21, 64).asnumpy())
+    X = nd.random.normal(shape=(1, 3) + SMALL)
+    before = net(X)
+    w = nd.random.uniform(-0.01, 0.01, shape=(21, 21, 64, 64))
+    net.set_upsampling_weight(w)
+    assert np.array_equal(net.upsampling_weight().asnumpy(), w.asnumpy())
+    assert not np.allclose(net(X).asnumpy(), before.asnumpy())
+    net.set_upsampling_weight(2 * w)   # the chapter's layer computes with it: a transposed convolution by 2w (bias 0)
+    expected = nd.Deconvolution(net.coarse_scores(X), 2 * w, kernel=(64, 64), stride=(32, 32), pad=(16, 16),
+                                num_filter=21, no_bias=True)
+    np.testing.assert_allclose(net(X).asnumpy(), expected.asnumpy(), rtol=1e-4, atol=1e-6)

@@ -95,7 +95,7 @@ REFERENCES = ('arxiv.org/abs/1411.4038', 'arxiv.org/abs/1605.06211', 'arxiv.org/
 def test_students_view(name):
     """What a student reads: no test-mode branch or environment switch in any cell (quick mode swaps the
     one parameters cell, from outside), no stdout redirection, no plumbing in the text, no code cell over
-    ~20 lines but the ones that define the chapter's functions; then 3-5 self-check questions whose
+    20 lines without its reason in metadata.d2lseg.long (the chapter's code, or a computation to read); then 3-5 self-check questions whose
     answers open on a click, and the references with their links."""
     import re
     nb = _read(name)
@@ -105,15 +105,32 @@ def test_students_view(name):
     assert not [c for c in text if re.search(r'D2LSEG_|tests/|Notes for instructors', c)], name
     params = [c for c in nb.cells if c.cell_type == 'code' and c.metadata.get('d2lseg', {}).get('role') == 'parameters']
     assert len(params) <= 1 and (not params or nb.metadata['d2lseg'].get('quick_parameters') or name.startswith('06'))
-    long = [len(c.splitlines()) for c in code if len(c.splitlines()) > 27 and not c.startswith('def ')
-            and '\ndef ' not in c]   # a cell that defines functions teaches them; others stay short
-    assert not long, f'{name}: cells of {long} lines'
+    from notebooks_tool import tool
+    assert not tool.long_cells(nb), f'{name}: (cell, lines, problem) {tool.long_cells(nb)}'
     check = next(c for c in text if c.startswith('## Self-check'))
     answers = re.findall(r'<details><summary>Answer (\d)</summary>', check)
     assert 3 <= len(answers) <= 5 and answers == [str(k) for k in range(1, len(answers) + 1)]
     assert check.count('</details>') == len(answers)
     assert any(re.search(r'^self_check = ', c, re.M) for c in code)
     assert all(ref in text[-1] for ref in REFERENCES) and text[-1].startswith('## References')
+
+
+def test_long_cells_need_a_reason():
+    """The rule test_students_view applies: a code cell over 20 lines fails unless its metadata.d2lseg.long
+    says why it stays long; a reason left on a cell that got short fails too; markdown is never counted."""
+    import nbformat
+    from notebooks_tool import tool
+    lines = lambda n: '\n'.join(f'x{i} = {i}' for i in range(n))  # noqa: E731
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(lines(20)), nbformat.v4.new_code_cell(lines(21)),
+                nbformat.v4.new_code_cell(lines(30)), nbformat.v4.new_code_cell(lines(5)),
+                nbformat.v4.new_markdown_cell(lines(40)), nbformat.v4.new_code_cell(lines(25))]
+    nb.cells[2].metadata['d2lseg'] = {'long': "the chapter's training loop, as printed"}
+    nb.cells[3].metadata['d2lseg'] = {'long': 'was long once'}
+    nb.cells[5].metadata['d2lseg'] = {'long': '  '}
+    assert [(i, n) for i, n, _ in tool.long_cells(nb)] == [(1, 21), (3, 5), (5, 25)]
+    assert 'without a reason' in tool.long_cells(nb)[0][2] and 'stale' in tool.long_cells(nb)[1][2]
+    assert [(i, n) for i, n, _ in tool.long_cells(nb, limit=30)] == [(2, 30), (3, 5), (5, 25)]   # none long now
 
 
 @pytest.mark.notebook
@@ -311,9 +328,16 @@ def test_04_training(monkeypatch):
     assert r['verdict'][1] == f'tie margin: {ranges[widest]:.3f}, the largest range over seeds measured here ' \
         f'({widest}: ' + r['verdict'][1].split(f'({widest}: ')[1]
     assert len(r['verdict']) == 2 + len(settings) - 1 and r['winner'] in settings
+    # each setting's distance to its floors, seed by seed, printed under the verdict
+    text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
+    for name, c in comparison.items():
+        margins = {int(s): run['epochs'][-1]['test_acc'] - floors[int(s)] for s, run in c['runs'].items()
+                   if not run['diverged']}
+        assert f'{name}: val pixel acc minus its floor: ' + ', '.join(
+            f'{m:+.3f} (seed {s})' for s, m in margins.items()) + f'; smallest {min(margins.values()):+.3f}' in text
     sources = [c.source for c in nb.cells if c.cell_type == 'code']
     assert not any(re.search(r'TIE\s*=|SPREAD|0\.02\b', src) for src in sources)   # no literal spread
-    assert r['self_check'] == pytest.approx([10, 60, 0.04])
+    assert r['self_check'] == pytest.approx([10, 111, 0.04])
     _self_check_matches(nb, r['self_check'])
     assert _figures(nb) >= 2
 
@@ -326,8 +350,29 @@ def test_04_stored_run_clears_the_floor():
     floor = [line for line in text.splitlines() if line.startswith('all-background pixel accuracy of these')]
     assert floor, '04_training.ipynb: no stored verdict (run `make notebooks NB=04`)'
     assert 'chapter (lr 0.1) [seed' not in floor[-1], floor[-1]
+    margins = [line for line in text.splitlines() if line.startswith('chapter (lr 0.1): val pixel acc minus its floor')]
+    assert margins and float(margins[-1].rsplit('smallest ', 1)[1]) > 0, margins   # above the floor on every seed
     rows = [line.split() for line in text.splitlines() if line.startswith(('chapter (lr 0.1) ', "05's recipe "))]
     assert rows and all(int(row[3 if row[0] == 'chapter' else 2]) >= 3 for row in rows), rows
+
+
+def _parameters(name, quick=False):
+    """The values a notebook's parameters cell sets (its full-mode source, or its quick one), data_dir aside."""
+    from notebooks_tool import tool
+    nb = _read(name)
+    source = nb.metadata['d2lseg']['quick_parameters'] if quick else tool.parameters_cell(nb).source
+    values = {}
+    exec('\n'.join(line for line in source.splitlines() if not line.startswith('data_dir')), {}, values)
+    return values
+
+
+@pytest.mark.parametrize('quick', [False, True])
+def test_05_trains_at_the_scale_of_04s_exercise_3(quick):
+    """05 says its recipe is trained at the sizes of 04's exercise 3, so that 04's verdict on it applies."""
+    p4, p5 = _parameters('04_training.ipynb', quick), _parameters('05_prediction.ipynb', quick)
+    assert (p5['train_crop'], p5['batch_size'], p5['epochs'], p5['max_images']) == \
+        (p4['crop_size'], p4['sweep_batch'], p4['sweep_epochs'], p4['sweep_images'])
+    assert p5['seeds'] == p4['seeds']
 
 
 @pytest.mark.notebook

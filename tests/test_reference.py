@@ -237,3 +237,4 @@ def test_compare_judges_a_stored_presets_history_by_its_band_and_names_the_bands
     text = ' '.join(compare.format_help().split())
     assert 'demo (d2lseg/baselines/demo-spread.json)' in text and 'regression (d2lseg/baselines/regression-band.json)' \
         in text
+

@@ -119,6 +119,15 @@ def test_a_baseline_per_seed_judges_each_run_by_its_own_crops(comparison):
     assert '0.500 (seed 0), 0.720 (seed 1), 0.500 (seed 2)' in line and line.endswith('chapter [seed 1]; lr 0.01 [seed 1]')
 
 
+def test_margin_line_gives_each_seeds_distance_to_its_floor(comparison):
+    # chapter ends at 0.70, 0.72, 0.71 (seeds 0-2); 'lr 1' diverged on seed 1; every run of 'never' diverged
+    line = teaching.margin_line(comparison, 'chapter', {0: 0.65, 1: 0.72, 2: 0.60})
+    assert line == 'chapter: val pixel acc minus its floor: +0.050 (seed 0), +0.000 (seed 1), +0.110 (seed 2); smallest +0.000'
+    assert teaching.margin_line(comparison, 'lr 1', 0.62).endswith('-0.020 (seed 0), -0.020 (seed 2); smallest -0.020')
+    never = {'never': {'changes': {}, 'runs': {0: {'epochs': [], 'diverged': 'nan'}}}}
+    assert teaching.margin_line(never, 'never', 0.6) == 'never: no finished run, no margin over the floor'
+
+
 def test_baselines_count_background_pixels(tmp_path):
     import numpy as np
     from mxnet import nd
@@ -206,3 +215,184 @@ def test_dtype_lines_give_the_difference_speed_and_a_verdict_from_the_spread():
     assert lines[2] == 'verdict: bfloat16 TIE against float32 (0.030 inside the tie margin 0.040, seeds here)'
     assert 'WORSE' in teaching.dtype_lines(f32, [{'val_miou': 0.1, 'time': 1.0}], 0.04, 'x')[2]
     assert 'TIE' in teaching.dtype_lines(f32, b16, None, 'no spread measured')[2]
+
+
+# ------------------------------------------------------------------- the notebooks' larger figures (d2lseg.fcn.viz)
+
+
+def test_plot_cost_growth_draws_memory_time_and_the_fitted_power_laws():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import plot_cost_growth
+    sides_W, sides_conv = [8, 16, 32], [8, 16, 32, 48, 64]
+    W_times = [1e-5 * (n / 8) ** 4 for n in sides_W]
+    fig = plot_cost_growth(sides_W, [4 * n ** 4 for n in sides_W], W_times, sides_conv, [1e-4] * 5,
+                           fits=[(4.0, list(zip(sides_W, W_times))), (0.0, [(n, 1e-4) for n in sides_conv])])
+    mem, tm = fig.axes
+    assert [list(line.get_ydata()) for line in mem.lines] == [[16384, 262144, 4194304], [36] * 5,
+                                                              [36 * n * n for n in sides_conv]]
+    assert len(tm.lines) == 4 and [line.get_label() for line in tm.lines[2:]] == ['fit: n$^{4.0}$', 'fit: n$^{0.0}$']
+    assert np.allclose(tm.lines[2].get_ydata(), W_times)        # an exact n^4 law: the fit goes through every point
+    assert np.allclose(tm.lines[3].get_ydata(), 1e-4)
+    assert [t.get_text() for t in tm.get_xticklabels()] == ['8', '16', '32', '64']   # the powers of two only
+    assert mem.get_xscale() == tm.get_yscale() == 'log'
+    plt.close(fig)
+
+
+def test_plot_bilinear_shows_the_kernel_its_tent_and_a_ramp():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.ops import bilinear_kernel
+    from d2lseg.fcn.viz import plot_bilinear
+    k = bilinear_kernel(1, 1, 8)[0, 0].asnumpy()
+    ramp, up = np.arange(4.0), np.array([0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3])
+    fig = plot_bilinear(k, ramp, up)
+    image, tent, line = fig.axes[:3]
+    assert image.images[0].get_array().shape == (8, 8) and image.get_title().startswith('bilinear kernel for 4x (8x8)')
+    assert tent.get_title().startswith('row 3') and np.allclose(tent.lines[0].get_ydata(), k[3])
+    assert list(line.lines[0].get_xdata()) == [0, 1, 2, 3]
+    assert list(line.lines[1].get_xdata()) == [-0.25, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25]   # (j + 0.5) / 2 - 0.5
+    plt.close(fig)
+
+
+def test_upsampled_detail_shows_both_images_at_one_scale_and_the_detail():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import upsampled_detail
+    inp = np.random.RandomState(0).rand(20, 30, 3)
+    outp = inp.repeat(2, 0).repeat(2, 1)
+    fig = upsampled_detail(inp, outp, y0=4, x0=6, d=5)
+    a_in, a_out, d_in, d_out = fig.axes
+    assert a_in.get_ylim() == a_out.get_ylim() == (39.5, -0.5)           # both span 2H rows
+    assert [a.get_title() for a in (a_in, a_out)] == ['input 20x30 (same scale)', 'output 40x60']
+    assert np.array_equal(d_in.images[0].get_array(), inp[4:9, 6:11])
+    assert np.array_equal(d_out.images[0].get_array(), outp[8:18, 12:22])
+    assert d_out.get_title() == 'output detail: 10x10 pixels (rows 8..17)'
+    assert a_out.patches[0].get_xy() == (12, 8) and a_out.patches[0].get_width() == 10
+    plt.close(fig)
+
+
+def test_plot_image_sizes_one_marker_per_size_and_the_crops():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import plot_image_sizes
+    sizes = {'train': {(128, 192): 5, (320, 480): 2}, 'val': {(160, 224): 1}}
+    fig = plot_image_sizes(sizes, (320, 480), (64, 96))
+    ax = fig.axes[0]
+    train, val = ax.collections[:2]
+    assert np.array_equal(train.get_offsets(), [[189, 128], [477, 320]])     # (width - 3, height)
+    assert list(train.get_sizes()) == [27, 18] and np.array_equal(val.get_offsets(), [[227, 160]])
+    labels = ax.get_legend_handles_labels()[1]
+    assert 'kept by the 320x480 crop' in labels and '64x96 crop (width, height)' in labels
+    assert [line.get_xdata()[0] for line in ax.lines[:1]] == [96] and ax.lines[1].get_ydata()[0] == 64
+    plt.close(fig)
+
+
+def test_kernel_and_predictions_colours_maps_and_lists_the_classes_shown():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import kernel_and_predictions
+    from d2lseg.data.palette import VOC_COLORMAP
+    label = np.array([[0, 0], [15, 255]])
+    fig = kernel_and_predictions(np.array([[-2.0, 1.0], [0.0, 0.5]]), 'k', np.zeros((2, 2, 3)), label,
+                                 {'a': np.array([[0, 3], [3, 3]]), 'b': np.zeros((2, 2))})
+    kern, _, lab, a, b = fig.axes[:5]
+    assert kern.images[0].get_clim() == (-2.0, 2.0)                        # symmetric around 0
+    assert [ax.get_title() for ax in (lab, a, b)] == ['label', 'a', 'b']
+    assert list(lab.images[0].get_array()[1, 0]) == list(VOC_COLORMAP[15])
+    assert list(a.images[0].get_array()[0, 1]) == list(VOC_COLORMAP[3])
+    assert [t.get_text() for t in b.get_legend().get_texts()] == ['background', 'bird', 'person']   # void not listed
+    plt.close(fig)
+
+
+def test_score_maps_figure_one_row_per_network_and_the_stride_grid():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.data.palette import VOC_COLORMAP
+    from d2lseg.fcn.viz import score_maps_figure
+    score = np.linspace(-1, 1, 64 * 96).reshape(64, 96)
+    fig = score_maps_figure(np.zeros((64, 96, 3)), np.full((64, 96), 7), {'a': score, 'b': 3 * score},
+                            {'a': np.zeros((64, 96)), 'b': np.full((64, 96), 2)})
+    axes = [ax for ax in fig.axes if ax.images and ax.get_xlabel() != 'score' and ax.get_ylabel() != 'score']
+    assert len(axes) == 6                                                   # image, label, then 2 per network
+    assert [ax.get_title()[:27] for ax in axes[2::2]] == ['a start: background score (', 'b start: background score (']
+    assert axes[4].images[0].get_clim() == pytest.approx((-2.97, 2.97), abs=0.005)   # 99th percentile of |3 score|
+    assert list(axes[1].images[0].get_array()[0, 0]) == list(VOC_COLORMAP[7])
+    assert list(axes[5].images[0].get_array()[0, 0]) == list(VOC_COLORMAP[2])
+    assert list(axes[0].get_xticks()) == [0, 32, 64, 96] and list(axes[0].get_yticks()) == [0, 32, 64]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ['background', 'bicycle', 'car']
+    plt.close(fig)
+
+
+def test_plot_footprint_outlines_the_cells_block():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import plot_footprint
+    footprint = np.zeros((320, 480))
+    footprint[112:176, 208:272] = 1
+    fig = plot_footprint(footprint, (4, 7))
+    ax = fig.axes[0]
+    box = ax.patches[0]
+    assert (box.get_xy(), box.get_width(), box.get_height()) == ((223.5, 127.5), 32, 32)
+    assert ax.get_title() == 'upsampling a one-hot score at cell (4, 7) of the 10x15 map'
+    assert list(ax.get_xticks()) == list(range(0, 481, 64)) and list(ax.get_yticks()) == list(range(0, 321, 64))
+    assert ax.images[0].get_array().sum() == 64 * 64
+    plt.close(fig)
+
+
+def test_best_window_and_find_window():
+    import numpy as np
+    mask = np.zeros((10, 12), bool)
+    mask[2:6, 5:9] = True                                                   # a 4x4 square
+    assert teaching.best_window(mask, 4) == (1.0, 2, 5)
+    share, y, x = teaching.best_window(mask, 6)
+    assert share == pytest.approx(16 / 36) and (y, x) == (0, 3)          # the first window holding all of it
+    assert teaching.best_window(mask, 11) == (0.0, 0, 0) and teaching.best_window(~mask & False, 2) == (0.0, 0, 0)
+    img = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    half = np.zeros((10, 12), np.uint8)
+    half[0:2, 0:1] = 1                                                      # at most 2 of 4 pixels of a 2x2 window
+    items = [('a', img, half), ('b', img, mask.astype(np.uint8)), ('c', None, None)]
+    share, window = teaching.find_window(items, lambda im, lab: lab == 1, 2)
+    assert share == 1.0 and np.array_equal(window, img[2:4, 5:7])        # stops at 'b': 'c' is never read
+    assert teaching.find_window(items[:1], lambda im, lab: lab == 1, 2)[0] == 0.5
+    assert teaching.find_window(items[:1], lambda im, lab: lab == 7, 2) == (0.0, None)
+
+
+def test_band_lines_say_what_the_band_holds():
+    """Notebook 06 prints these: the data, the recipe, the runs per seed, each machine once, the judged ranges."""
+    import json
+    import os
+    import d2lseg
+    with open(os.path.join(os.path.dirname(d2lseg.__file__), 'baselines', 'regression-band.json')) as f:
+        band = json.load(f)
+    band['runs'] = band['runs'][:3]
+    for run, seed in zip(band['runs'], (4, 0, 4)):
+        run['recipe'] = dict(run['recipe'], seed=seed)
+    band['runs'][2]['environment'] = band['runs'][0]['environment']
+    band['judged']['val_miou'] = {'min': 0.1, 'max': 0.25, 'mean': 0.2, 'sd': 0.05}
+    lines = teaching.band_lines(band)
+    assert lines[0] == (f"data: a synthetic set of {band['synth']['n_train']} training and {band['synth']['n_val']} "
+                        f"validation scenes (seed {band['synth']['seed']})")
+    assert lines[1] == 'recipe: d2lseg train ' + ' '.join(band['train'])
+    assert lines[2] == '3 runs; runs per seed: seed 0: 1, seed 4: 2'
+    machines = lines[4:lines.index(next(line for line in lines if line.startswith('judged:')))]
+    assert len(machines) == len({json.dumps(r['environment'], sort_keys=True) for r in band['runs']}) <= 2
+    assert all(m.startswith('   ') for m in machines)
+    assert lines[-1] == f"  val_miou   0.1000-0.2500  mean 0.2000 +- 0.0500  margin {band['margin']['val_miou']}"
+    assert len(lines) == 4 + len(machines) + 1 + 4
+
+
+def test_plot_scatter_draws_each_partial_product_and_the_sum():
+    import numpy as np
+    from matplotlib import pyplot as plt
+    from d2lseg.fcn.viz import plot_scatter
+    X, K = np.array([[1., 2.]]), np.array([[1., 10.]])
+    parts = [((0, 0), np.array([[1., 10., 0.]]), np.array([[True, True, False]])),
+             ((0, 1), np.array([[0., 2., 20.]]), np.array([[False, True, True]]))]
+    fig = plot_scatter(X, K, {1: (parts, np.array([[1., 12., 20.]]))})
+    assert len(fig.axes) == 5                                              # input, kernel, 2 copies, sum
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ['input u (1x2)', 'kernel K (1x2)', 'u[0,0]·K = 1·K', '+ u[0,1]·K = 2·K', '= output 1x3']
+    assert [t.get_text() for t in fig.axes[-1].texts] == ['1', '12', '20']
+    assert fig.axes[0].get_ylabel() == 'stride 1'
+    plt.close(fig)

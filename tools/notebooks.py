@@ -12,7 +12,7 @@ pages need no network), and ``index.html``, the contents in the chapter's order.
 and outputs put into a page is sanitised (an allow-list of markdown's HTML: no script, event handler or
 javascript: URL runs in the reader's browser), and notebook names given to ``run`` are checked before use.
 
-About 540 lines: running the notebooks (with the one kernel launcher and quick mode, used by the tests
+About 560 lines: running the notebooks (with the one kernel launcher and quick mode, used by the tests
 too) and rendering them (with the sanitiser, the offline clean-up, alt texts and contents lists) share
 how notebooks are found, named and checked for stale outputs.
 """
@@ -86,6 +86,26 @@ def stale_cells(nb):
     return [i for i, c in enumerate(nb.cells) if c.cell_type == 'code'
             and (c.execution_count is None or c.metadata.get('d2lseg', {}).get('source_sha256')
                  != source_hash(c.source))]
+
+
+LONG_CELL = 20  # lines; a longer code cell says why in its metadata.d2lseg.long
+
+
+def long_cells(nb, limit=LONG_CELL):
+    """Code cells whose length is not accounted for -> [(index, lines, what is wrong)]: a cell over ``limit``
+    lines without ``metadata.d2lseg.long`` (one sentence: why it is the chapter's code or a computation a
+    student should read; plotting and bookkeeping belong in ``d2lseg.fcn.viz`` or
+    ``d2lseg.training.teaching`` instead), or a cell keeping that reason when it is no longer long."""
+    out = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != 'code':
+            continue
+        n, reason = len(c.source.splitlines()), c.metadata.get('d2lseg', {}).get('long')
+        if n > limit and not (isinstance(reason, str) and reason.strip()):
+            out.append((i, n, f'over {limit} lines without a reason (metadata.d2lseg.long)'))
+        elif n <= limit and reason is not None:
+            out.append((i, n, f'{n} lines: its reason for being long is stale'))
+    return out
 
 
 def _minutes(seconds):

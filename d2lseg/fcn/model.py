@@ -73,6 +73,16 @@ class SegmentationNet(native.PerContext, FastLayoutParams):
         up = self.upsample
         return up if isinstance(up, FastUpsampling) and up.uses_native(ctx) else None
 
+    def upsampling_weight(self):
+        """The final upsampling's weight in the chapter's (C, C, 2s, 2s) layout, whichever layer computes it."""
+        up = self.upsample
+        return up.chapter_weight() if isinstance(up, FastUpsampling) else up.weight.data()
+
+    def set_upsampling_weight(self, weight):
+        """Give the final upsampling a chapter-layout (C, C, 2s, 2s) weight, whichever layer computes it."""
+        up = self.upsample
+        up.set_chapter_weight(weight) if isinstance(up, FastUpsampling) else up.weight.set_data(weight)
+
 
 class SequentialFCN(SegmentationNet, nn.HybridSequential):
     """The chapter's ``HybridSequential`` (fcn32s), its last layer the upsampling; also a low-precision

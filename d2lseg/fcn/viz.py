@@ -352,6 +352,25 @@ def number_grid(ax, values, title=None, highlight=None, fmt='{:g}'):
     return ax
 
 
+def plot_scatter(X, K, rows):
+    """A transposed convolution drawn as a sum, one row per stride: the input, the kernel, each input
+    element's scaled copy of the kernel where it lands, and their sum. rows: {stride: (parts, total)}, parts
+    being ((i, j), the copy in the output's frame, a mask of where it lies) per input element -> the figure."""
+    n = len(next(iter(rows.values()))[0])
+    fig, axes = plt.subplots(len(rows), n + 3, figsize=(15, 3.2 * len(rows)), squeeze=False,
+                             gridspec_kw={'width_ratios': [2, 2] + [4] * (n + 1)})
+    for row, (s, (parts, total)) in zip(axes, rows.items()):
+        number_grid(row[0], X, f'input u ({X.shape[0]}x{X.shape[1]})', highlight=np.zeros(X.shape))
+        number_grid(row[1], K, f'kernel K ({K.shape[0]}x{K.shape[1]})', highlight=np.zeros(K.shape))
+        for ax, ((i, j), P, mask) in zip(row[2:-1], parts):
+            number_grid(ax, P, f'{"" if (i, j) == (0, 0) else "+ "}u[{i},{j}]·K = {X[i, j]:g}·K', mask)
+        number_grid(row[-1], total, f'= output {total.shape[0]}x{total.shape[1]}', np.ones(total.shape))
+        row[0].set_ylabel(f'stride {s}', fontsize=11)
+    fig.suptitle('transposed convolution: every input element adds a scaled copy of the kernel into the output')
+    fig.tight_layout(h_pad=3)  # room between the rows: titles clear of the tick labels above
+    return fig
+
+
 def block_diagram(ax, blocks, steps, title=None):
     """Boxes left to right joined by labelled arrows (an architecture) -> ``ax``.
 
@@ -377,6 +396,16 @@ def block_diagram(ax, blocks, steps, title=None):
 VOID_ENTRY = {255: ('void (ignored)', (224, 224, 192))}  # how label maps show VOC's void border
 
 
+def _palette(class_list=None, extra=VOID_ENTRY):
+    """(256, 3) uint8 colours of class indices (``class_list``'s, default VOC's) and of ``extra``'s values."""
+    colors = VOC_COLORMAP if class_list is None else class_list.colors
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:len(colors)] = colors
+    for value, (_, rgb) in extra.items():
+        palette[value] = rgb
+    return palette
+
+
 def label_grid(rows, row_titles, col_titles=None, class_list=None, extra=None, classes=(), scale=2.2, path=None):
     """Rows of images and class-index maps, row titles on the left, one colour legend -> the figure.
 
@@ -385,12 +414,8 @@ def label_grid(rows, row_titles, col_titles=None, class_list=None, extra=None, c
     ``extra`` ({value: (name, RGB)}, void 255 by default); the legend lists every class and extra value
     shown, and the classes in ``classes`` (e.g. of colour images made by ``label2image``)."""
     names = VOC_CLASSES if class_list is None else class_list.names
-    colors = VOC_COLORMAP if class_list is None else class_list.colors
     extra = {**VOID_ENTRY, **(extra or {})}
-    palette = np.zeros((256, 3), np.uint8)
-    palette[:len(colors)] = colors
-    for value, (_, rgb) in extra.items():
-        palette[value] = rgb
+    palette = _palette(class_list, extra)
     shown = set(int(c) for c in classes)
     h, w = _np_img(rows[0][0]).shape[:2]
     ncol = len(rows[0])
@@ -477,5 +502,197 @@ def plot_bands(bands, edges, title='accuracy by distance to a boundary (validati
     ax.legend()
     return fig
 
+
+
+# ------------------------------------------------------------------- the notebooks' larger figures
+
+
+def plot_cost_growth(sides_W, W_bytes, W_times, sides_conv, conv_times, fits):
+    """Notebook 01's exercise 1, log-log over the input side n: left, the memory of the dense matrix W,
+    of Conv2D's 3x3 kernel and of an im2col buffer; right, the time of one W @ x and of one Conv2D pass,
+    with the power laws fitted to them. fits: [(exponent, [(n, seconds), ...])] for W @ x, then Conv2D
+    (each drawn through its points' geometric mean) -> the figure."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a1.loglog(sides_W, W_bytes, 'o-', label='dense W: 4 n$^4$ bytes')
+    a1.loglog(sides_conv, [36] * len(sides_conv), 's-', label='Conv2D kernel: 36 bytes')
+    a1.loglog(sides_conv, [36 * n * n for n in sides_conv], '^--', label='im2col buffer: 4·9 n$^2$ bytes')
+    a1.set_title('memory (one channel, 3x3 kernel, float32)')
+    a1.set_ylabel('bytes')
+    a2.loglog(sides_W, W_times, 'o-', label='dense W @ x')
+    a2.loglog(sides_conv, conv_times, 's-', label='Conv2D')
+    for (exp, pts), style in zip(fits, ('C0:', 'C1:')):
+        ns = np.array([n for n, _ in pts])
+        t0 = np.exp(np.mean(np.log([t for _, t in pts])) - exp * np.mean(np.log(ns)))
+        a2.loglog(ns, t0 * ns ** exp, style, lw=2, label=f'fit: n$^{{{exp:.1f}}}$')
+    a2.set_title('time of one forward pass (best of repeats)')
+    a2.set_ylabel('seconds')
+    ticks = [n for n in sides_conv if n & (n - 1) == 0]  # the powers of two
+    for a in (a1, a2):
+        a.set_xlabel('input side n (pixels)')
+        a.set_xticks(ticks)
+        a.set_xticks([], minor=True)
+        a.set_xticklabels([str(v) for v in ticks])
+        a.legend(fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
+def plot_bilinear(kernel, ramp, ramp_up):
+    """Notebook 02's bilinear kernel: the (k, k) kernel of one channel as an image, its row through the
+    centre (a tent), and a row of values ``ramp`` with its 2x upsampling ``ramp_up`` (output pixel j lies
+    at input position (j + 0.5) / 2 - 0.5) -> the figure."""
+    k = kernel.shape[0]
+    centre = (k - 1) // 2
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={'width_ratios': [1.2, 1, 1]})
+    im = a1.imshow(kernel, cmap='viridis')
+    a1.set_title(f'bilinear kernel for {(k + 1) // 2}x ({k}x{k}), channel i -> i')
+    a1.set_xlabel('kernel column')
+    a1.set_ylabel('kernel row')
+    fig.colorbar(im, ax=a1, label='weight')
+    a2.plot(np.arange(k), kernel[centre], '.-')
+    a2.set_xlabel('kernel column')
+    a2.set_ylabel('weight')
+    a2.set_title(f'row {centre} (through the centre): a tent')
+    a3.plot(np.arange(len(ramp)), ramp, 'o', ms=8, label=f'input: {len(ramp)} pixels')
+    a3.plot((np.arange(len(ramp_up)) + 0.5) / 2 - 0.5, ramp_up, 'x-', label=f'2x output: {len(ramp_up)} pixels')
+    a3.set_xlabel('position (in input pixels)')
+    a3.set_ylabel('value')
+    a3.set_title('a ramp upsampled: on the line except at the border')
+    a3.legend(fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
+def upsampled_detail(inp, outp, y0, x0, d):
+    """An image and its upsampling ``outp`` (s times its sides) at the same scale, and below each the
+    d x d detail of the input at (y0, x0) and its s*d x s*d counterpart, outlined in red above -> the figure."""
+    H, W = inp.shape[:2]
+    s = outp.shape[0] // H
+    fig = plt.figure(figsize=(11, 9.5))
+    grid = fig.add_gridspec(2, 2, width_ratios=[1, s], height_ratios=[s, 1.15])
+    a_in, a_out = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    a_in.imshow(inp, extent=(-0.5, W - 0.5, H - 0.5, -0.5))
+    a_out.imshow(outp, extent=(-0.5, s * W - 0.5, s * H - 0.5, -0.5))
+    a_in.set_xlim(-0.5, W - 0.5)
+    a_in.set_ylim(s * H - 0.5, -0.5)  # the same scale: both axes span s*H rows
+    a_in.set_title(f'input {H}x{W} (same scale)')
+    a_out.set_title(f'output {s * H}x{s * W}')
+    details = [(fig.add_subplot(grid[1, 0]), inp, 1, 'input'), (fig.add_subplot(grid[1, 1]), outp, s, 'output')]
+    for a, pic, k, name in details:
+        a.imshow(pic[k * y0:k * (y0 + d), k * x0:k * (x0 + d)], interpolation='nearest',
+                 extent=(k * x0 - 0.5, k * (x0 + d) - 0.5, k * (y0 + d) - 0.5, k * y0 - 0.5))
+        a.set_title(f'{name} detail: {k * d}x{k * d} pixels (rows {k * y0}..{k * (y0 + d) - 1})')
+    for a in (a_in, a_out) + tuple(a for a, *_ in details):
+        a.set_xlabel('column (pixels)')
+        a.set_ylabel('row (pixels)')
+    a_in.add_patch(plt.Rectangle((x0, y0), d, d, fill=False, ec='red', lw=1.2))
+    a_out.add_patch(plt.Rectangle((s * x0, s * y0), s * d, s * d, fill=False, ec='red', lw=1.2))
+    fig.suptitle(f'bilinear {s}x upsampling by a transposed convolution (red: the detail below)')
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_sizes(sizes, chapter_crop, train_crop):
+    """Notebook 03's image sizes: one marker per (height, width) and split (its area grows with the number
+    of images), the region the chapter's crop keeps shaded, the training crop's sides dashed.
+    sizes: {split: {(height, width): images}} -> the figure."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for split, marker, dx in (('train', 'o', -3), ('val', 's', 3)):
+        (hs, ws), cs = zip(*sizes[split].keys()), list(sizes[split].values())
+        ax.scatter(np.array(ws) + dx, hs, s=[12 + 3 * c for c in cs], marker=marker, alpha=0.6,
+                   label=f'{split} (marker area ~ number of images)')
+    xmax, ymax = ax.get_xlim()[1] + 20, ax.get_ylim()[1] + 20
+    ax.fill_between([chapter_crop[1], xmax], chapter_crop[0], ymax, color='tab:green', alpha=0.12,
+                    label=f'kept by the {chapter_crop[0]}x{chapter_crop[1]} crop')
+    ax.axvline(train_crop[1], ls='--', c='0.4', lw=1, label=f'{train_crop[0]}x{train_crop[1]} crop (width, height)')
+    ax.axhline(train_crop[0], ls='--', c='0.4', lw=1)
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, ymax)
+    ax.set_xlabel('image width (pixels)')
+    ax.set_ylabel('image height (pixels)')
+    ax.set_title('image sizes per split')
+    ax.legend(fontsize='small', loc='lower right')
+    return fig
+
+
+def kernel_and_predictions(kernel, kernel_title, image, label, preds):
+    """A 2-D kernel (diverging colours, 0 white) beside an input image, its label and predictions
+    ({title: (H, W) class map}), the maps in the classes' colours with one legend of the classes shown
+    -> the figure."""
+    palette = _palette()
+    fig, axes = plt.subplots(1, 3 + len(preds), figsize=(3.8 * (3 + len(preds)), 3.4))
+    lim = np.abs(kernel).max()
+    im = axes[0].imshow(kernel, cmap='coolwarm', vmin=-lim, vmax=lim)
+    axes[0].set_title(kernel_title)
+    axes[0].set_xlabel('kernel column')
+    axes[0].set_ylabel('kernel row')
+    fig.colorbar(im, ax=axes[0], fraction=0.046, label='weight')
+    maps = [np.asarray(label).astype(int)] + [np.asarray(p).astype(int) for p in preds.values()]
+    panels = [(image, 'input (validation crop)'), (palette[maps[0]], 'label')]
+    panels += [(palette[m], title) for m, title in zip(maps[1:], preds)]
+    for ax, (pic, title) in zip(axes[1:], panels):
+        ax.imshow(pic)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    legend(axes[-1], classes=np.unique(np.concatenate([m[m != 255].ravel() for m in maps])))
+    fig.tight_layout()
+    return fig
+
+
+def score_maps_figure(image, label, scores, preds, stride=32):
+    """Networks' outputs on one input: the image and its label on top, then per network ({name: (H, W)}
+    ``scores`` and ``preds``) one class's score map (diverging colours, saturating at the top 1 % of
+    |score|) and the predicted classes; ticks on the ``stride`` grid, one legend of the classes shown in
+    the right margin -> the figure."""
+    palette = _palette()
+    names = list(scores)
+    fig, axes = plt.subplots(1 + len(names), 2, figsize=(11, 2.8 * (1 + len(names))), squeeze=False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("the validation crop (both networks' input)")
+    axes[0, 1].imshow(palette[np.asarray(label).astype(int)])
+    axes[0, 1].set_title('its label')
+    for (a_score, a_pred), name in zip(axes[1:], names):
+        score = np.asarray(scores[name])
+        lim = np.percentile(np.abs(score), 99)  # colours saturate at the top 1 %
+        im = a_score.imshow(score, cmap='coolwarm', vmin=-lim, vmax=lim)
+        a_score.set_title(f'{name} start: background score (max |score| {np.abs(score).max():.3g})', fontsize=11)
+        fig.colorbar(im, ax=a_score, fraction=0.035, label='score')
+        a_pred.imshow(palette[np.asarray(preds[name]).astype(int)])
+        a_pred.set_title(f'{name} start: initial prediction', fontsize=11)
+    for ax, row_name in zip(axes[:, 0], ['input and label'] + [f'{n} start' for n in names]):
+        ax.set_ylabel(f'{row_name}\nrow (pixels)', fontsize=11)
+    h, w = np.asarray(label).shape
+    for ax in axes.ravel():
+        ax.set_xticks(range(0, w + 1, stride))  # the grid of the network's output stride
+        ax.set_yticks(range(0, h + 1, stride))
+        ax.tick_params(labelsize='small')
+    for ax in axes[-1]:
+        ax.set_xlabel('column (pixels)')
+    maps = [np.asarray(label).astype(int)] + [np.asarray(p).astype(int) for p in preds.values()]
+    shown = np.unique(np.concatenate([m[m != 255].ravel() for m in maps]))
+    fig.legend(handles=_handles(shown), loc='center left', bbox_to_anchor=(0.85, 0.5), fontsize='small',
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    return fig
+
+
+def plot_footprint(footprint, cell, stride=32):
+    """Where one coarse score lands after upsampling: the (H, W) output of a one-hot score at ``cell``
+    (row, column) of the coarse map, with that cell's stride x stride image block outlined -> the figure."""
+    r, c = cell
+    h, w = footprint.shape
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    im = ax.imshow(footprint, cmap='viridis')
+    ax.add_patch(plt.Rectangle((stride * c - 0.5, stride * r - 0.5), stride, stride, fill=False, ec='red', lw=1.5,
+                               label=f'image block of cell ({r}, {c})'))
+    ax.set_xticks(range(0, w + 1, 2 * stride))
+    ax.set_yticks(range(0, h + 1, 2 * stride))
+    ax.set_xlabel('output column (pixels)')
+    ax.set_ylabel('output row (pixels)')
+    ax.set_title(f'upsampling a one-hot score at cell ({r}, {c}) of the {h // stride}x{w // stride} map')
+    ax.legend(loc='lower right', fontsize='small')
+    fig.colorbar(im, ax=ax, fraction=0.03, label='weight')
+    return fig
 
 describe_figures()  # in a notebook: figures' titles stored with them (alt text); nothing elsewhere

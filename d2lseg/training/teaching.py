@@ -4,6 +4,10 @@ spread measured in the same comparison, or the one of a stored band, and every v
 
 A comparison is ``{name: {'changes': {...}, 'runs': {seed: {'epochs': [records], 'diverged': None or why}}}}``,
 the records being ``fit``'s per-epoch records (``loss``, ``test_acc``, ``val_miou``, ...).
+
+About 340 lines: besides the comparison, the notebooks' other computations a student reads the results
+of (a stored band's description, the all-background floors, accuracy by distance to a boundary, example windows, the "what to look
+for" sentences) live here, so that no notebook cell grows long with bookkeeping.
 """
 import dataclasses
 import math
@@ -15,6 +19,7 @@ from .engine import TrainingDiverged, fit, prepare
 from ..data.palette import VOC_CLASSES
 from .reference import _stats
 from ..data.voc import VOCSegDataset, iter_split
+from ..native.environment import summary as machine_summary
 
 LABELS = {'val_miou': 'val mIoU', 'test_acc': 'val pixel acc', 'loss': 'train loss'}
 KEYS = ('epoch', 'loss', 'train_acc', 'test_acc', 'val_miou', 'lr', 'time')
@@ -107,6 +112,17 @@ def below_baseline(comparison, baseline):
             if acc <= _baseline_of(baseline, seed)]
 
 
+def margin_line(comparison, name, baseline):
+    """One printed line: how far each finished seed of ``name`` ended above its all-background floor
+    (final validation pixel accuracy minus ``baseline``, a number or {seed: number}), and the smallest."""
+    margins = {s: acc - _baseline_of(baseline, s) for s, acc in finals(comparison, name, 'test_acc').items()}
+    if not margins:
+        return f'{name}: no finished run, no margin over the floor'
+    return (f'{name}: val pixel acc minus its floor: '
+            + ', '.join(f'{m:+.3f} (seed {s})' for s, m in margins.items())
+            + f'; smallest {min(margins.values()):+.3f}')
+
+
 def compare(stats, name, ref, spread):
     """One word for ``name`` against ``ref`` by the mean final value: 'better', 'worse' or 'tie'
     (the difference is inside ``spread``) -> (word, difference); ('diverged', None) when one never finished."""
@@ -185,6 +201,22 @@ def dtype_lines(float32_records, bfloat16_records, spread, where, key='val_miou'
                if spread is not None else f'{where})')]
 
 
+def band_lines(band):
+    """What a stored band (``d2lseg/baselines/*.json``) holds, as printed lines: its data and recipe, its runs
+    per seed, the machines they ran on, and per judged figure the range over runs, mean +- sd and margin."""
+    synth, epochs, seeds = band['synth'], band['judged_epochs'], [r['recipe']['seed'] for r in band['runs']]
+    lines = [f"data: a synthetic set of {synth['n_train']} training and {synth['n_val']} validation scenes "
+             f"(seed {synth['seed']})", 'recipe: d2lseg train ' + ' '.join(band['train']),
+             f'{len(seeds)} runs; runs per seed: ' + ', '.join(f'seed {k}: {seeds.count(k)}' for k in sorted(set(seeds))),
+             'machines:'] + ['   ' + m for m in sorted({machine_summary(r['environment']) for r in band['runs']})]
+    lines.append(f'judged: the mean of epochs {epochs[0]}-{epochs[-1]} of each run')
+    for key in ('loss', 'train_acc', 'test_acc', 'val_miou'):
+        b = band['judged'][key]
+        lines.append(f"  {key:<10} {b['min']:.4f}-{b['max']:.4f}  mean {b['mean']:.4f} +- {b['sd']:.4f}  "
+                     f"margin {band['margin'][key]}")
+    return lines
+
+
 # ------------------------------------------------------------------- the all-background baselines
 
 
@@ -244,6 +276,33 @@ def accuracy_by_distance(preds, labels, edges):
         right += np.bincount(band, weights=p[keep] == lab[keep], minlength=len(right))
         total += np.bincount(band, minlength=len(total))
     return right, total
+
+
+# ------------------------------------------------------------------- example windows for a figure
+
+
+def best_window(mask, k):
+    """The k x k window of a boolean (H, W) ``mask`` with the largest share inside it -> (share, top row,
+    left column); (0.0, 0, 0) when no window fits in the mask or it is empty."""
+    if mask.shape[0] < k or mask.shape[1] < k or not mask.any():
+        return 0.0, 0, 0
+    cover = cv2.boxFilter(mask.astype(np.float32), -1, (k, k), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    cover = cover[:mask.shape[0] - k + 1, :mask.shape[1] - k + 1]  # windows wholly inside the image
+    y, x = np.unravel_index(cover.argmax(), cover.shape)
+    return float(cover[y, x]), int(y), int(x)
+
+
+def find_window(items, make_mask, k):
+    """The k x k image window most inside ``make_mask(image, label)`` over ``items`` ((name, image, label)
+    triples), stopping at the first wholly inside -> (share, its (k, k, 3) pixels; None when none fits)."""
+    best = (0.0, None)
+    for _, img, lab in items:
+        share, y, x = best_window(make_mask(img, lab), k)
+        if share > best[0]:
+            best = (share, img[y:y + k, x:x + k])
+        if share == 1.0:
+            break
+    return best
 
 
 # ------------------------------------------------------------------- what to look for in a figure
