@@ -6,8 +6,8 @@ A comparison is ``{name: {'changes': {...}, 'runs': {seed: {'epochs': [records],
 the records being ``fit``'s per-epoch records (``loss``, ``test_acc``, ``val_miou``, ...).
 
 About 340 lines: besides the comparison, the notebooks' other computations a student reads the results
-of (a stored band's description, the all-background floors, accuracy by distance to a boundary, example windows, the "what to look
-for" sentences) live here, so that no notebook cell grows long with bookkeeping.
+of (a stored band's description, the all-background floors, accuracy by distance to a boundary, example
+windows, the "what to look for" sentences) live here, so that no notebook cell grows long with bookkeeping.
 """
 import dataclasses
 import math
@@ -207,7 +207,8 @@ def band_lines(band):
     synth, epochs, seeds = band['synth'], band['judged_epochs'], [r['recipe']['seed'] for r in band['runs']]
     lines = [f"data: a synthetic set of {synth['n_train']} training and {synth['n_val']} validation scenes "
              f"(seed {synth['seed']})", 'recipe: d2lseg train ' + ' '.join(band['train']),
-             f'{len(seeds)} runs; runs per seed: ' + ', '.join(f'seed {k}: {seeds.count(k)}' for k in sorted(set(seeds))),
+             f'{len(seeds)} runs; runs per seed: '
+             + ', '.join(f'seed {k}: {seeds.count(k)}' for k in sorted(set(seeds))),
              'machines:'] + ['   ' + m for m in sorted({machine_summary(r['environment']) for r in band['runs']})]
     lines.append(f'judged: the mean of epochs {epochs[0]}-{epochs[-1]} of each run')
     for key in ('loss', 'train_acc', 'test_acc', 'val_miou'):
