@@ -52,7 +52,7 @@ def shell_lines(text):
 def test_shell_lines_are_found():
     lines = shell_lines(open(README).read())
     assert lines[:3] == ['make demo   # train and evaluate the chapter\'s FCN on the built-in synthetic VOC set, '
-                         'offline, on CPU', 'make test   # the whole test suite (what CI runs first; about 10-15 min '
+                         'offline, on CPU', 'make test   # the whole test suite (what CI runs first; about 25 min '
                          'on 2 cores)', 'source .venv/bin/activate']
     assert shell_lines('```bash\na \\\n  b\n```\ntext\n```console\n$ c\n```\n```python\nd\n```\n') == ['a b', 'c']
 
@@ -137,7 +137,7 @@ def test_every_readme_shell_line_runs_as_written(tmp_path):
     proc = subprocess.run(['bash', '-c', '\n'.join(script)], cwd=root, env=env, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert skipped == ['make test   # the whole test suite (what CI runs first; about 10-15 min on 2 cores): '
+    assert skipped == ['make test   # the whole test suite (what CI runs first; about 25 min on 2 cores): '
                        'the test suite itself (this test is part of it)'], skipped
     print('\n'.join(['skipped:'] + skipped))
     # the walk left what the README says it does
