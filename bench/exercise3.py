@@ -13,11 +13,12 @@ import os
 import time
 
 import d2lseg as d2l
-from d2lseg import teaching
+from d2lseg.command.specs import parse_size
+from d2lseg.data.synthetic import choose_data
+from d2lseg.data.voc import VOC_SUBDIR
 from d2lseg.native.environment import mxnet_threads
-from d2lseg.synthetic import choose_data
+from d2lseg.training import teaching
 from d2lseg.training.engine import fit
-from d2lseg.voc import VOC_SUBDIR
 
 SETTINGS = {  # notebook 04's SETTINGS
     'chapter': {},
@@ -28,7 +29,7 @@ SETTINGS = {  # notebook 04's SETTINGS
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--crop', default='64x96', help='HEIGHTxWIDTH (default %(default)s)')
+    p.add_argument('--crop', default=(64, 96), type=parse_size, help='HEIGHTxWIDTH (default 64x96)')
     p.add_argument('--images', type=int, default=None, help='the first N images of each split (default: all)')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--epochs', type=int, default=3)
@@ -37,7 +38,7 @@ def main(argv=None):
     p.add_argument('--data-dir', default='data', help='VOC2012 under it, else its synthetic set (made once)')
     a = p.parse_args(argv)
     data_dir = choose_data(a.data_dir)
-    base = d2l.Recipe(data_dir=data_dir, synthetic=True, crop=tuple(int(v) for v in a.crop.split('x')),
+    base = d2l.Recipe(data_dir=data_dir, synthetic=True, crop=a.crop,
                       batch_size=a.batch, epochs=a.epochs, pretrained=False, ctx='cpu', workers=0, max_images=a.images)
     for seed in (int(s) for s in a.seeds.split(',')):
         recipe = dataclasses.replace(base, seed=seed, **SETTINGS[a.setting])
@@ -45,7 +46,7 @@ def main(argv=None):
         load, tic = os.getloadavg()[0], time.time()
         history = fit(recipe, progress=False)
         last = history['epochs'][-1]
-        print(json.dumps({'crop': a.crop, 'images': a.images, 'batch': a.batch, 'epochs': a.epochs,
+        print(json.dumps({'crop': 'x'.join(map(str, a.crop)), 'images': a.images, 'batch': a.batch, 'epochs': a.epochs,
                           'setting': a.setting, 'seed': seed, 'val_acc': round(last['test_acc'], 3),
                           'floor': round(floor, 3), 'above_floor': round(last['test_acc'] - floor, 3),
                           'val_miou': round(last['val_miou'], 3), 'untrained_miou': round(history['untrained']['miou'], 3),
