@@ -116,10 +116,6 @@ class Recipe:
             raise D2lsegError(f"--seed {self.seed}: must be between 0 and 2**32 - 1")
         if self.num_classes < 1:
             raise D2lsegError(f"--num-classes {self.num_classes}: must be at least 1")
-        if self.dtype != DTYPES[0] and self.kvstore.startswith('dist'):
-            raise D2lsegError(f"--dtype {self.dtype} with --kvstore {self.kvstore}: not supported (MXNet 1.9's "
-                              "parameter server aborts with 'init N first' in bfloat16 runs); train bfloat16 on one "
-                              "machine (--ctx cpu or cpu:N) or distributed in float32")
         if self.workers > MAX_WORKERS:
             raise D2lsegError(f"--workers {self.workers}: at most {MAX_WORKERS} data-loading threads")
         return self
