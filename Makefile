@@ -65,9 +65,11 @@ book: venv
 test: kernels
 	$(BIN)/python -m pytest
 
-# The inner loop while editing (docs/architecture.md): every test not marked slow, notebook, distributed or fault.
+# The inner loop while editing (docs/architecture.md): every test not marked slow, notebook, distributed or fault,
+# on FAST_WORKERS pytest-xdist processes (each builds the session's fixtures itself).
+FAST_WORKERS ?= 2
 test-fast: kernels
-	$(BIN)/python -m pytest -q -m "not slow and not notebook and not distributed and not fault"
+	$(BIN)/python -m pytest -q -n $(FAST_WORKERS) -m "not slow and not notebook and not distributed and not fault"
 
 # What CI runs on each other Python (.ci/run): the tests marked tier (chapter cells, a tiny train / resume /
 # evaluate / predict, INT8, native kernels, notebook 01 quick, the data digests, the regression band), then doctor.

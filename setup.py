@@ -30,7 +30,8 @@ MXNET_NEEDS = ['setuptools; python_version >= "3.12"', 'requests; python_version
 # imports: numpy 1.x, i.e. Python < 3.13 (its own dependencies pinned to versions that import with that numpy).
 # Its tests are skipped, with the reason, on 3.13.
 GLUONCV = 'python_version < "3.13"'
-TEST = ['pytest', 'pytest-timeout', 'hypothesis', 'nbclient', 'nbformat', 'ipykernel', 'nbconvert',
+TEST = ['pytest', 'pytest-timeout', 'pytest-xdist',  # xdist: make test-fast's two workers
+        'hypothesis', 'nbclient', 'nbformat', 'ipykernel', 'nbconvert',
         f'gluoncv==0.10.5.post0; {GLUONCV}', f'scipy<1.12; {GLUONCV}',
         'pandas<2.1; python_version < "3.12"', 'pandas<2.3; python_version == "3.12"',
         # onnxruntime.quantization (bench/run.py's ONNX Runtime INT8) imports ml_dtypes; 0.4 is the last for numpy 1.x

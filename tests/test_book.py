@@ -147,6 +147,7 @@ def _screenshot(url, path, tmp_path, height):
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
 
+@pytest.mark.slow  # a browser per page: ~1 min
 @pytest.mark.skipif(not CHROMIUM, reason='no Chromium on this machine (apt-get install chromium); '
                                          'the pages are not opened in a browser')
 def test_pages_open_in_headless_chromium(site, tmp_path):
@@ -233,6 +234,7 @@ def test_index_descriptions_are_whole_and_typeset(site):
     assert soup.find_all('img', class_='math')
 
 
+@pytest.mark.slow  # a browser per page
 @pytest.mark.skipif(not CHROMIUM, reason='no Chromium on this machine (apt-get install chromium): the pages are '
                                          'not loaded in a browser; test_no_request_leaves_the_machine checks the HTML')
 def test_chromium_requests_nothing_from_the_network(site, tmp_path):

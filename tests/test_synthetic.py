@@ -167,6 +167,7 @@ def test_the_regression_set_is_bit_for_bit_the_stored_one(tmp_path, capsys):
 
 
 @pytest.mark.tier
+@pytest.mark.slow   # 750 scenes, ~30 s: out of make test-fast and the quick tiers (3.9, 3.10), which check the regression set
 def test_the_demo_sets_scenes_are_bit_for_bit_the_stored_ones():
     ref = _stored('demo')
     assert (ref['n_train'], ref['n_val'], ref['seed']) == (600, 150, 0)   # make demo's set: d2lseg synth's defaults
