@@ -37,6 +37,25 @@ def check_dtype(dtype, ctx):
             "on this CPU for speed)")
 
 
+def default_layout(params):
+    """Rewrite the arrays of ``params`` (initialised Parameters; others are skipped) in place, in MXNet's default
+    memory layout, with the same values.
+
+    A float32 inference pass (``training_net``'s initialisation, without static_alloc) leaves oneDNN's blocked
+    layout in the convolution weights, and in bfloat16 training only casts read them after that, so it stays.
+    MXNet 1.9 cannot hand such an array to a kvstore or copy into it: a distributed kvstore's push fails inside
+    the engine with no error in Python and its server then aborts ("init 16 first"). An operator's output always
+    has the default layout.
+    """
+    for param in params:
+        try:
+            arrays = param.list_data()
+        except gluon.parameter.DeferredInitializationError:
+            continue
+        for arr in arrays:
+            nd.identity(arr.copy(), out=arr)
+
+
 def training_net(net, dtype, ctx, **hybridize):
     """The network training steps run for ``dtype``: ``net`` itself (float32), or (bfloat16) a
     ``model.SequentialFCN`` of ``net``'s layers before the final upsampling in bfloat16, sharing its
@@ -48,6 +67,7 @@ def training_net(net, dtype, ctx, **hybridize):
     # Layers waiting for their first batch are initialised now, in the float32 network's order (a
     # SymbolBlock would draw them in another): the same seed starts from the same weights in either dtype.
     net(nd.zeros((1, 3, OUTPUT_STRIDE, OUTPUT_STRIDE), ctx=ctx[0]))
+    default_layout(net.collect_params().values())
     data = mx.sym.var('data', dtype='float32')
     body = gluon.SymbolBlock(bfloat16_scores(net, data), data, params=net.collect_params())
     mixed = SequentialFCN(prefix=net.prefix + 'bf16train_')

@@ -253,7 +253,7 @@ def train_step(run, batch):
     Xs, ys, batch_size = split_batch(batch, run.ctx)
     ls, y_hats = forward_backward(run.train_net or run.net, run.loss, Xs, ys)
     if run.num_workers > 1 and not run.synced:
-        kvstore.broadcast_parameters(run.trainer, run.net.collect_params())
+        kvstore.broadcast_parameters(run.trainer)
         run.synced = True
     run.trainer.step(batch_size * run.num_workers)
     return StepResult(*step_figures(ls, y_hats, ys), batch_size)

@@ -18,7 +18,9 @@ import weakref
 import mxnet as mx
 import numpy as np
 
+from ..core import mxinternals
 from ..core.errors import D2lsegError
+from ..deploy.mixed import default_layout
 
 DIST_KVSTORES = ('dist_sync', 'dist_device_sync')
 DMLC_ENV = ('DMLC_ROLE', 'DMLC_PS_ROOT_URI', 'DMLC_PS_ROOT_PORT', 'DMLC_NUM_SERVER', 'DMLC_NUM_WORKER')
@@ -52,9 +54,8 @@ def is_distributed(kv):
     return kv is not None and not isinstance(kv, str) and 'dist' in kv.type
 
 
-def broadcast_parameters(trainer, params):
-    """Give every worker rank 0's parameters ``params`` (the Parameters ``trainer`` updates) through
-    ``trainer``'s kvstore and wait until they arrived.
+def broadcast_parameters(trainer):
+    """Give every worker rank 0's parameters through ``trainer``'s kvstore and wait until they arrived.
 
     Call it once, after the first backward and before the first ``trainer.step``. Left to itself
     the trainer broadcasts inside its first ``step``, right before pushing the first gradients on the
@@ -62,26 +63,12 @@ def broadcast_parameters(trainer, params):
     (kvstore_dist.h, PushImpl: ``comm_buf = merged``): a server may answer the pull with the
     summed gradient, which then replaces the weights (seen here in about 1 run in 6).
 
-    The arrays are first given the default memory layout (``default_layout``): the kvstore cannot send
-    the others.
+    The arrays are first given the default memory layout (``mixed.default_layout``): the kvstore cannot
+    send the others.
     """
-    default_layout(params)
+    default_layout(mxinternals.trainer_params(trainer))
     trainer.save_states(os.devnull)     # the public call that makes the trainer init its kvstore keys
     mx.nd.waitall()
-
-
-def default_layout(params):
-    """Rewrite every array of ``params`` (Parameters) in place, in MXNet's default memory layout.
-
-    In bfloat16 training (``deploy.mixed``) only casts read the float32 weights, so after an inference
-    pass (the untrained validation) oneDNN's blocked layout stays in them, and MXNet 1.9's distributed
-    kvstore cannot send such an array: the push fails inside the engine without an error in Python,
-    and the server then aborts ("init 16 first"). An operator's output always has the default
-    layout, and its values are copied exactly.
-    """
-    for param in params.values():
-        for arr in param.list_data():
-            mx.nd.identity(arr.copy(), out=arr)
 
 
 def split_digits(counts):
