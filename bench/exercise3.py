@@ -14,6 +14,7 @@ import time
 
 import d2lseg as d2l
 from d2lseg.command.specs import parse_size
+from d2lseg.core.constants import crop_text
 from d2lseg.data.synthetic import choose_data
 from d2lseg.data.voc import VOC_SUBDIR
 from d2lseg.native.environment import mxnet_threads
@@ -46,7 +47,7 @@ def main(argv=None):
         load, tic = os.getloadavg()[0], time.time()
         history = fit(recipe, progress=False)
         last = history['epochs'][-1]
-        print(json.dumps({'crop': 'x'.join(map(str, a.crop)), 'images': a.images, 'batch': a.batch, 'epochs': a.epochs,
+        print(json.dumps({'crop': crop_text(a.crop), 'images': a.images, 'batch': a.batch, 'epochs': a.epochs,
                           'setting': a.setting, 'seed': seed, 'val_acc': round(last['test_acc'], 3),
                           'floor': round(floor, 3), 'above_floor': round(last['test_acc'] - floor, 3),
                           'val_miou': round(last['val_miou'], 3), 'untrained_miou': round(history['untrained']['miou'], 3),

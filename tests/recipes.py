@@ -1,15 +1,21 @@
-"""Small recipes, network pairs and parameter comparisons shared by the tests; the one tiny run's flags."""
+"""Small recipes, network pairs and parameter comparisons shared by the tests; the one tiny run's flags; the mark of
+the tests that need bfloat16 training."""
 import contextlib
 import io
 import shutil
 
 import mxnet as mx
 import numpy as np
+import pytest
 from mxnet import nd
 
 from d2lseg.command.cli import main
+from d2lseg.deploy.quantization import bfloat16_unavailable
 from d2lseg.training.config import Recipe
 from d2lseg.fcn.model import build_fcn
+
+WHY_NO_BF16 = bfloat16_unavailable()  # None where oneDNN trains in bfloat16, else the one-line reason
+needs_bf16 = pytest.mark.skipif(bool(WHY_NO_BF16), reason=f'no bfloat16 training here: {WHY_NO_BF16}')
 
 
 def tiny_recipe(data_root, **kw):

@@ -15,14 +15,12 @@ from mxnet import gluon
 from d2lseg.training.config import Recipe
 from d2lseg.training.engine import fit, prepare
 from d2lseg.core.errors import D2lsegError
-from d2lseg.deploy.quantization import bfloat16_unavailable
 from d2lseg.training.kvstore import DIGITS, allreduce_counts, create_kvstore, merge_digits, split_digits
 from processes import _assert_no_leftovers, _cli, helper
+from recipes import needs_bf16
 
 
 pytestmark = pytest.mark.distributed
-WHY = bfloat16_unavailable()
-needs_bf16 = pytest.mark.skipif(bool(WHY), reason=f'no bfloat16 training here: {WHY}')
 
 
 class UnionSampler(gluon.data.Sampler):

@@ -18,11 +18,8 @@ from d2lseg.training.engine import fit, prepare, resume, train_step
 from d2lseg.core.errors import D2lsegError
 from d2lseg.deploy.mixed import check_dtype, default_layout, training_net
 from d2lseg.fcn.model import build_fcn, load_params
-from d2lseg.deploy.quantization import bfloat16_unavailable
-from recipes import run_cli, same_params, tiny_recipe, tiny_train_argv, trainable
+from recipes import needs_bf16, run_cli, same_params, tiny_recipe, tiny_train_argv, trainable
 
-WHY = bfloat16_unavailable()
-needs_bf16 = pytest.mark.skipif(bool(WHY), reason=f'no bfloat16 training here: {WHY}')
 
 
 def _first_batch(run):

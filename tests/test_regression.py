@@ -20,9 +20,9 @@ import pytest
 
 import d2lseg
 from d2lseg.command import cli
-from d2lseg.deploy.quantization import bfloat16_unavailable
 from d2lseg.training.reference import PRESETS, compare_baseline
 from d2lseg.data.synthetic import make_synthetic_voc
+from recipes import needs_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANTED = os.path.join(ROOT, 'tests', 'helpers', 'planted_train.py')
@@ -31,8 +31,6 @@ VARIANTS = {'machine-default': {}, 'avx2': {'DNNL_MAX_CPU_ISA': 'AVX2'}, 'native
 # A seed the band was not made from: on this machine too the run is a new sample, not a stored one.
 FRESH_SEED = 7
 BF16 = ('--dtype', 'bfloat16')
-WHY_NO_BF16 = bfloat16_unavailable()
-needs_bf16 = pytest.mark.skipif(bool(WHY_NO_BF16), reason=f'no bfloat16 training here: {WHY_NO_BF16}')
 
 
 @pytest.fixture(scope='module')
