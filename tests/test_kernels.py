@@ -296,3 +296,23 @@ def test_an_inner_hybridized_block_rebuilds_its_graph_too():
         plain = net(x).asnumpy()
         assert net[-1]._native is False and net[-1]._hybridize_args[1]['clear'] is True
     np.testing.assert_allclose(plain, fused, rtol=1e-5, atol=1e-5)
+
+
+def test_the_avx512_build_gives_the_avx2_builds_bits(tmp_path):
+    """Every output value is accumulated in the same order whatever the vector width (kernels.cc), so the
+    kernels built for this CPU and those built as for an AVX2 CPU (DNNL_MAX_CPU_ISA=AVX2) agree bit for bit."""
+    if 'avx512f' not in (native.compiled_isa() or ''):
+        pytest.skip('the kernels here are built without AVX-512 (the CPU has none, or DNNL_MAX_CPU_ISA caps '
+                    'it): they are the AVX2 build')
+    results = {}
+    for name, env in (('native', {}), ('avx2', {'DNNL_MAX_CPU_ISA': 'AVX2'})):
+        proc = _run_helper('kernels_bits', [str(tmp_path / f'{name}.npz')], **env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[name] = (proc.stdout.split('isa', 1)[1].split(), np.load(tmp_path / f'{name}.npz'))
+    assert 'avx512f' in results['native'][0] and 'avx512f' not in results['avx2'][0]
+    assert 'avx2' in results['avx2'][0]
+    native_bits, avx2_bits = results['native'][1], results['avx2'][1]
+    assert sorted(native_bits.files) == sorted(avx2_bits.files) and len(native_bits.files) == 30
+    for key in native_bits.files:
+        assert native_bits[key].tobytes() == avx2_bits[key].tobytes(), key
+    assert np.abs(native_bits['1x21x2x15s32_dweight']).max() > 0  # real values, not zeros

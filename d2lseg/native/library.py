@@ -1,8 +1,9 @@
 """Compiling, caching and loading the native kernels (``csrc/kernels.cc``): the machine's C++ compiler, once.
 
-The library is compiled once per machine (about 10 s; ``g++ -O3 -march=native -fopenmp``) into
-``$D2LSEG_CACHE`` (default ``~/.cache/d2lseg``), keyed by the source, MXNet's version and the CPU's
-features, and loaded through MXNet's extension library API (``mx.library.load``, MXNet >= 1.7).
+The library is compiled once per machine (about 15 s; ``g++ -O3 -march=native -fopenmp``, plus
+``-mno-avx512f`` under ``DNNL_MAX_CPU_ISA=AVX2``: ``isa_flags``) into ``$D2LSEG_CACHE`` (default
+``~/.cache/d2lseg``), keyed by the source, MXNet's version, the CPU's features and the flags, and
+loaded through MXNet's extension library API (``mx.library.load``, MXNet >= 1.7).
 
 Loading a shared library runs its code, so the cache is guarded. Against other users: the folder is
 created 0700, tightened to 0700 when it is the user's own and group-writable (older versions made it
@@ -40,10 +41,24 @@ def _mxnet_root():
     return os.path.dirname(os.path.abspath(mx.__file__))
 
 
+def isa_flags():
+    """Compiler flags for the machine the user simulates: with ``DNNL_MAX_CPU_ISA`` below AVX-512 (``AVX2``,
+    ``AVX``...) the kernels are built without AVX-512 too, so that one variable simulates an AVX2 CPU for
+    oneDNN and the kernels alike (their AVX-512 paths give the AVX2 paths' bits: tests/test_kernels.py)."""
+    cap = startup.user_cap()
+    return ['-mno-avx512f'] if cap and 'AVX512' not in cap.upper() else []
+
+
+def _flags():
+    """The compiler and its flags: everything about a build but the file names."""
+    return [os.environ.get('CXX', 'g++'), '-O3', '-march=native', *isa_flags(), '-fopenmp', '-shared', '-fPIC',
+            '-std=c++17']
+
+
 def _compile_command(out):
     root = _mxnet_root()
-    return [os.environ.get('CXX', 'g++'), '-O3', '-march=native', '-fopenmp', '-shared', '-fPIC', '-std=c++17',
-            '-I', os.path.join(root, 'include'), SOURCE, os.path.join(root, 'src', 'lib_api.cc'), '-o', out]
+    return [*_flags(), '-I', os.path.join(root, 'include'), SOURCE, os.path.join(root, 'src', 'lib_api.cc'),
+            '-o', out]
 
 
 def library_path():
@@ -52,7 +67,7 @@ def library_path():
     with open(SOURCE, 'rb') as f:
         source = f.read()
     for part in (source, mx.__version__.encode(), startup.cpuinfo().get('flags', '').encode(),
-                 ' '.join(_compile_command('')[:8]).encode()):
+                 ' '.join([*_flags(), '-I']).encode()):
         h.update(part)
     return os.path.join(cache_dir(), f'kernels-{h.hexdigest()[:16]}.so')
 
