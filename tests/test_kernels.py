@@ -300,7 +300,8 @@ def test_an_inner_hybridized_block_rebuilds_its_graph_too():
 
 def test_the_avx512_build_gives_the_avx2_builds_bits(tmp_path):
     """Every output value is accumulated in the same order whatever the vector width (kernels.cc), so the
-    kernels built for this CPU and those built as for an AVX2 CPU (DNNL_MAX_CPU_ISA=AVX2) agree bit for bit."""
+    kernels built for this CPU and those built as for an AVX2 CPU (DNNL_MAX_CPU_ISA=AVX2) agree bit for bit:
+    the upsampling (strides 16 and 32 on 16-float vectors here), its argmax, the loss, their gradients."""
     if 'avx512f' not in (native.compiled_isa() or ''):
         pytest.skip('the kernels here are built without AVX-512 (the CPU has none, or DNNL_MAX_CPU_ISA caps '
                     'it): they are the AVX2 build')
@@ -308,11 +309,27 @@ def test_the_avx512_build_gives_the_avx2_builds_bits(tmp_path):
     for name, env in (('native', {}), ('avx2', {'DNNL_MAX_CPU_ISA': 'AVX2'})):
         proc = _run_helper('kernels_bits', [str(tmp_path / f'{name}.npz')], **env)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        results[name] = (proc.stdout.split('isa', 1)[1].split(), np.load(tmp_path / f'{name}.npz'))
-    assert 'avx512f' in results['native'][0] and 'avx512f' not in results['avx2'][0]
-    assert 'avx2' in results['avx2'][0]
-    native_bits, avx2_bits = results['native'][1], results['avx2'][1]
-    assert sorted(native_bits.files) == sorted(avx2_bits.files) and len(native_bits.files) == 30
+        lanes = proc.stdout.split('lanes', 1)[1].split('\n', 1)[0].split()
+        results[name] = (lanes, proc.stdout.split('isa', 1)[1].split(), np.load(tmp_path / f'{name}.npz'))
+    assert results['native'][0] == ['8:8', '16:16', '24:8', '32:16']  # both paths ran
+    assert results['avx2'][0] == ['8:8', '16:8', '24:8', '32:8']
+    assert 'avx512f' in results['native'][1] and 'avx512f' not in results['avx2'][1] and 'avx2' in results['avx2'][1]
+    native_bits, avx2_bits = results['native'][2], results['avx2'][2]
+    assert sorted(native_bits.files) == sorted(avx2_bits.files) and len(native_bits.files) == 42
     for key in native_bits.files:
         assert native_bits[key].tobytes() == avx2_bits[key].tobytes(), key
-    assert np.abs(native_bits['1x21x2x15s32_dweight']).max() > 0  # real values, not zeros
+    assert np.abs(native_bits['1x5x2x17s32_dweight']).max() > 0  # real values, not zeros
+    assert len(np.unique(native_bits['1x5x2x33s16_labels'])) == 6
+
+
+def test_only_caps_below_avx512_build_the_kernels_without_it(monkeypatch):
+    from d2lseg.core import startup
+    from d2lseg.native import library
+    for cap, flags in (('AVX2', ['-mno-avx512f']), ('avx', ['-mno-avx512f']), ('ALL', []),
+                       ('AVX512_CORE', []), ('AVX512_CORE_AMX', []), (None, [])):
+        monkeypatch.setitem(startup._state, 'user_cap', cap)
+        assert library.isa_flags() == flags, cap
+    monkeypatch.setitem(startup._state, 'user_cap', 'AVX2')
+    capped = library.library_path()
+    monkeypatch.setitem(startup._state, 'user_cap', None)
+    assert library.library_path() != capped  # its own build, never the other's

@@ -41,12 +41,16 @@ def _mxnet_root():
     return os.path.dirname(os.path.abspath(mx.__file__))
 
 
+# oneDNN's instruction-set caps below AVX-512 (``ALL`` and the AVX512_* ones leave the kernels alone)
+CAPS_BELOW_AVX512 = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2')
+
+
 def isa_flags():
-    """Compiler flags for the machine the user simulates: with ``DNNL_MAX_CPU_ISA`` below AVX-512 (``AVX2``,
-    ``AVX``...) the kernels are built without AVX-512 too, so that one variable simulates an AVX2 CPU for
-    oneDNN and the kernels alike (their AVX-512 paths give the AVX2 paths' bits: tests/test_kernels.py)."""
-    cap = startup.user_cap()
-    return ['-mno-avx512f'] if cap and 'AVX512' not in cap.upper() else []
+    """Compiler flags for the machine the user simulates: with ``DNNL_MAX_CPU_ISA`` below AVX-512
+    (``CAPS_BELOW_AVX512``) the kernels are built without AVX-512 too, so that one variable simulates an AVX2
+    CPU for oneDNN and the kernels alike (their AVX-512 paths give the AVX2 paths' bits: tests/test_kernels.py)."""
+    cap = (startup.user_cap() or '').strip().upper()
+    return ['-mno-avx512f'] if cap in CAPS_BELOW_AVX512 else []
 
 
 def _flags():

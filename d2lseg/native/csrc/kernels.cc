@@ -882,6 +882,9 @@ MXReturnValue initialize(int version) {
   return MX_SUCCESS;
 }
 
+// The vector width (floats) d2lseg_upsample runs stride s with: 16 (AVX-512) or 8 (AVX2). For the tests.
+extern "C" int d2lseg_upsample_lanes(int s) { return upsample_lanes(s); }
+
 // The instruction sets the compiler targeted (-march=native on the building machine), for the
 // environment record of every run (d2lseg/environment.py). Changes no operator.
 extern "C" const char* d2lseg_isa() {
