@@ -68,6 +68,15 @@ struct Avx2 {
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void stream(float* p, V v) { _mm256_stream_ps(p, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
+  static V round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V pow2(V n) {  // 2^n for whole n in float range
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
   // best, idx = the larger of (best, idx) and (v, c); ties keep best (the first maximum wins)
   static void keep_max(V v, V c, V& best, V& idx) {
     const V more = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
@@ -86,6 +95,15 @@ struct Avx512 {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void stream(float* p, V v) { _mm512_stream_ps(p, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V pow2(V n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  }
   static void keep_max(V v, V c, V& best, V& idx) {
     const __mmask16 more = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
     best = _mm512_mask_blend_ps(more, best, v);
@@ -588,40 +606,24 @@ MXReturnValue upsample_bwd(const std::unordered_map<std::string, std::string>& a
 // ------------------------------------------------------------------------ softmax cross-entropy
 // exp for x <= 88 (Cephes' expf polynomial, relative error about 1e-7), lane by lane: the same bits at
 // either width
-inline __m256 exp_lanes(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
-  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
-  __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+template <class I>
+inline typename I::V exp_lanes(typename I::V x) {
+  using V = typename I::V;
+  x = I::max(I::min(x, I::set1(88.0f)), I::set1(-87.0f));
+  const V fx = I::round(I::mul(x, I::set1(1.44269504088896341f)));
+  V r = I::fnma(fx, I::set1(0.693359375f), x);
+  r = I::fnma(fx, I::set1(-2.12194440e-4f), r);
+  V p = I::set1(1.9875691500E-4f);
+  p = I::fma(p, r, I::set1(1.3981999507E-3f));
+  p = I::fma(p, r, I::set1(8.3334519073E-3f));
+  p = I::fma(p, r, I::set1(4.1665795894E-2f));
+  p = I::fma(p, r, I::set1(1.6666665459E-1f));
+  p = I::fma(p, r, I::set1(5.0000001201E-1f));
+  const V y = I::add(I::fma(p, I::mul(r, r), r), I::set1(1.0f));
+  return I::mul(y, I::pow2(fx));
 }
 
 #ifdef __AVX512F__
-inline __m512 exp_lanes(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-  __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-  __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
 using Wide = Avx512;  // the loss's vectors: AVX-512 where the build has it
 #else
 using Wide = Avx2;
@@ -643,7 +645,7 @@ inline void softmax_stats(const float* z, long plane, int C, int nb, float* mx, 
     const float* zc = z + c * plane;
     for (int x = 0; x < nv * I::L; ++x) buf[x] = x < nb ? zc[x] : 0.f;
     for (int v = 0; v < nv; ++v) {
-      const I::V e = exp_lanes(I::load(buf + I::L * v) - I::load(mx + I::L * v));
+      const I::V e = exp_lanes<I>(I::load(buf + I::L * v) - I::load(mx + I::L * v));
       I::store(se + I::L * v, I::load(se + I::L * v) + e);
     }
   }
@@ -763,7 +765,7 @@ MXReturnValue ce_bwd_impl(const std::unordered_map<std::string, std::string>& at
         for (int c = 0; c < C; ++c) {
           for (int x = 0; x < nv * I::L; ++x) buf[x] = x < nb ? zr[c * plane + x] : 0.f;
           for (int v = 0; v < nv; ++v) {
-            const I::V e = exp_lanes(I::load(buf + I::L * v) - I::load(mx + I::L * v));
+            const I::V e = exp_lanes<I>(I::load(buf + I::L * v) - I::load(mx + I::L * v));
             I::store(buf + I::L * v, e * I::load(coef + I::L * v));
           }
           std::memcpy(dr + c * plane, buf, nb * sizeof(float));
