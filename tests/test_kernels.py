@@ -15,6 +15,7 @@ import pytest
 from mxnet import autograd, nd
 
 from d2lseg import native
+from d2lseg.core import startup
 from d2lseg.fcn.loss import SegmentationLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -323,8 +324,7 @@ def test_the_avx512_build_gives_the_avx2_builds_bits(tmp_path):
 
 
 def test_only_caps_below_avx512_build_the_kernels_without_it(monkeypatch):
-    from d2lseg.core import startup
-    from d2lseg.native import library
+    library = native.library
     for cap, flags in (('AVX2', ['-mno-avx512f']), ('avx', ['-mno-avx512f']), ('ALL', []),
                        ('AVX512_CORE', []), ('AVX512_CORE_AMX', []), (None, [])):
         monkeypatch.setitem(startup._state, 'user_cap', cap)

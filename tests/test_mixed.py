@@ -21,7 +21,6 @@ from d2lseg.fcn.model import build_fcn, load_params
 from recipes import needs_bf16, run_cli, same_params, tiny_recipe, tiny_train_argv, trainable
 
 
-
 def _first_batch(run):
     return next(iter(run.train_iter))
 
